@@ -1,0 +1,1 @@
+"""sqlsaver's Alembic environment (installed as ``sqlsaver.migrations``)."""

@@ -1,0 +1,267 @@
+"""`AsyncSQLSaver`: the asyncio checkpointer.
+
+It runs the very operations `SQLSaver` runs (`sqlsaver.ops`), through
+`AsyncConnection.run_sync`: the async driver does the I/O, and no SQL or row
+handling is written twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    DeltaChannelHistory,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from sqlalchemy import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sqlsaver import migrate, ops
+from sqlsaver.base import SaverBase, async_engine, check_prune
+from sqlsaver.bind import AsyncBind, AsyncTarget
+
+T = TypeVar("T")
+
+
+class AsyncSQLSaver(SaverBase):
+    """The asyncio twin of `SQLSaver`, for `graph.ainvoke` / `astream`.
+
+    Give it an async SQLAlchemy URL (`from_url`), or the AsyncEngine,
+    AsyncConnection or AsyncSession your application already has.
+
+    Its sync methods work from other threads while its event loop runs
+    (LangGraph calls them for `graph.get_state` in sync code); on the event
+    loop itself they raise `asyncio.InvalidStateError`, as blocking the loop
+    would deadlock it.
+
+    Example:
+        ```python
+        from sqlsaver import AsyncSQLSaver
+
+        async with AsyncSQLSaver.from_url("postgresql+asyncpg://postgres@localhost/app") as saver:
+            await saver.setup()
+            graph = builder.compile(checkpointer=saver)
+            await graph.ainvoke(inputs, {"configurable": {"thread_id": "1"}})
+        ```
+    """
+
+    def __init__(self, bind: AsyncTarget, *, serde: SerializerProtocol | None = None) -> None:
+        super().__init__(serde=serde)
+        self._bind = AsyncBind(bind)
+        self._owned_engine: AsyncEngine | None = None
+        try:
+            self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None  # taken on first use in `async with` / `setup()`
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str | URL,
+        *,
+        serde: SerializerProtocol | None = None,
+        engine_kwargs: dict[str, Any] | None = None,
+    ) -> AsyncSQLSaver:
+        """A saver on a new async engine for ``url``; ``async with`` (or
+        `aclose()`) disposes of it.
+
+        Args:
+            url: Any async SQLAlchemy URL: ``sqlite+aiosqlite:///file.db``,
+                ``postgresql+asyncpg://user@host/db``,
+                ``postgresql+psycopg://user@host/db``,
+                ``mysql+asyncmy://user@host/db``.
+            serde: The serializer (e.g. an `EncryptedSerializer`).
+            engine_kwargs: Extra `create_async_engine` arguments.
+
+        Example:
+            ```python
+            async with AsyncSQLSaver.from_url("sqlite+aiosqlite:///checkpoints.db") as saver:
+                await saver.setup()
+            ```
+        """
+        engine = async_engine(url, engine_kwargs)
+        saver = cls(engine, serde=serde)
+        saver._owned_engine = engine
+        return saver
+
+    async def aclose(self) -> None:
+        """Dispose of the engine `from_url` created (never one you passed in)."""
+        if self._owned_engine is not None:
+            await self._owned_engine.dispose()
+
+    async def __aenter__(self) -> AsyncSQLSaver:
+        self.loop = asyncio.get_running_loop()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def setup(self) -> None:
+        """Create or upgrade sqlsaver's tables (Alembic, to head)."""
+        self.loop = asyncio.get_running_loop()
+        await self._bind.run(migrate.upgrade, write=True)
+
+    # -- reads ---------------------------------------------------------------
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """The checkpoint ``config`` names, or the latest of its thread."""
+        return await self._bind.run(ops.get_tuple, self._opts, config)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        """Checkpoints newest first, a page at a time (see `SQLSaver.list`)."""
+        query: ops.ListQuery | None = ops.ListQuery.of(config, filter, before, limit)
+        while query is not None:
+            page, query = await self._bind.run(ops.list_page, self._opts, query)
+            for item in page:
+                yield item
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        """`DeltaChannel` history (see `BaseCheckpointSaver`), set-based."""
+        return await self._bind.run(ops.get_delta_channel_history, self._opts, config, channels)
+
+    # -- writes --------------------------------------------------------------
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        """Store a checkpoint and its changed channel values atomically."""
+        return await self._bind.run(
+            ops.put, self._opts, config, checkpoint, metadata, new_versions, write=True
+        )
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        """Store a task's pending writes atomically."""
+        await self._bind.run(
+            ops.put_writes, self._opts, config, writes, task_id, task_path, write=True
+        )
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        """Delete every checkpoint, write and value of a thread."""
+        await self._bind.run(ops.delete_threads, self._opts, [str(thread_id)], write=True)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete the checkpoints (with writes and values) of these runs."""
+        await self._bind.run(
+            ops.delete_for_runs, self._opts, [str(r) for r in run_ids], write=True
+        )
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy a whole thread, every namespace and checkpoint id included."""
+        await self._bind.run(
+            ops.copy_thread, self._opts, str(source_thread_id), str(target_thread_id), write=True
+        )
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """See `SQLSaver.prune`."""
+        threads = check_prune(thread_ids, strategy)
+        if strategy == "delete":
+            await self._bind.run(ops.delete_threads, self._opts, threads, write=True)
+            return
+        for thread_id in threads:
+            await self._bind.run(ops.prune_keep_latest, self._opts, thread_id, write=True)
+
+    # -- sync twins: the async methods on the saver's loop -------------------
+
+    def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        if current is not None and current is self.loop:
+            coro.close()
+            raise asyncio.InvalidStateError(
+                "Synchronous calls to AsyncSQLSaver are only allowed from a different "
+                "thread than its event loop's. On the loop, use the async interface: "
+                "`await saver.aget_tuple(...)`, `await graph.ainvoke(...)`."
+            )
+        if self.loop is None or not self.loop.is_running():
+            coro.close()
+            raise RuntimeError(
+                "AsyncSQLSaver's sync methods run on its event loop, which is not running. "
+                "Call them from another thread while the loop runs (after `async with` or "
+                "`await saver.setup()`), or use SQLSaver in sync code."
+            )
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self._on_loop(self.aget_tuple(config))
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        query: ops.ListQuery | None = ops.ListQuery.of(config, filter, before, limit)
+        while query is not None:
+            page, query = self._on_loop(self._bind.run(ops.list_page, self._opts, query))
+            yield from page
+
+    def get_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        return self._on_loop(self.aget_delta_channel_history(config=config, channels=channels))
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return self._on_loop(self.aput(config, checkpoint, metadata, new_versions))
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        self._on_loop(self.aput_writes(config, writes, task_id, task_path))
+
+    def delete_thread(self, thread_id: str) -> None:
+        self._on_loop(self.adelete_thread(thread_id))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self._on_loop(self.adelete_for_runs(run_ids))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        self._on_loop(self.acopy_thread(source_thread_id, target_thread_id))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self._on_loop(self.aprune(thread_ids, strategy=strategy))

@@ -1,0 +1,223 @@
+"""Checkpoints to rows and rows back to `CheckpointTuple`s.
+
+Pure functions, no I/O: both savers and every operation share them. Every
+value goes through the saver's serde (so `EncryptedSerializer` covers all of
+it); the only plaintext copy is the filterable metadata document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    PendingWrite,
+    SerializerProtocol,
+    get_checkpoint_id,
+    get_serializable_checkpoint_metadata,
+    writes_sort_key,
+)
+
+from sqlsaver.dialects import filter_document
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where a checkpoint lives: thread, namespace and (optionally) its id."""
+
+    thread_id: str
+    checkpoint_ns: str = ""
+    checkpoint_id: str | None = None
+
+    @classmethod
+    def of(cls, config: RunnableConfig) -> Address:
+        """Read the address from a LangGraph config, with a clear error when
+        the thread id is missing."""
+        configurable = (config or {}).get("configurable") or {}
+        thread_id = configurable.get("thread_id")
+        if thread_id is None or thread_id == "":
+            raise ValueError(
+                "sqlsaver needs a thread id: pass "
+                "config={'configurable': {'thread_id': '<your thread id>'}} "
+                f"(got configurable={dict(configurable)!r})"
+            )
+        return cls(
+            str(thread_id),
+            configurable.get("checkpoint_ns") or "",
+            get_checkpoint_id(config),
+        )
+
+    def config(self, checkpoint_id: str | None = None) -> RunnableConfig:
+        """The LangGraph config naming this address (or a sibling id)."""
+        return {
+            "configurable": {
+                "thread_id": self.thread_id,
+                "checkpoint_ns": self.checkpoint_ns,
+                "checkpoint_id": checkpoint_id or self.checkpoint_id,
+            }
+        }
+
+
+# -- writing -----------------------------------------------------------------
+
+
+def checkpoint_row(
+    serde: SerializerProtocol,
+    config: RunnableConfig,
+    checkpoint: Checkpoint,
+    metadata: CheckpointMetadata,
+) -> dict[str, Any]:
+    """The checkpoints-table row of a `put` (channel values go to blobs)."""
+    at = Address.of(config)
+    stored = {k: v for k, v in checkpoint.items() if k != "channel_values"}
+    full_metadata = get_serializable_checkpoint_metadata(config, metadata)
+    checkpoint_type, checkpoint_bytes = serde.dumps_typed(stored)
+    metadata_type, metadata_bytes = serde.dumps_typed(full_metadata)
+    run_id = full_metadata.get("run_id")
+    return {
+        "thread_id": at.thread_id,
+        "checkpoint_ns": at.checkpoint_ns,
+        "checkpoint_id": checkpoint["id"],
+        "parent_checkpoint_id": at.checkpoint_id,
+        "run_id": None if run_id is None else str(run_id),
+        "checkpoint_type": checkpoint_type,
+        "checkpoint": checkpoint_bytes,
+        "metadata_type": metadata_type,
+        "metadata_blob": metadata_bytes,
+        "metadata_json": filter_document(dict(full_metadata)),
+    }
+
+
+def blob_rows(
+    serde: SerializerProtocol,
+    config: RunnableConfig,
+    values: Mapping[str, Any],
+    new_versions: ChannelVersions,
+) -> list[dict[str, Any]]:
+    """Blob rows for the channels that changed in this checkpoint.
+
+    A channel whose new version carries no value (a `DeltaChannel` between
+    snapshots, a channel that was emptied) gets no row: absence is how a
+    missing value is recorded.
+    """
+    at = Address.of(config)
+    rows = []
+    for channel, version in new_versions.items():
+        if channel in values:
+            value_type, value_bytes = serde.dumps_typed(values[channel])
+            rows.append(
+                {
+                    "thread_id": at.thread_id,
+                    "checkpoint_ns": at.checkpoint_ns,
+                    "channel": channel,
+                    "version": str(version),
+                    "type": value_type,
+                    "blob": value_bytes,
+                }
+            )
+    return rows
+
+
+def write_rows(
+    serde: SerializerProtocol,
+    config: RunnableConfig,
+    writes: Sequence[tuple[str, Any]],
+    task_id: str,
+    task_path: str,
+) -> list[dict[str, Any]]:
+    """Rows of a `put_writes`; special channels get their fixed negative idx."""
+    at = Address.of(config)
+    if at.checkpoint_id is None:
+        raise ValueError(
+            "put_writes needs the checkpoint the writes belong to: "
+            "config['configurable']['checkpoint_id'] is missing"
+        )
+    rows = []
+    for idx, (channel, value) in enumerate(writes):
+        value_type, value_bytes = serde.dumps_typed(value)
+        rows.append(
+            {
+                "thread_id": at.thread_id,
+                "checkpoint_ns": at.checkpoint_ns,
+                "checkpoint_id": at.checkpoint_id,
+                "task_id": task_id,
+                "idx": WRITES_IDX_MAP.get(channel, idx),
+                "task_path": task_path,
+                "channel": channel,
+                "type": value_type,
+                "blob": value_bytes,
+            }
+        )
+    return rows
+
+
+def writes_replace(writes: Sequence[tuple[str, Any]]) -> bool:
+    """Whether a `put_writes` call replaces stored rows instead of keeping them.
+
+    Only special channels (errors, interrupts, resumes, scheduled) replace: a
+    later interrupt or error of the same task supersedes the earlier one,
+    while ordinary writes are idempotent and the first one wins.
+    """
+    return all(channel in WRITES_IDX_MAP for channel, _ in writes)
+
+
+# -- reading -----------------------------------------------------------------
+
+
+def load(serde: SerializerProtocol, type_: str, data: bytes | None) -> Any:
+    return serde.loads_typed((type_, bytes(data) if data is not None else b""))
+
+
+def pending_writes(
+    serde: SerializerProtocol, rows: Iterable[Any]
+) -> list[PendingWrite]:
+    """Writes rows (task_id, idx, task_path, channel, type, blob) in the order
+    LangGraph applies them: `writes_sort_key`."""
+    ordered = sorted(rows, key=lambda r: writes_sort_key(r.task_path, r.task_id, r.idx))
+    return [(r.task_id, r.channel, load(serde, r.type, r.blob)) for r in ordered]
+
+
+def stored_checkpoint(serde: SerializerProtocol, row: Any) -> dict[str, Any]:
+    """The stored checkpoint dict of a checkpoints row (no channel values)."""
+    return load(serde, row.checkpoint_type, row.checkpoint)
+
+
+def blob_keys(thread_id: str, checkpoint_ns: str, stored: Mapping[str, Any]) -> set[tuple[str, str, str, str]]:
+    """The blob keys a stored checkpoint's channel values live under."""
+    return {
+        (thread_id, checkpoint_ns, channel, str(version))
+        for channel, version in stored["channel_versions"].items()
+    }
+
+
+def checkpoint_tuple(
+    serde: SerializerProtocol,
+    row: Any,
+    stored: Mapping[str, Any],
+    blob_values: Mapping[tuple[str, str, str, str], Any],
+    writes: list[PendingWrite],
+) -> CheckpointTuple:
+    """Assemble a `CheckpointTuple` from a checkpoints row, its decoded
+    checkpoint, the loaded blobs it may reference, and its pending writes."""
+    at = Address(row.thread_id, row.checkpoint_ns, row.checkpoint_id)
+    channel_values = {}
+    for channel, version in stored["channel_versions"].items():
+        key = (at.thread_id, at.checkpoint_ns, channel, str(version))
+        if key in blob_values:
+            channel_values[channel] = blob_values[key]
+    return CheckpointTuple(
+        config=at.config(),
+        checkpoint={**stored, "channel_values": channel_values},  # type: ignore[typeddict-item]
+        metadata=load(serde, row.metadata_type, row.metadata_blob),
+        parent_config=(
+            at.config(row.parent_checkpoint_id) if row.parent_checkpoint_id else None
+        ),
+        pending_writes=writes,
+    )

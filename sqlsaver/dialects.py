@@ -1,0 +1,263 @@
+"""Everything that differs between SQLite, PostgreSQL and MySQL/MariaDB.
+
+This is the only module that branches on the dialect. The rest of sqlsaver
+builds dialect-blind SQLAlchemy Core statements and asks this module for the
+few constructs that have no portable spelling: column types, upsert /
+insert-ignore, the metadata filter predicate, per-dialect engine settings,
+and the recognition of "our tables are missing" errors.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    ColumnElement,
+    Dialect,
+    Insert,
+    LargeBinary,
+    Table,
+    Text,
+    TypeDecorator,
+    event,
+    exists,
+    func,
+    literal,
+    select,
+    type_coerce,
+)
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.pool import StaticPool
+
+MYSQL = ("mysql", "mariadb")
+# Execution option set on connections that run a write operation.
+WRITE_OPTION = "sqlsaver_write"
+
+
+# --------------------------------------------------------------------------
+# Column types
+# --------------------------------------------------------------------------
+
+
+class _Utf8VarBinary(TypeDecorator[str]):
+    """A key string stored as UTF-8 bytes in a MySQL ``VARBINARY`` column.
+
+    MySQL's default collations are case-insensitive (``"A" == "a"``) and its
+    ``*_bin`` collations pad trailing spaces on MariaDB (``"a" == "a "``), so
+    neither can hold thread ids faithfully. Binary strings compare byte by
+    byte. Lengths are in bytes, and a UTF-8 key costs only the bytes it uses
+    (not utf8mb4's flat four per character), which is what lets four key
+    columns fit InnoDB's 3072-byte index limit.
+    """
+
+    impl = mysql.VARBINARY
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> bytes | None:
+        return None if value is None else value.encode("utf-8")
+
+    def process_result_value(self, value: bytes | None, dialect: Dialect) -> str | None:
+        return None if value is None else bytes(value).decode("utf-8")
+
+
+def key_string(mysql_bytes: int) -> Any:
+    """A key column: unbounded text on PostgreSQL and SQLite, a byte-exact
+    ``VARBINARY(mysql_bytes)`` on MySQL/MariaDB (see `_Utf8VarBinary`)."""
+    return Text().with_variant(_Utf8VarBinary(mysql_bytes), *MYSQL)
+
+
+# PostgreSQL BYTEA, SQLite BLOB; MySQL's plain BLOB stops at 64 KiB.
+BINARY = LargeBinary().with_variant(mysql.LONGBLOB(), *MYSQL)
+# Unbounded text that is never part of a key (task paths).
+LONG_TEXT = Text().with_variant(mysql.LONGTEXT(), *MYSQL)
+# JSONB on PostgreSQL so the metadata filter is a containment test.
+METADATA_JSON = JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+# --------------------------------------------------------------------------
+# Upsert and insert-ignore
+# --------------------------------------------------------------------------
+
+
+def _insert(dialect: Dialect, table: Table) -> Any:
+    if dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if dialect.name == "sqlite":
+        return sqlite.insert(table)
+    if dialect.name in MYSQL:
+        return mysql.insert(table)
+    raise NotImplementedError(
+        f"sqlsaver supports SQLite, PostgreSQL and MySQL/MariaDB, not {dialect.name!r}"
+    )
+
+
+def _key_columns(table: Table) -> list[Column[Any]]:
+    return list(table.primary_key.columns)
+
+
+@lru_cache(maxsize=None)
+def upsert(dialect: Dialect, table: Table, update: tuple[str, ...]) -> Insert:
+    """INSERT that replaces the named columns of a row whose key exists.
+
+    Cached per dialect: the statement is built once, and SQLAlchemy's
+    compiled cache then makes each execution a lookup.
+    """
+    stmt = _insert(dialect, table)
+    if dialect.name in MYSQL:
+        return stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in update})
+    return stmt.on_conflict_do_update(
+        index_elements=_key_columns(table),
+        set_={c: stmt.excluded[c] for c in update},
+    )
+
+
+@lru_cache(maxsize=None)
+def insert_ignore(dialect: Dialect, table: Table) -> Insert:
+    """INSERT that keeps the existing row when the key exists.
+
+    On MySQL this is a no-op ``ON DUPLICATE KEY UPDATE`` rather than
+    ``INSERT IGNORE``: IGNORE would also turn data errors (a too-long key)
+    into warnings and silently store truncated keys.
+    """
+    stmt = _insert(dialect, table)
+    if dialect.name in MYSQL:
+        first_key = _key_columns(table)[0]
+        return stmt.on_duplicate_key_update({first_key.name: first_key})
+    return stmt.on_conflict_do_nothing(index_elements=_key_columns(table))
+
+
+# --------------------------------------------------------------------------
+# Metadata filter
+# --------------------------------------------------------------------------
+#
+# Metadata is stored twice: exactly, as serde bytes, and as a JSON object for
+# filtering whose keys and values are *canonical JSON text* (ASCII, sorted
+# keys). Equality of canonical text is `InMemorySaver`'s `==` on the decoded
+# values, and ASCII escapes keep NUL characters and lone surrogates (which
+# PostgreSQL's JSONB and UTF-8 cannot hold) out of the database's JSON.
+
+
+def canonical_json(value: Any) -> str:
+    """Canonical JSON text of a metadata value (equal values, equal text)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 1.0 == 1 in Python, so they must share a text
+    return json.dumps(
+        value, ensure_ascii=True, sort_keys=True, separators=(",", ":"), default=repr
+    )
+
+
+def canonical_key(key: str) -> str:
+    """An injective ASCII spelling of a metadata key (JSON string escapes)."""
+    return json.dumps(key, ensure_ascii=True)[1:-1]
+
+
+def filter_document(metadata: dict[str, Any]) -> dict[str, str]:
+    """The filterable JSON document stored beside the exact metadata."""
+    return {canonical_key(str(k)): canonical_json(v) for k, v in metadata.items()}
+
+
+def metadata_matches(
+    dialect: Dialect, column: Column[Any], key: str, value: Any
+) -> ColumnElement[bool]:
+    """``metadata[key] == value``, with key and value as bound parameters."""
+    if not isinstance(key, str):
+        raise TypeError(f"metadata filter keys must be strings, got {key!r}")
+    ckey, cvalue = canonical_key(key), canonical_json(value)
+    if dialect.name == "postgresql":
+        return type_coerce(column, postgresql.JSONB).contains({ckey: cvalue})
+    if dialect.name in MYSQL:
+        return func.json_contains(column, literal(json.dumps({ckey: cvalue}))) == 1
+    if dialect.name == "sqlite":
+        entries = func.json_each(column).table_valued("key", "value")
+        return exists(
+            select(literal(1))
+            .select_from(entries)
+            .where(entries.c.key == ckey, entries.c.value == cvalue)
+        )
+    raise NotImplementedError(dialect.name)
+
+
+# --------------------------------------------------------------------------
+# Engines sqlsaver creates itself (from_url)
+# --------------------------------------------------------------------------
+
+
+def engine_options(url: URL) -> dict[str, Any]:
+    """`create_engine` keyword arguments that suit a checkpointer."""
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if url.get_backend_name() == "sqlite":
+        options.pop("pool_pre_ping")
+        # Other writers wait for the lock instead of failing at once.
+        options["connect_args"] = {"timeout": 30}
+        if url.database in (None, "", ":memory:") or "mode=memory" in str(url):
+            # One in-memory database shared by every thread of this engine.
+            options["poolclass"] = StaticPool
+            options["connect_args"]["check_same_thread"] = False
+    if url.get_backend_name() in MYSQL:
+        options["pool_recycle"] = 3600  # below MySQL's wait_timeout
+    return options
+
+
+def configure_engine(engine: Engine) -> None:
+    """Connection-level settings for an engine sqlsaver created.
+
+    SQLite: write-ahead logging, and transactions begun by sqlsaver rather
+    than by the driver, with ``BEGIN IMMEDIATE`` for writes so concurrent
+    writers queue on the busy timeout instead of failing with "database is
+    locked" when they upgrade a read lock (the official saver's failure).
+    """
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        write = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+
+
+def begin_savepoint(conn: Connection) -> Any:
+    """A SAVEPOINT on a caller's connection, so a failed write leaves nothing.
+
+    pysqlite (in its default mode) only opens a transaction before DML, and
+    a SAVEPOINT outside a transaction is a transaction of its own whose
+    RELEASE commits, behind the caller's back. Open the real transaction
+    first so the caller's commit or rollback stays in charge.
+    """
+    if conn.dialect.name == "sqlite":
+        driver_conn = conn.connection.driver_connection
+        if not getattr(driver_conn, "in_transaction", True):
+            conn.exec_driver_sql("BEGIN")
+    return conn.begin_nested()
+
+
+# --------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------
+
+_MISSING_TABLE = re.compile(
+    r"(no such table|does not exist|doesn't exist).*sqlsaver_"
+    r"|sqlsaver_\w+['\"]? (does not exist|doesn't exist)",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def is_missing_table(error: BaseException) -> bool:
+    """Whether a database error says one of sqlsaver's tables is missing."""
+    return bool(_MISSING_TABLE.search(str(error)))

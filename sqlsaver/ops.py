@@ -1,0 +1,518 @@
+"""Every database operation of sqlsaver, written once.
+
+Each operation is a plain function over a sync SQLAlchemy `Connection` that
+is already inside the transaction it must run in. `SQLSaver` calls it in a
+thread of its own; `AsyncSQLSaver` calls the very same function through
+`AsyncConnection.run_sync` (SQLAlchemy's greenlet bridge: the async driver
+does the I/O). There is no second copy of any SQL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    DeltaChannelHistory,
+    PendingWrite,
+    SerializerProtocol,
+)
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    and_,
+    delete,
+    func,
+    literal,
+    select,
+    tuple_,
+    update,
+)
+
+from sqlsaver import codec, dialects
+from sqlsaver.codec import Address
+from sqlsaver.models import blobs as B
+from sqlsaver.models import checkpoints as C
+from sqlsaver.models import writes as W
+
+# Rows a `list` page holds at most: bounds memory however large the thread.
+PAGE_SIZE = 100
+# Key tuples per `IN (...)`: well under every driver's bind-parameter cap.
+CHUNK = 500
+# Ancestors fetched per step of a parent-chain walk.
+WALK_STEP = 128
+
+CHECKPOINT_COLUMNS = (
+    C.c.thread_id,
+    C.c.checkpoint_ns,
+    C.c.checkpoint_id,
+    C.c.parent_checkpoint_id,
+    C.c.checkpoint_type,
+    C.c.checkpoint,
+    C.c.metadata_type,
+    C.c.metadata_blob,
+)
+CHECKPOINT_UPDATE = (
+    "checkpoint_type",
+    "checkpoint",
+    "metadata_type",
+    "metadata_blob",
+    "metadata_json",
+    "run_id",
+)
+WRITE_UPDATE = ("task_path", "channel", "type", "blob")
+COUNTERS_KEY = dialects.canonical_key("counters_since_delta_snapshot")
+PARENTS_KEY = dialects.canonical_key("parents")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What every operation needs to know about the saver calling it."""
+
+    serde: SerializerProtocol
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+def _chunks(items: Iterable[Any]) -> Iterable[list[Any]]:
+    items = list(items)
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
+
+
+def _keys_in(columns: Sequence[Any], keys: Sequence[tuple[Any, ...]]) -> ColumnElement[bool]:
+    """``(columns) IN keys``, with leading columns that are the same in every
+    key written as plain equalities, so the primary key index is used."""
+    fixed = 0
+    while fixed < len(columns) - 1 and len({k[fixed] for k in keys}) == 1:
+        fixed += 1
+    equal = [columns[i] == keys[0][i] for i in range(fixed)]
+    rest = columns[fixed:]
+    if len(rest) == 1:
+        return and_(*equal, rest[0].in_(sorted({k[fixed] for k in keys})))
+    return and_(*equal, tuple_(*rest).in_(sorted({k[fixed:] for k in keys})))
+
+
+def _checkpoint_key(table: Any) -> tuple[Any, Any, Any]:
+    return (table.c.thread_id, table.c.checkpoint_ns, table.c.checkpoint_id)
+
+
+def _load_blobs(
+    conn: Connection, serde: SerializerProtocol, keys: Iterable[tuple[str, str, str, str]]
+) -> dict[tuple[str, str, str, str], Any]:
+    values = {}
+    columns = (B.c.thread_id, B.c.checkpoint_ns, B.c.channel, B.c.version)
+    for chunk in _chunks(keys):
+        stmt = select(*columns, B.c.type, B.c.blob).where(_keys_in(columns, chunk))
+        for r in conn.execute(stmt):
+            values[(r.thread_id, r.checkpoint_ns, r.channel, r.version)] = codec.load(
+                serde, r.type, r.blob
+            )
+    return values
+
+
+def _load_writes(
+    conn: Connection,
+    serde: SerializerProtocol,
+    keys: Sequence[tuple[str, str, str]],
+    channels: Sequence[str] | None = None,
+) -> dict[tuple[str, str, str], list[PendingWrite]]:
+    """Pending writes per checkpoint key, each list in `writes_sort_key` order."""
+    rows: dict[tuple[str, str, str], list[Row[Any]]] = defaultdict(list)
+    for chunk in _chunks(keys):
+        stmt = select(
+            *_checkpoint_key(W), W.c.task_id, W.c.idx, W.c.task_path, W.c.channel, W.c.type, W.c.blob
+        ).where(_keys_in(_checkpoint_key(W), chunk))
+        if channels is not None:
+            stmt = stmt.where(W.c.channel.in_(channels))
+        for r in conn.execute(stmt):
+            rows[(r.thread_id, r.checkpoint_ns, r.checkpoint_id)].append(r)
+    return {key: codec.pending_writes(serde, group) for key, group in rows.items()}
+
+
+def _assemble(
+    conn: Connection, serde: SerializerProtocol, rows: Sequence[Row[Any]]
+) -> list[CheckpointTuple]:
+    """Checkpoint rows to tuples: two more statements, however many rows."""
+    if not rows:
+        return []
+    stored = [codec.stored_checkpoint(serde, r) for r in rows]
+    blob_keys = set().union(
+        *(codec.blob_keys(r.thread_id, r.checkpoint_ns, s) for r, s in zip(rows, stored))
+    )
+    blob_values = _load_blobs(conn, serde, blob_keys) if blob_keys else {}
+    keys = [(r.thread_id, r.checkpoint_ns, r.checkpoint_id) for r in rows]
+    writes = _load_writes(conn, serde, keys)
+    return [
+        codec.checkpoint_tuple(serde, r, s, blob_values, writes.get(k, []))
+        for r, s, k in zip(rows, stored, keys)
+    ]
+
+
+def _latest_id(conn: Connection, at: Address) -> str | None:
+    return conn.execute(
+        select(func.max(C.c.checkpoint_id)).where(
+            C.c.thread_id == at.thread_id, C.c.checkpoint_ns == at.checkpoint_ns
+        )
+    ).scalar()
+
+
+# -- reads -------------------------------------------------------------------
+
+
+def get_tuple(conn: Connection, opts: Options, config: RunnableConfig) -> CheckpointTuple | None:
+    """The checkpoint `config` names, or the latest of its thread/namespace."""
+    at = Address.of(config)
+    stmt = select(*CHECKPOINT_COLUMNS).where(
+        C.c.thread_id == at.thread_id, C.c.checkpoint_ns == at.checkpoint_ns
+    )
+    if at.checkpoint_id:
+        stmt = stmt.where(C.c.checkpoint_id == at.checkpoint_id)
+    else:
+        stmt = stmt.order_by(C.c.checkpoint_id.desc()).limit(1)
+    row = conn.execute(stmt).first()
+    return _assemble(conn, opts.serde, [row])[0] if row else None
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """A `list` call, and how far its pages have got (keyset pagination)."""
+
+    thread_id: str | None = None
+    checkpoint_ns: str | None = None  # None: every namespace
+    checkpoint_id: str | None = None
+    before_id: str | None = None
+    filter: tuple[tuple[str, Any], ...] = ()
+    remaining: int | None = None  # None: no limit
+    after: tuple[str, ...] | None = field(default=None)
+
+    @classmethod
+    def of(
+        cls,
+        config: RunnableConfig | None,
+        filter: dict[str, Any] | None,
+        before: RunnableConfig | None,
+        limit: int | None,
+    ) -> ListQuery:
+        configurable = (config or {}).get("configurable") or {}
+        before_id = Address.of(before).checkpoint_id if before else None
+        return cls(
+            thread_id=str(configurable["thread_id"]) if configurable.get("thread_id") is not None else None,
+            checkpoint_ns=configurable.get("checkpoint_ns"),
+            checkpoint_id=configurable.get("checkpoint_id"),
+            before_id=before_id,
+            filter=tuple((filter or {}).items()),
+            remaining=limit,
+        )
+
+    @property
+    def done(self) -> bool:
+        return self.remaining is not None and self.remaining <= 0
+
+
+def list_page(
+    conn: Connection, opts: Options, query: ListQuery
+) -> tuple[list[CheckpointTuple], ListQuery | None]:
+    """One page of a `list`, newest first, and the query for the next page."""
+    if query.done:
+        return [], None
+    where = [dialects.metadata_matches(conn.dialect, C.c.metadata_json, k, v) for k, v in query.filter]
+    # Newest first; ties (equal ids in several threads or namespaces) are
+    # broken by the key columns that the query does not pin down.
+    order = [C.c.checkpoint_id]
+    if query.thread_id is None:
+        order.append(C.c.thread_id)
+    else:
+        where.append(C.c.thread_id == query.thread_id)
+    if query.checkpoint_ns is None:
+        order.append(C.c.checkpoint_ns)
+    else:
+        where.append(C.c.checkpoint_ns == query.checkpoint_ns)
+    if query.checkpoint_id is not None:
+        where.append(C.c.checkpoint_id == query.checkpoint_id)
+    if query.before_id is not None:
+        where.append(C.c.checkpoint_id < query.before_id)
+    if query.after is not None:
+        where.append(tuple_(*order) < tuple_(*query.after))
+    size = PAGE_SIZE if query.remaining is None else min(PAGE_SIZE, query.remaining)
+    stmt = select(*CHECKPOINT_COLUMNS).where(*where).order_by(*(c.desc() for c in order)).limit(size)
+    rows = conn.execute(stmt).all()
+    page = _assemble(conn, opts.serde, rows)
+    if len(rows) < size:
+        return page, None
+    last = rows[-1]
+    return page, replace(
+        query,
+        after=tuple(getattr(last, c.name) for c in order),
+        remaining=None if query.remaining is None else query.remaining - len(rows),
+    )
+
+
+def _ancestors(
+    conn: Connection, at: Address, start_id: str
+) -> list[Row[Any]]:
+    """Up to `WALK_STEP` checkpoints of the parent chain from `start_id` on,
+    nearest first: one recursive CTE, index lookups all the way."""
+    same_ns = (C.c.thread_id == at.thread_id, C.c.checkpoint_ns == at.checkpoint_ns)
+    chain = (
+        select(C.c.checkpoint_id, C.c.parent_checkpoint_id, literal(0).label("depth"))
+        .where(*same_ns, C.c.checkpoint_id == start_id)
+        .cte("chain", recursive=True)
+    )
+    chain = chain.union_all(
+        select(C.c.checkpoint_id, C.c.parent_checkpoint_id, chain.c.depth + 1)
+        .select_from(C.join(chain, and_(*same_ns, C.c.checkpoint_id == chain.c.parent_checkpoint_id)))
+        .where(chain.c.depth < WALK_STEP - 1)
+    )
+    stmt = (
+        select(*CHECKPOINT_COLUMNS)
+        .select_from(C.join(chain, and_(*same_ns, C.c.checkpoint_id == chain.c.checkpoint_id)))
+        .order_by(chain.c.depth)
+    )
+    return list(conn.execute(stmt).all())
+
+
+def _walk_to_seeds(
+    conn: Connection, opts: Options, at: Address, start_id: str | None, channels: Iterable[str]
+) -> tuple[list[str], dict[str, tuple[int, Any]]]:
+    """Walk the parent chain from `start_id` until every channel has a seed.
+
+    A seed is the nearest ancestor that stores a value for the channel (a
+    `_DeltaSnapshot`, or a plain value). Returns the chain walked (ids,
+    nearest first) and, per seeded channel, its seed's chain index and value.
+    """
+    remaining = set(channels)
+    chain: list[str] = []
+    seeds: dict[str, tuple[int, Any]] = {}
+    cursor = start_id
+    while cursor is not None and remaining:
+        rows = _ancestors(conn, at, cursor)
+        stored = [codec.stored_checkpoint(opts.serde, r) for r in rows]
+        wanted = {
+            (at.thread_id, at.checkpoint_ns, ch, str(s["channel_versions"][ch]))
+            for s in stored
+            for ch in remaining
+            if ch in s["channel_versions"]
+        }
+        values = _load_blobs(conn, opts.serde, wanted) if wanted else {}
+        for row, s in zip(rows, stored):
+            chain.append(row.checkpoint_id)
+            for ch in list(remaining):
+                key = (at.thread_id, at.checkpoint_ns, ch, str(s["channel_versions"].get(ch)))
+                if key in values:
+                    seeds[ch] = (len(chain) - 1, values[key])
+                    remaining.discard(ch)
+            if not remaining:
+                break
+        cursor = rows[-1].parent_checkpoint_id if len(rows) == WALK_STEP else None
+    return chain, seeds
+
+
+def get_delta_channel_history(
+    conn: Connection, opts: Options, config: RunnableConfig, channels: Sequence[str]
+) -> dict[str, DeltaChannelHistory]:
+    """Per channel, the writes since its nearest stored value, and that value.
+
+    Same result as `BaseCheckpointSaver.get_delta_channel_history` (which
+    reads one whole checkpoint per ancestor), from a few set-based queries:
+    a recursive CTE per `WALK_STEP` ancestors, the blobs that could seed,
+    and the requested channels' writes along the chain.
+    """
+    if not channels:
+        return {}
+    at = Address.of(config)
+    target_id = at.checkpoint_id or _latest_id(conn, at)
+    parent_id = None
+    if target_id is not None:
+        parent_id = conn.execute(
+            select(C.c.parent_checkpoint_id).where(
+                C.c.thread_id == at.thread_id,
+                C.c.checkpoint_ns == at.checkpoint_ns,
+                C.c.checkpoint_id == target_id,
+            )
+        ).scalar()
+    chain, seeds = _walk_to_seeds(conn, opts, at, parent_id, channels)
+    keys = [(at.thread_id, at.checkpoint_ns, cid) for cid in chain]
+    writes = _load_writes(conn, opts.serde, keys, channels) if keys else {}
+    history: dict[str, DeltaChannelHistory] = {}
+    for ch in channels:
+        # The seed ancestor's own writes come after its value, so they count.
+        depth = seeds[ch][0] + 1 if ch in seeds else len(chain)
+        entry: DeltaChannelHistory = {
+            "writes": [
+                w
+                for key in reversed(keys[:depth])
+                for w in writes.get(key, ())
+                if w[1] == ch
+            ]
+        }
+        if ch in seeds:
+            entry["seed"] = seeds[ch][1]
+        history[ch] = entry
+    return history
+
+
+# -- writes ------------------------------------------------------------------
+
+
+def put(
+    conn: Connection,
+    opts: Options,
+    config: RunnableConfig,
+    checkpoint: Checkpoint,
+    metadata: CheckpointMetadata,
+    new_versions: ChannelVersions,
+) -> RunnableConfig:
+    """Store a checkpoint: its changed channel values (one multi-row insert
+    that keeps values already stored), then the checkpoint row (an upsert: a
+    re-put replaces it but keeps its original parent)."""
+    row = codec.checkpoint_row(opts.serde, config, checkpoint, metadata)
+    values = codec.blob_rows(opts.serde, config, checkpoint["channel_values"], new_versions)
+    if values:
+        conn.execute(dialects.insert_ignore(conn.dialect, B), values)
+    conn.execute(dialects.upsert(conn.dialect, C, CHECKPOINT_UPDATE), row)
+    return Address.of(config).config(checkpoint["id"])
+
+
+def put_writes(
+    conn: Connection,
+    opts: Options,
+    config: RunnableConfig,
+    writes: Sequence[tuple[str, Any]],
+    task_id: str,
+    task_path: str,
+) -> None:
+    """Store a task's writes in one statement (see `codec.writes_replace`)."""
+    rows = codec.write_rows(opts.serde, config, writes, task_id, task_path)
+    if not rows:
+        return
+    if codec.writes_replace(writes):
+        stmt = dialects.upsert(conn.dialect, W, WRITE_UPDATE)
+    else:
+        stmt = dialects.insert_ignore(conn.dialect, W)
+    conn.execute(stmt, rows)
+
+
+def delete_threads(conn: Connection, opts: Options, thread_ids: Sequence[str]) -> None:
+    """Delete everything stored for these threads."""
+    for chunk in _chunks(thread_ids):
+        for table in (W, B, C):
+            conn.execute(delete(table).where(table.c.thread_id.in_(chunk)))
+
+
+def _delete_checkpoints(
+    conn: Connection, opts: Options, keys: Sequence[tuple[str, str, str]]
+) -> None:
+    """Delete these checkpoints, their writes, the blobs no checkpoint left
+    in their namespaces uses, and parent links to them."""
+    freed: set[tuple[str, str, str, str]] = set()
+    for chunk in _chunks(keys):
+        stmt = select(*CHECKPOINT_COLUMNS).where(_keys_in(_checkpoint_key(C), chunk))
+        for r in conn.execute(stmt):
+            freed |= codec.blob_keys(r.thread_id, r.checkpoint_ns, codec.stored_checkpoint(opts.serde, r))
+        for table in (W, C):
+            conn.execute(delete(table).where(_keys_in(_checkpoint_key(table), chunk)))
+    by_ns: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for thread_id, ns, checkpoint_id in keys:
+        by_ns[(thread_id, ns)].append(checkpoint_id)
+    for (thread_id, ns), ids in by_ns.items():
+        same_ns = (C.c.thread_id == thread_id, C.c.checkpoint_ns == ns)
+        for chunk in _chunks(ids):
+            conn.execute(
+                update(C)
+                .where(*same_ns, C.c.parent_checkpoint_id.in_(chunk))
+                .values(parent_checkpoint_id=None)
+            )
+        for r in conn.execute(select(*CHECKPOINT_COLUMNS).where(*same_ns)):
+            freed -= codec.blob_keys(thread_id, ns, codec.stored_checkpoint(opts.serde, r))
+    blob_key = (B.c.thread_id, B.c.checkpoint_ns, B.c.channel, B.c.version)
+    for chunk in _chunks(freed):
+        conn.execute(delete(B).where(_keys_in(blob_key, chunk)))
+
+
+def delete_for_runs(conn: Connection, opts: Options, run_ids: Sequence[str]) -> None:
+    """Delete the checkpoints (and their writes and blobs) of these runs."""
+    keys: list[tuple[str, str, str]] = []
+    for chunk in _chunks(run_ids):
+        stmt = select(*_checkpoint_key(C)).where(C.c.run_id.in_(chunk))
+        keys.extend(tuple(r) for r in conn.execute(stmt))
+    if keys:
+        _delete_checkpoints(conn, opts, keys)
+
+
+def copy_thread(conn: Connection, opts: Options, source: str, target: str) -> None:
+    """Copy every row of a thread (all namespaces, same checkpoint ids)."""
+    if source == target:
+        raise ValueError("copy_thread needs two different thread ids")
+    exists = conn.execute(select(literal(1)).where(C.c.thread_id == target).limit(1)).first()
+    if exists:
+        raise ValueError(
+            f"copy_thread target thread {target!r} already has checkpoints; "
+            "delete it first (delete_thread) or choose a new thread id"
+        )
+    for table in (C, B, W):
+        others = [c for c in table.c if c.name != "thread_id"]
+        conn.execute(
+            table.insert().from_select(
+                ["thread_id", *(c.name for c in others)],
+                select(literal(target, table.c.thread_id.type), *others).where(
+                    table.c.thread_id == source
+                ),
+            )
+        )
+
+
+def prune_keep_latest(conn: Connection, opts: Options, thread_id: str) -> None:
+    """Keep the latest checkpoint of each namespace of a thread, and what it
+    needs: its writes, its blobs, and, for `DeltaChannel`s whose latest
+    value is not a snapshot, the ancestors (and their writes) back to the
+    nearest snapshot, which reconstruction replays.
+
+    A subgraph *call*'s namespace (``node:<task id>``) goes entirely once
+    the root checkpoint it started from is itself pruned: it is history of
+    that call, not state a later call resumes from.
+    """
+    rows = conn.execute(
+        select(C.c.checkpoint_ns, C.c.checkpoint_id, C.c.metadata_json).where(
+            C.c.thread_id == thread_id
+        )
+    ).all()
+    by_ns: dict[str, list[Row[Any]]] = defaultdict(list)
+    for r in rows:
+        by_ns[r.checkpoint_ns].append(r)
+    heads = {ns: max(group, key=lambda r: r.checkpoint_id) for ns, group in by_ns.items()}
+    kept = {(ns, h.checkpoint_id) for ns, h in heads.items()}
+    for ns, head in heads.items():
+        counters = json.loads(head.metadata_json.get(COUNTERS_KEY, "{}")) or {}
+        if counters:
+            at = Address(thread_id, ns)
+            parent = conn.execute(
+                select(C.c.parent_checkpoint_id).where(
+                    C.c.thread_id == thread_id, C.c.checkpoint_ns == ns, C.c.checkpoint_id == head.checkpoint_id
+                )
+            ).scalar()
+            chain, _ = _walk_to_seeds(conn, opts, at, parent, counters)
+            kept |= {(ns, cid) for cid in chain}
+    root_ids = {r.checkpoint_id for r in by_ns.get("", ())}
+    calls = set()
+    for ns, head in heads.items():
+        root = (json.loads(head.metadata_json.get(PARENTS_KEY, "{}")) or {}).get("")
+        if ":" in ns and root in root_ids and ("", root) not in kept:
+            calls.add(ns)
+    doomed = [
+        (thread_id, r.checkpoint_ns, r.checkpoint_id)
+        for r in rows
+        if r.checkpoint_ns in calls or (r.checkpoint_ns, r.checkpoint_id) not in kept
+    ]
+    if doomed:
+        _delete_checkpoints(conn, opts, doomed)
