@@ -1,0 +1,27 @@
+"""Developer sessions: ``nox -s tests`` is the test suite CI runs.
+
+The tests need the three databases: SQLite is embedded; PostgreSQL and
+MySQL/MariaDB are taken from SQLSAVER_TEST_POSTGRES / SQLSAVER_TEST_MYSQL
+(default: local servers), or started with Docker (testcontainers).
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole suite, on SQLite, PostgreSQL and MySQL/MariaDB."""
+    session.install(".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The demo on the embedded SQLite default."""
+    session.install(".[demo]")
+    session.run("python", "-m", "sqlsaver", "demo", *session.posargs)
