@@ -37,9 +37,7 @@ def _url() -> str:
         or config.get_main_option("sqlalchemy.url")
     )
     if not url:
-        raise SystemExit(
-            "No database given: pass -x url=<database url> or set SQLSAVER_URL"
-        )
+        raise SystemExit("No database given: pass -x url=<database url> or set SQLSAVER_URL")
     return url
 
 

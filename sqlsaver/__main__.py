@@ -1,8 +1,8 @@
 """``python -m sqlsaver``: the demo, and schema upgrades for deployments.
 
-    python -m sqlsaver demo                      # a real graph on ./sqlsaver-demo.db
-    python -m sqlsaver demo --url postgresql+psycopg://postgres@localhost/test
-    python -m sqlsaver upgrade --url URL         # bring sqlsaver's tables to head
+python -m sqlsaver demo                      # a real graph on ./sqlsaver-demo.db
+python -m sqlsaver demo --url postgresql+psycopg://postgres@localhost/test
+python -m sqlsaver upgrade --url URL         # bring sqlsaver's tables to head
 """
 
 from __future__ import annotations

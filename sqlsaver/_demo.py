@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Annotated, Any, TypedDict
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 
@@ -45,23 +46,25 @@ def build(saver: SQLSaver) -> Any:
     return graph.compile(checkpointer=saver)
 
 
-def run_turn(saver: SQLSaver, thread_id: str, say: Callable[[str], None], pause: bool = False) -> None:
+def run_turn(
+    saver: SQLSaver, thread_id: str, say: Callable[[str], None], pause: bool = False
+) -> None:
     """One demo turn on ``thread_id``, narrated through ``say``."""
     graph = build(saver)
-    config = {"configurable": {"thread_id": thread_id}}
-    before = sum(1 for _ in saver.list(config))
+    config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
+    before = len(list(saver.list(config)))
     say(f"thread {thread_id!r}: {before} checkpoints stored so far")
     if not graph.get_state(config).interrupts:
         graph.invoke({}, config)
-        pending = graph.get_state(config).interrupts
-        say(f"drafted {pending[0].value['approve']!r}; paused for approval (the pause is a checkpoint)")
+        note = graph.get_state(config).interrupts[0].value["approve"]
+        say(f"drafted {note!r}; paused for approval (the pause is a checkpoint)")
         if pause:
             say("stopped at the approval; run the demo again to resume it")
             return
     else:
         say(f"resuming the approval left pending: {graph.get_state(config).interrupts[0].value}")
     state = graph.invoke(Command(resume="approved"), config)
-    after = sum(1 for _ in saver.list(config))
+    after = len(list(saver.list(config)))
     say(f"approved and filed; the thread now has {after} checkpoints (+{after - before})")
     say("filed notes:")
     for note in state["filed"]:

@@ -112,13 +112,13 @@ class AsyncSQLSaver(SaverBase):
     async def setup(self) -> None:
         """Create or upgrade sqlsaver's tables (Alembic, to head)."""
         self.loop = asyncio.get_running_loop()
-        await self._bind.run(migrate.upgrade, write=True)
+        await self._bind.write(migrate.upgrade)
 
     # -- reads ---------------------------------------------------------------
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` names, or the latest of its thread."""
-        return await self._bind.run(ops.get_tuple, self._opts, config)
+        return await self._bind.read(ops.get_tuple, self._opts, config)
 
     async def alist(
         self,
@@ -131,7 +131,7 @@ class AsyncSQLSaver(SaverBase):
         """Checkpoints newest first, a page at a time (see `SQLSaver.list`)."""
         query: ops.ListQuery | None = ops.ListQuery.of(config, filter, before, limit)
         while query is not None:
-            page, query = await self._bind.run(ops.list_page, self._opts, query)
+            page, query = await self._bind.read(ops.list_page, self._opts, query)
             for item in page:
                 yield item
 
@@ -139,7 +139,7 @@ class AsyncSQLSaver(SaverBase):
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
         """`DeltaChannel` history (see `BaseCheckpointSaver`), set-based."""
-        return await self._bind.run(ops.get_delta_channel_history, self._opts, config, channels)
+        return await self._bind.read(ops.get_delta_channel_history, self._opts, config, channels)
 
     # -- writes --------------------------------------------------------------
 
@@ -151,8 +151,8 @@ class AsyncSQLSaver(SaverBase):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Store a checkpoint and its changed channel values atomically."""
-        return await self._bind.run(
-            ops.put, self._opts, config, checkpoint, metadata, new_versions, write=True
+        return await self._bind.write(
+            ops.put, self._opts, config, checkpoint, metadata, new_versions
         )
 
     async def aput_writes(
@@ -163,34 +163,30 @@ class AsyncSQLSaver(SaverBase):
         task_path: str = "",
     ) -> None:
         """Store a task's pending writes atomically."""
-        await self._bind.run(
-            ops.put_writes, self._opts, config, writes, task_id, task_path, write=True
-        )
+        await self._bind.write(ops.put_writes, self._opts, config, writes, task_id, task_path)
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Delete every checkpoint, write and value of a thread."""
-        await self._bind.run(ops.delete_threads, self._opts, [str(thread_id)], write=True)
+        await self._bind.write(ops.delete_threads, self._opts, [str(thread_id)])
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete the checkpoints (with writes and values) of these runs."""
-        await self._bind.run(
-            ops.delete_for_runs, self._opts, [str(r) for r in run_ids], write=True
-        )
+        await self._bind.write(ops.delete_for_runs, self._opts, [str(r) for r in run_ids])
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy a whole thread, every namespace and checkpoint id included."""
-        await self._bind.run(
-            ops.copy_thread, self._opts, str(source_thread_id), str(target_thread_id), write=True
+        await self._bind.write(
+            ops.copy_thread, self._opts, str(source_thread_id), str(target_thread_id)
         )
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """See `SQLSaver.prune`."""
         threads = check_prune(thread_ids, strategy)
         if strategy == "delete":
-            await self._bind.run(ops.delete_threads, self._opts, threads, write=True)
+            await self._bind.write(ops.delete_threads, self._opts, threads)
             return
         for thread_id in threads:
-            await self._bind.run(ops.prune_keep_latest, self._opts, thread_id, write=True)
+            await self._bind.write(ops.prune_keep_latest, self._opts, thread_id)
 
     # -- sync twins: the async methods on the saver's loop -------------------
 
@@ -228,7 +224,7 @@ class AsyncSQLSaver(SaverBase):
     ) -> Iterator[CheckpointTuple]:
         query: ops.ListQuery | None = ops.ListQuery.of(config, filter, before, limit)
         while query is not None:
-            page, query = self._on_loop(self._bind.run(ops.list_page, self._opts, query))
+            page, query = self._on_loop(self._bind.read(ops.list_page, self._opts, query))
             yield from page
 
     def get_delta_channel_history(

@@ -18,7 +18,11 @@ from sqlsaver import dialects, ops
 PRUNE_STRATEGIES = ("keep_latest", "delete")
 
 # A URL for the other kind of saver, and the driver to use instead.
-_SYNC_FOR = {"sqlite": "sqlite://", "postgresql": "postgresql+psycopg://", "mysql": "mysql+pymysql://"}
+_SYNC_FOR = {
+    "sqlite": "sqlite://",
+    "postgresql": "postgresql+psycopg://",
+    "mysql": "mysql+pymysql://",
+}
 _ASYNC_FOR = {
     "sqlite": "sqlite+aiosqlite://",
     "postgresql": "postgresql+asyncpg:// (or postgresql+psycopg://)",
@@ -91,9 +95,10 @@ def sync_engine(url: str | URL, engine_kwargs: dict[str, Any] | None) -> Engine:
     """An engine for `SQLSaver.from_url`, configured for checkpointing."""
     parsed = _parse(url)
     if parsed.get_dialect().is_async:
+        instead = _SYNC_FOR.get(_backend(parsed), "its sync driver")
         raise ValueError(
             f"{parsed.drivername!r} is an async driver: use AsyncSQLSaver.from_url for it, "
-            f"or give SQLSaver a sync URL such as {_SYNC_FOR.get(_backend(parsed), 'its sync driver')}"
+            f"or give SQLSaver a sync URL such as {instead}"
         )
     engine = create_engine(parsed, **_options(parsed, engine_kwargs))
     dialects.configure_engine(engine)
@@ -108,10 +113,10 @@ def async_engine(url: str | URL, engine_kwargs: dict[str, Any] | None) -> AsyncE
     except Exception as error:  # sqlalchemy raises InvalidRequestError for sync drivers
         if "async" not in str(error):
             raise
+        instead = _ASYNC_FOR.get(_backend(parsed), "its async driver")
         raise ValueError(
             f"{parsed.drivername!r} is not an async driver: use SQLSaver.from_url for it, "
-            f"or give AsyncSQLSaver an async URL such as "
-            f"{_ASYNC_FOR.get(_backend(parsed), 'its async driver')}"
+            f"or give AsyncSQLSaver an async URL such as {instead}"
         ) from error
     dialects.configure_engine(engine.sync_engine)
     return engine

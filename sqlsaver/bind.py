@@ -65,20 +65,28 @@ class SyncBind:
         if isinstance(target, Engine):
             self._write_engine = target.execution_options(**{dialects.WRITE_OPTION: True})
 
-    def run(
-        self,
-        op: Callable[Concatenate[Connection, P], T],
-        *args: P.args,
-        write: bool = False,
-        **kwargs: P.kwargs,
+    def read(
+        self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """Run ``op(connection, *args)`` in a transaction (see module doc)."""
+        """Run a reading ``op(connection, *args)`` in a transaction."""
+        return self._run(False, op, *args, **kwargs)
+
+    def write(
+        self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run a writing ``op(connection, *args)`` atomically (see module doc)."""
+        return self._run(True, op, *args, **kwargs)
+
+    def _run(self, write: bool, op: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             if isinstance(self.target, Engine):
                 with (self._write_engine if write else self.target).begin() as conn:
                     return op(conn, *args, **kwargs)
             with self._lock:
-                conn = self.target if isinstance(self.target, Connection) else self.target.connection()
+                if isinstance(self.target, Connection):
+                    conn = self.target
+                else:
+                    conn = self.target.connection()
                 if write:
                     return _in_savepoint(conn, op, *args, **kwargs)
                 return op(conn, *args, **kwargs)
@@ -101,19 +109,26 @@ class AsyncBind:
             )
         self.target = target
         bind = target.bind if isinstance(target, AsyncSession) else target
+        if bind is None:
+            raise TypeError("AsyncSQLSaver needs an AsyncSession bound to an AsyncEngine")
         self.dialect = bind.dialect
         self._lock = asyncio.Lock()
         if isinstance(target, AsyncEngine):
             self._write_engine = target.execution_options(**{dialects.WRITE_OPTION: True})
 
-    async def run(
-        self,
-        op: Callable[Concatenate[Connection, P], T],
-        *args: P.args,
-        write: bool = False,
-        **kwargs: P.kwargs,
+    async def read(
+        self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """Await ``op(connection, *args)`` in a transaction (see module doc)."""
+        """Await a reading ``op(connection, *args)`` in a transaction."""
+        return await self._run(False, op, *args, **kwargs)
+
+    async def write(
+        self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Await a writing ``op(connection, *args)`` atomically (see module doc)."""
+        return await self._run(True, op, *args, **kwargs)
+
+    async def _run(self, write: bool, op: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             if isinstance(self.target, AsyncEngine):
                 async with (self._write_engine if write else self.target).begin() as conn:

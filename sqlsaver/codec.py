@@ -19,11 +19,11 @@ from langgraph.checkpoint.base import (
     CheckpointMetadata,
     CheckpointTuple,
     PendingWrite,
-    SerializerProtocol,
     get_checkpoint_id,
     get_serializable_checkpoint_metadata,
     writes_sort_key,
 )
+from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from sqlsaver.dialects import filter_document
 
@@ -175,9 +175,7 @@ def load(serde: SerializerProtocol, type_: str, data: bytes | None) -> Any:
     return serde.loads_typed((type_, bytes(data) if data is not None else b""))
 
 
-def pending_writes(
-    serde: SerializerProtocol, rows: Iterable[Any]
-) -> list[PendingWrite]:
+def pending_writes(serde: SerializerProtocol, rows: Iterable[Any]) -> list[PendingWrite]:
     """Writes rows (task_id, idx, task_path, channel, type, blob) in the order
     LangGraph applies them: `writes_sort_key`."""
     ordered = sorted(rows, key=lambda r: writes_sort_key(r.task_path, r.task_id, r.idx))
@@ -186,10 +184,13 @@ def pending_writes(
 
 def stored_checkpoint(serde: SerializerProtocol, row: Any) -> dict[str, Any]:
     """The stored checkpoint dict of a checkpoints row (no channel values)."""
-    return load(serde, row.checkpoint_type, row.checkpoint)
+    stored: dict[str, Any] = load(serde, row.checkpoint_type, row.checkpoint)
+    return stored
 
 
-def blob_keys(thread_id: str, checkpoint_ns: str, stored: Mapping[str, Any]) -> set[tuple[str, str, str, str]]:
+def blob_keys(
+    thread_id: str, checkpoint_ns: str, stored: Mapping[str, Any]
+) -> set[tuple[str, str, str, str]]:
     """The blob keys a stored checkpoint's channel values live under."""
     return {
         (thread_id, checkpoint_ns, channel, str(version))
@@ -216,8 +217,6 @@ def checkpoint_tuple(
         config=at.config(),
         checkpoint={**stored, "channel_values": channel_values},  # type: ignore[typeddict-item]
         metadata=load(serde, row.metadata_type, row.metadata_blob),
-        parent_config=(
-            at.config(row.parent_checkpoint_id) if row.parent_checkpoint_id else None
-        ),
+        parent_config=(at.config(row.parent_checkpoint_id) if row.parent_checkpoint_id else None),
         pending_writes=writes,
     )

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
-from typing import Any
+from functools import cache
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -101,7 +101,7 @@ def _key_columns(table: Table) -> list[Column[Any]]:
     return list(table.primary_key.columns)
 
 
-@lru_cache(maxsize=None)
+@cache
 def upsert(dialect: Dialect, table: Table, update: tuple[str, ...]) -> Insert:
     """INSERT that replaces the named columns of a row whose key exists.
 
@@ -110,14 +110,17 @@ def upsert(dialect: Dialect, table: Table, update: tuple[str, ...]) -> Insert:
     """
     stmt = _insert(dialect, table)
     if dialect.name in MYSQL:
-        return stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in update})
-    return stmt.on_conflict_do_update(
-        index_elements=_key_columns(table),
-        set_={c: stmt.excluded[c] for c in update},
+        return cast(Insert, stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in update}))
+    return cast(
+        Insert,
+        stmt.on_conflict_do_update(
+            index_elements=_key_columns(table),
+            set_={c: stmt.excluded[c] for c in update},
+        ),
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def insert_ignore(dialect: Dialect, table: Table) -> Insert:
     """INSERT that keeps the existing row when the key exists.
 
@@ -128,8 +131,8 @@ def insert_ignore(dialect: Dialect, table: Table) -> Insert:
     stmt = _insert(dialect, table)
     if dialect.name in MYSQL:
         first_key = _key_columns(table)[0]
-        return stmt.on_duplicate_key_update({first_key.name: first_key})
-    return stmt.on_conflict_do_nothing(index_elements=_key_columns(table))
+        return cast(Insert, stmt.on_duplicate_key_update({first_key.name: first_key}))
+    return cast(Insert, stmt.on_conflict_do_nothing(index_elements=_key_columns(table)))
 
 
 # --------------------------------------------------------------------------
@@ -147,9 +150,7 @@ def canonical_json(value: Any) -> str:
     """Canonical JSON text of a metadata value (equal values, equal text)."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # 1.0 == 1 in Python, so they must share a text
-    return json.dumps(
-        value, ensure_ascii=True, sort_keys=True, separators=(",", ":"), default=repr
-    )
+    return json.dumps(value, ensure_ascii=True, sort_keys=True, separators=(",", ":"), default=repr)
 
 
 def canonical_key(key: str) -> str:
@@ -163,7 +164,7 @@ def filter_document(metadata: dict[str, Any]) -> dict[str, str]:
 
 
 def metadata_matches(
-    dialect: Dialect, column: Column[Any], key: str, value: Any
+    dialect: Dialect, column: ColumnElement[Any], key: str, value: Any
 ) -> ColumnElement[bool]:
     """``metadata[key] == value``, with key and value as bound parameters."""
     if not isinstance(key, str):
@@ -228,8 +229,6 @@ def configure_engine(engine: Engine) -> None:
     def _begin(conn: Any) -> None:
         write = conn.get_execution_options().get(WRITE_OPTION, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-
 
 
 def begin_savepoint(conn: Connection) -> Any:

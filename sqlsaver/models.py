@@ -21,7 +21,9 @@ version            64       LangGraph's ``<32 digits>.<random>`` versions
 
 from __future__ import annotations
 
-from sqlalchemy import Index, Integer, MetaData, String
+from typing import cast
+
+from sqlalchemy import Index, Integer, MetaData, String, Table
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sqlsaver.dialects import BINARY, LONG_TEXT, METADATA_JSON, key_string
@@ -107,6 +109,6 @@ class WriteModel(Base):
     blob: Mapped[bytes] = mapped_column(BINARY)
 
 
-checkpoints = CheckpointModel.__table__
-blobs = BlobModel.__table__
-writes = WriteModel.__table__
+checkpoints = cast(Table, CheckpointModel.__table__)
+blobs = cast(Table, BlobModel.__table__)
+writes = cast(Table, WriteModel.__table__)

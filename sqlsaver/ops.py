@@ -23,12 +23,11 @@ from langgraph.checkpoint.base import (
     CheckpointTuple,
     DeltaChannelHistory,
     PendingWrite,
-    SerializerProtocol,
 )
+from langgraph.checkpoint.serde.base import SerializerProtocol
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Row,
     and_,
     delete,
     func,
@@ -69,6 +68,8 @@ CHECKPOINT_UPDATE = (
     "metadata_json",
     "run_id",
 )
+# A result row of `CHECKPOINT_COLUMNS` (or a subset), read by attribute.
+Row = Any
 WRITE_UPDATE = ("task_path", "channel", "type", "blob")
 COUNTERS_KEY = dialects.canonical_key("counters_since_delta_snapshot")
 PARENTS_KEY = dialects.canonical_key("parents")
@@ -128,10 +129,16 @@ def _load_writes(
     channels: Sequence[str] | None = None,
 ) -> dict[tuple[str, str, str], list[PendingWrite]]:
     """Pending writes per checkpoint key, each list in `writes_sort_key` order."""
-    rows: dict[tuple[str, str, str], list[Row[Any]]] = defaultdict(list)
+    rows: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
     for chunk in _chunks(keys):
         stmt = select(
-            *_checkpoint_key(W), W.c.task_id, W.c.idx, W.c.task_path, W.c.channel, W.c.type, W.c.blob
+            *_checkpoint_key(W),
+            W.c.task_id,
+            W.c.idx,
+            W.c.task_path,
+            W.c.channel,
+            W.c.type,
+            W.c.blob,
         ).where(_keys_in(_checkpoint_key(W), chunk))
         if channels is not None:
             stmt = stmt.where(W.c.channel.in_(channels))
@@ -141,21 +148,24 @@ def _load_writes(
 
 
 def _assemble(
-    conn: Connection, serde: SerializerProtocol, rows: Sequence[Row[Any]]
+    conn: Connection, serde: SerializerProtocol, rows: Sequence[Row]
 ) -> list[CheckpointTuple]:
     """Checkpoint rows to tuples: two more statements, however many rows."""
     if not rows:
         return []
     stored = [codec.stored_checkpoint(serde, r) for r in rows]
     blob_keys = set().union(
-        *(codec.blob_keys(r.thread_id, r.checkpoint_ns, s) for r, s in zip(rows, stored))
+        *(
+            codec.blob_keys(r.thread_id, r.checkpoint_ns, s)
+            for r, s in zip(rows, stored, strict=True)
+        )
     )
     blob_values = _load_blobs(conn, serde, blob_keys) if blob_keys else {}
     keys = [(r.thread_id, r.checkpoint_ns, r.checkpoint_id) for r in rows]
     writes = _load_writes(conn, serde, keys)
     return [
         codec.checkpoint_tuple(serde, r, s, blob_values, writes.get(k, []))
-        for r, s, k in zip(rows, stored, keys)
+        for r, s, k in zip(rows, stored, keys, strict=True)
     ]
 
 
@@ -207,7 +217,9 @@ class ListQuery:
         configurable = (config or {}).get("configurable") or {}
         before_id = Address.of(before).checkpoint_id if before else None
         return cls(
-            thread_id=str(configurable["thread_id"]) if configurable.get("thread_id") is not None else None,
+            thread_id=str(configurable["thread_id"])
+            if configurable.get("thread_id") is not None
+            else None,
             checkpoint_ns=configurable.get("checkpoint_ns"),
             checkpoint_id=configurable.get("checkpoint_id"),
             before_id=before_id,
@@ -226,7 +238,9 @@ def list_page(
     """One page of a `list`, newest first, and the query for the next page."""
     if query.done:
         return [], None
-    where = [dialects.metadata_matches(conn.dialect, C.c.metadata_json, k, v) for k, v in query.filter]
+    where = [
+        dialects.metadata_matches(conn.dialect, C.c.metadata_json, k, v) for k, v in query.filter
+    ]
     # Newest first; ties (equal ids in several threads or namespaces) are
     # broken by the key columns that the query does not pin down.
     order = [C.c.checkpoint_id]
@@ -245,7 +259,9 @@ def list_page(
     if query.after is not None:
         where.append(tuple_(*order) < tuple_(*query.after))
     size = PAGE_SIZE if query.remaining is None else min(PAGE_SIZE, query.remaining)
-    stmt = select(*CHECKPOINT_COLUMNS).where(*where).order_by(*(c.desc() for c in order)).limit(size)
+    stmt = (
+        select(*CHECKPOINT_COLUMNS).where(*where).order_by(*(c.desc() for c in order)).limit(size)
+    )
     rows = conn.execute(stmt).all()
     page = _assemble(conn, opts.serde, rows)
     if len(rows) < size:
@@ -258,9 +274,7 @@ def list_page(
     )
 
 
-def _ancestors(
-    conn: Connection, at: Address, start_id: str
-) -> list[Row[Any]]:
+def _ancestors(conn: Connection, at: Address, start_id: str) -> list[Row]:
     """Up to `WALK_STEP` checkpoints of the parent chain from `start_id` on,
     nearest first: one recursive CTE, index lookups all the way."""
     same_ns = (C.c.thread_id == at.thread_id, C.c.checkpoint_ns == at.checkpoint_ns)
@@ -271,7 +285,9 @@ def _ancestors(
     )
     chain = chain.union_all(
         select(C.c.checkpoint_id, C.c.parent_checkpoint_id, chain.c.depth + 1)
-        .select_from(C.join(chain, and_(*same_ns, C.c.checkpoint_id == chain.c.parent_checkpoint_id)))
+        .select_from(
+            C.join(chain, and_(*same_ns, C.c.checkpoint_id == chain.c.parent_checkpoint_id))
+        )
         .where(chain.c.depth < WALK_STEP - 1)
     )
     stmt = (
@@ -305,7 +321,7 @@ def _walk_to_seeds(
             if ch in s["channel_versions"]
         }
         values = _load_blobs(conn, opts.serde, wanted) if wanted else {}
-        for row, s in zip(rows, stored):
+        for row, s in zip(rows, stored, strict=True):
             chain.append(row.checkpoint_id)
             for ch in list(remaining):
                 key = (at.thread_id, at.checkpoint_ns, ch, str(s["channel_versions"].get(ch)))
@@ -350,10 +366,7 @@ def get_delta_channel_history(
         depth = seeds[ch][0] + 1 if ch in seeds else len(chain)
         entry: DeltaChannelHistory = {
             "writes": [
-                w
-                for key in reversed(keys[:depth])
-                for w in writes.get(key, ())
-                if w[1] == ch
+                w for key in reversed(keys[:depth]) for w in writes.get(key, ()) if w[1] == ch
             ]
         }
         if ch in seeds:
@@ -419,7 +432,9 @@ def _delete_checkpoints(
     for chunk in _chunks(keys):
         stmt = select(*CHECKPOINT_COLUMNS).where(_keys_in(_checkpoint_key(C), chunk))
         for r in conn.execute(stmt):
-            freed |= codec.blob_keys(r.thread_id, r.checkpoint_ns, codec.stored_checkpoint(opts.serde, r))
+            freed |= codec.blob_keys(
+                r.thread_id, r.checkpoint_ns, codec.stored_checkpoint(opts.serde, r)
+            )
         for table in (W, C):
             conn.execute(delete(table).where(_keys_in(_checkpoint_key(table), chunk)))
     by_ns: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -487,7 +502,7 @@ def prune_keep_latest(conn: Connection, opts: Options, thread_id: str) -> None:
             C.c.thread_id == thread_id
         )
     ).all()
-    by_ns: dict[str, list[Row[Any]]] = defaultdict(list)
+    by_ns: dict[str, list[Row]] = defaultdict(list)
     for r in rows:
         by_ns[r.checkpoint_ns].append(r)
     heads = {ns: max(group, key=lambda r: r.checkpoint_id) for ns, group in by_ns.items()}
@@ -498,7 +513,9 @@ def prune_keep_latest(conn: Connection, opts: Options, thread_id: str) -> None:
             at = Address(thread_id, ns)
             parent = conn.execute(
                 select(C.c.parent_checkpoint_id).where(
-                    C.c.thread_id == thread_id, C.c.checkpoint_ns == ns, C.c.checkpoint_id == head.checkpoint_id
+                    C.c.thread_id == thread_id,
+                    C.c.checkpoint_ns == ns,
+                    C.c.checkpoint_id == head.checkpoint_id,
                 )
             ).scalar()
             chain, _ = _walk_to_seeds(conn, opts, at, parent, counters)

@@ -98,13 +98,13 @@ class SQLSaver(SaverBase):
 
     def setup(self) -> None:
         """Create or upgrade sqlsaver's tables (Alembic, to head)."""
-        self._bind.run(migrate.upgrade, write=True)
+        self._bind.write(migrate.upgrade)
 
     # -- reads ---------------------------------------------------------------
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` names, or the latest of its thread."""
-        return self._bind.run(ops.get_tuple, self._opts, config)
+        return self._bind.read(ops.get_tuple, self._opts, config)
 
     def list(
         self,
@@ -125,14 +125,14 @@ class SQLSaver(SaverBase):
         """
         query: ops.ListQuery | None = ops.ListQuery.of(config, filter, before, limit)
         while query is not None:
-            page, query = self._bind.run(ops.list_page, self._opts, query)
+            page, query = self._bind.read(ops.list_page, self._opts, query)
             yield from page
 
     def get_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
         """`DeltaChannel` history (see `BaseCheckpointSaver`), set-based."""
-        return self._bind.run(ops.get_delta_channel_history, self._opts, config, channels)
+        return self._bind.read(ops.get_delta_channel_history, self._opts, config, channels)
 
     # -- writes --------------------------------------------------------------
 
@@ -144,9 +144,7 @@ class SQLSaver(SaverBase):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Store a checkpoint and its changed channel values atomically."""
-        return self._bind.run(
-            ops.put, self._opts, config, checkpoint, metadata, new_versions, write=True
-        )
+        return self._bind.write(ops.put, self._opts, config, checkpoint, metadata, new_versions)
 
     def put_writes(
         self,
@@ -156,21 +154,19 @@ class SQLSaver(SaverBase):
         task_path: str = "",
     ) -> None:
         """Store a task's pending writes atomically."""
-        self._bind.run(ops.put_writes, self._opts, config, writes, task_id, task_path, write=True)
+        self._bind.write(ops.put_writes, self._opts, config, writes, task_id, task_path)
 
     def delete_thread(self, thread_id: str) -> None:
         """Delete every checkpoint, write and value of a thread."""
-        self._bind.run(ops.delete_threads, self._opts, [str(thread_id)], write=True)
+        self._bind.write(ops.delete_threads, self._opts, [str(thread_id)])
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete the checkpoints (with writes and values) of these runs."""
-        self._bind.run(ops.delete_for_runs, self._opts, [str(r) for r in run_ids], write=True)
+        self._bind.write(ops.delete_for_runs, self._opts, [str(r) for r in run_ids])
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy a whole thread, every namespace and checkpoint id included."""
-        self._bind.run(
-            ops.copy_thread, self._opts, str(source_thread_id), str(target_thread_id), write=True
-        )
+        self._bind.write(ops.copy_thread, self._opts, str(source_thread_id), str(target_thread_id))
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """Shrink threads: ``"keep_latest"`` keeps each namespace's latest
@@ -178,10 +174,10 @@ class SQLSaver(SaverBase):
         transaction per thread; ``"delete"`` deletes them whole."""
         threads = check_prune(thread_ids, strategy)
         if strategy == "delete":
-            self._bind.run(ops.delete_threads, self._opts, threads, write=True)
+            self._bind.write(ops.delete_threads, self._opts, threads)
             return
         for thread_id in threads:
-            self._bind.run(ops.prune_keep_latest, self._opts, thread_id, write=True)
+            self._bind.write(ops.prune_keep_latest, self._opts, thread_id)
 
     # -- async twins: the sync methods in a worker thread ---------------------
 
@@ -198,7 +194,7 @@ class SQLSaver(SaverBase):
     ) -> AsyncIterator[CheckpointTuple]:
         query: ops.ListQuery | None = ops.ListQuery.of(config, filter, before, limit)
         while query is not None:
-            page, query = await asyncio.to_thread(self._bind.run, ops.list_page, self._opts, query)
+            page, query = await asyncio.to_thread(self._bind.read, ops.list_page, self._opts, query)
             for item in page:
                 yield item
 

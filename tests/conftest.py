@@ -94,7 +94,9 @@ def _reset(url: str) -> None:
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres", "mysql"])
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Backend]:
     """Each database, reset and brought to head once per test session."""
     name = request.param
     container = None
@@ -104,7 +106,9 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     else:
         where = POSTGRES if name == "postgres" else MYSQL
         sync_scheme, async_scheme = (
-            ("postgresql+psycopg", "postgresql+asyncpg") if name == "postgres" else ("mysql+pymysql", "mysql+asyncmy")
+            ("postgresql+psycopg", "postgresql+asyncpg")
+            if name == "postgres"
+            else ("mysql+pymysql", "mysql+asyncmy")
         )
         if not _reachable(f"{sync_scheme}://{where}"):
             started = None if REQUIRE_ALL else _docker_container(name)

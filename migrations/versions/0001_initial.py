@@ -36,7 +36,9 @@ def upgrade() -> None:
         sa.Column("metadata_type", sa.String(64), nullable=False),
         sa.Column("metadata_blob", BINARY, nullable=False),
         sa.Column("metadata_json", METADATA_JSON, nullable=False),
-        sa.PrimaryKeyConstraint("thread_id", "checkpoint_ns", "checkpoint_id", name="pk_sqlsaver_checkpoints"),
+        sa.PrimaryKeyConstraint(
+            "thread_id", "checkpoint_ns", "checkpoint_id", name="pk_sqlsaver_checkpoints"
+        ),
     )
     op.create_index("ix_sqlsaver_checkpoints_run_id", "sqlsaver_checkpoints", ["run_id"])
     op.create_table(
@@ -44,7 +46,9 @@ def upgrade() -> None:
         *_key_columns(THREAD, NS, ("channel", 255), ("version", 64)),
         sa.Column("type", sa.String(64), nullable=False),
         sa.Column("blob", BINARY, nullable=False),
-        sa.PrimaryKeyConstraint("thread_id", "checkpoint_ns", "channel", "version", name="pk_sqlsaver_blobs"),
+        sa.PrimaryKeyConstraint(
+            "thread_id", "checkpoint_ns", "channel", "version", name="pk_sqlsaver_blobs"
+        ),
     )
     op.create_table(
         "sqlsaver_writes",
@@ -55,7 +59,12 @@ def upgrade() -> None:
         sa.Column("type", sa.String(64), nullable=False),
         sa.Column("blob", BINARY, nullable=False),
         sa.PrimaryKeyConstraint(
-            "thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx", name="pk_sqlsaver_writes"
+            "thread_id",
+            "checkpoint_ns",
+            "checkpoint_id",
+            "task_id",
+            "idx",
+            name="pk_sqlsaver_writes",
         ),
     )
 

@@ -1,0 +1,314 @@
+"""Real LangGraph graphs persisted by sqlsaver, on every backend, sync and async.
+
+Every scenario runs twice, on the saver under test and on LangGraph's own
+`InMemorySaver`, through the same calls (``graph.invoke`` / ``stream`` with
+`SQLSaver`, ``graph.ainvoke`` / ``astream`` with `AsyncSQLSaver`), and the
+two must agree: the results, the final state, and every checkpoint of the
+thread's history as ``(step, source, values, next)``. Covered:
+
+* ``interrupt()`` in a node, resumed with ``Command(resume=...)``: the
+  interrupt is visible in ``get_state`` before the resume, the state after
+  it is right, and completed nodes are not run again;
+* a compiled subgraph as a node of a parent graph, interrupting inside the
+  subgraph, ``get_state(..., subgraphs=True)``, resumed from the parent;
+* a ``Send`` fan-out to parallel branches reduced into a list, with
+  ``get_state_history`` and ``list(filter=..., before=..., limit=...)``;
+* multi-turn conversations on one thread, ``update_state``, and forking
+  from an older checkpoint (``invoke`` with a ``checkpoint_id``).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import Counter
+from collections.abc import Iterator
+from typing import Annotated, Any, TypedDict
+
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command, Interrupt, Send, interrupt
+
+# -- running one scenario sync or async ---------------------------------------
+
+
+@pytest.fixture(params=["sync", "async"])
+def aio(request: pytest.FixtureRequest) -> bool:
+    return request.param == "async"
+
+
+@pytest.fixture
+def saver(aio: bool, sync_saver: Any, async_saver: Any) -> Any:
+    return async_saver if aio else sync_saver
+
+
+async def call(aio: bool, obj: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+    """``obj.name(...)``, or ``await obj.aname(...)`` when async; iterators
+    (``stream``, ``get_state_history``, ``list``) come back as lists."""
+    if not aio:
+        out = getattr(obj, name)(*args, **kwargs)
+        return list(out) if isinstance(out, Iterator) else out
+    out = getattr(obj, "a" + name)(*args, **kwargs)
+    if hasattr(out, "__aiter__"):
+        return [item async for item in out]
+    return await out
+
+
+def norm(value: Any) -> Any:
+    """A value with the run-specific parts (interrupt ids) left out."""
+    if isinstance(value, Interrupt):
+        return ("interrupt", norm(value.value))
+    if isinstance(value, dict):
+        return {k: norm(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(norm(v) for v in value)
+    return value
+
+
+async def history(aio: bool, graph: Any, config: dict) -> list[tuple]:
+    return [
+        (s.metadata["step"], s.metadata["source"], norm(s.values), s.next)
+        for s in await call(aio, graph, "get_state_history", config)
+    ]
+
+
+async def on_both(aio: bool, saver: Any, build: Any, scenario: Any, thread_id: str) -> Any:
+    """Run `scenario(graph, config, runs)` on `saver` and on an `InMemorySaver`;
+    assert they agree and return the saver's outcome and node run counts."""
+    outcomes = []
+    for checkpointer in (saver, InMemorySaver()):
+        runs: Counter[str] = Counter()
+        graph = build(runs).compile(checkpointer=checkpointer)
+        config = {"configurable": {"thread_id": thread_id}}
+        outcome = await scenario(graph, config, runs)
+        outcomes.append((outcome, dict(runs), await history(aio, graph, config)))
+    assert outcomes[0] == outcomes[1]
+    return outcomes[0]
+
+
+def cfg(thread_id: str, **configurable: Any) -> dict:
+    return {"configurable": {"thread_id": thread_id, **configurable}}
+
+
+# -- graphs -------------------------------------------------------------------
+
+
+class Log(TypedDict, total=False):
+    log: Annotated[list, operator.add]
+    answer: str
+
+
+def counted(runs: Counter[str], name: str, fn: Any) -> Any:
+    def node(state: Any) -> Any:
+        runs[name] += 1
+        return fn(state)
+
+    return node
+
+
+def chain(runs: Counter[str], prefix: str, *nodes: tuple[str, Any]) -> StateGraph:
+    """A straight line of counted nodes over the `Log` state."""
+    builder = StateGraph(Log)
+    names = [f"{prefix}{name}" for name, _ in nodes]
+    for name, (_, fn) in zip(names, nodes):
+        builder.add_node(name, counted(runs, name, fn))
+    for a, b in zip([START, *names], [*names, END]):
+        builder.add_edge(a, b)
+    return builder
+
+
+def ask(state: Log) -> Log:
+    return {"answer": interrupt({"question": "proceed?", "seen": list(state["log"])}), "log": ["ask"]}
+
+
+def interrupt_graph(runs: Counter[str]) -> StateGraph:
+    return chain(
+        runs,
+        "",
+        ("prepare", lambda s: {"log": ["prepare"]}),
+        ("ask", ask),
+        ("finish", lambda s: {"log": [f"finish:{s['answer']}"]}),
+    )
+
+
+def subgraph_graph(runs: Counter[str]) -> StateGraph:
+    child = chain(
+        runs,
+        "sub_",
+        ("a", lambda s: {"log": ["sub_a"]}),
+        ("ask", ask),
+        ("b", lambda s: {"log": [f"sub_b:{s['answer']}"]}),
+    ).compile()
+    return chain(
+        runs,
+        "",
+        ("pre", lambda s: {"log": ["pre"]}),
+        ("child", child),
+        ("post", lambda s: {"log": [f"post:{s['answer']}"]}),
+    )
+
+
+class Fan(TypedDict, total=False):
+    n: int
+    results: Annotated[list, operator.add]
+    total: int
+
+
+def fan_graph(runs: Counter[str]) -> StateGraph:
+    builder = StateGraph(Fan)
+    builder.add_node("work", counted(runs, "work", lambda arg: {"results": [arg["i"] ** 2]}))
+    builder.add_node("done", counted(runs, "done", lambda s: {"total": sum(s["results"])}))
+    builder.add_conditional_edges(
+        START, lambda s: [Send("work", {"i": i}) for i in range(s["n"])], ["work"]
+    )
+    builder.add_edge("work", "done")
+    builder.add_edge("done", END)
+    return builder
+
+
+class Chat(TypedDict, total=False):
+    messages: Annotated[list, operator.add]
+    turns: int
+
+
+def chat_graph(runs: Counter[str]) -> StateGraph:
+    def reply(state: Chat) -> Chat:
+        return {"messages": [f"echo:{state['messages'][-1]}"], "turns": state.get("turns", 0) + 1}
+
+    builder = StateGraph(Chat)
+    builder.add_node("reply", counted(runs, "reply", reply))
+    builder.add_edge(START, "reply")
+    builder.add_edge("reply", END)
+    return builder
+
+
+# -- tests --------------------------------------------------------------------
+
+
+async def test_interrupt_and_resume(aio: bool, saver: Any, thread_id: str) -> None:
+    async def scenario(graph: Any, config: dict, runs: Counter[str]) -> Any:
+        first = await call(aio, graph, "invoke", {"log": ["start"]}, config)
+        paused = await call(aio, graph, "get_state", config)
+        assert paused.next == ("ask",)
+        assert [norm(i) for i in paused.interrupts] == [
+            ("interrupt", {"question": "proceed?", "seen": ["start", "prepare"]})
+        ]
+        assert [norm(i) for i in paused.tasks[0].interrupts] == [norm(i) for i in paused.interrupts]
+        assert dict(runs) == {"prepare": 1, "ask": 1}
+        chunks = await call(aio, graph, "stream", Command(resume="yes"), config, stream_mode="updates")
+        final = await call(aio, graph, "get_state", config)
+        assert final.next == () and final.interrupts == ()
+        return norm(first), norm(chunks), final.values
+
+    (first, chunks, values), runs, hist = await on_both(
+        aio, saver, interrupt_graph, scenario, thread_id
+    )
+    assert first["__interrupt__"][0][1]["question"] == "proceed?"
+    assert values == {"log": ["start", "prepare", "ask", "finish:yes"], "answer": "yes"}
+    # `ask` re-runs on resume (that is how interrupt() works); nothing else does.
+    assert runs == {"prepare": 1, "ask": 2, "finish": 1}
+    assert chunks == [{"ask": {"answer": "yes", "log": ["ask"]}}, {"finish": {"log": ["finish:yes"]}}]
+    assert [(step, source) for step, source, *_ in hist] == [
+        (3, "loop"), (2, "loop"), (1, "loop"), (0, "loop"), (-1, "input"),
+    ]
+
+
+async def test_subgraph_interrupt_resumed_from_parent(aio: bool, saver: Any, thread_id: str) -> None:
+    async def scenario(graph: Any, config: dict, runs: Counter[str]) -> Any:
+        await call(aio, graph, "invoke", {"log": ["start"]}, config)
+        paused = await call(aio, graph, "get_state", config, subgraphs=True)
+        assert paused.next == ("child",)
+        sub = paused.tasks[0].state
+        assert sub.next == ("sub_ask",)
+        assert sub.config["configurable"]["checkpoint_ns"].startswith("child:")
+        assert [norm(i) for i in sub.tasks[0].interrupts] == [
+            ("interrupt", {"question": "proceed?", "seen": ["start", "pre", "sub_a"]})
+        ]
+        # The subgraph's own checkpoints are reachable through its namespace.
+        sub_state = await call(aio, graph, "get_state", sub.config)
+        assert sub_state.values == sub.values
+        sub_hist = await history(aio, graph, sub.config)
+        await call(aio, graph, "invoke", Command(resume="ok"), config)
+        final = await call(aio, graph, "get_state", config, subgraphs=True)
+        assert final.next == () and final.tasks == ()
+        checkpoints = await call(aio, graph.checkpointer, "list", config)
+        namespaces = Counter(c.config["configurable"]["checkpoint_ns"].split(":")[0] for c in checkpoints)
+        return norm(paused.values), norm(sub.values), sub_hist, final.values, dict(namespaces)
+
+    (paused, sub, sub_hist, values, namespaces), runs, _ = await on_both(
+        aio, saver, subgraph_graph, scenario, thread_id
+    )
+    assert paused == {"log": ["start", "pre"]}
+    assert sub == {"log": ["start", "pre", "sub_a"]}
+    assert [(step, source) for step, source, *_ in sub_hist] == [(1, "loop"), (0, "loop"), (-1, "input")]
+    assert values == {"log": ["start", "pre", "sub_a", "ask", "sub_b:ok", "post:ok"], "answer": "ok"}
+    assert runs == {"pre": 1, "sub_a": 1, "sub_ask": 2, "sub_b": 1, "post": 1}
+    assert namespaces == {"": 5, "child": 5}
+
+
+async def test_send_fan_out_history_and_list(aio: bool, saver: Any, thread_id: str) -> None:
+    n = 6
+
+    async def scenario(graph: Any, config: dict, runs: Counter[str]) -> Any:
+        out = await call(aio, graph, "invoke", {"n": n}, config)
+        checkpointer = graph.checkpointer
+        by_step = {
+            step: [c.metadata["step"] for c in await call(aio, checkpointer, "list", config, filter={"step": step})]
+            for step in range(-2, 4)
+        }
+        loops = await call(aio, checkpointer, "list", config, filter={"source": "loop", "step": 1})
+        everything = await call(aio, checkpointer, "list", config)
+        before = await call(aio, checkpointer, "list", config, before=everything[1].config)
+        limited = await call(aio, checkpointer, "list", config, before=everything[0].config, limit=2)
+        assert [c.config for c in before] == [c.config for c in everything[2:]]
+        assert [c.config for c in limited] == [c.config for c in everything[1:3]]
+        assert [c.metadata["step"] for c in loops] == [1]
+        return out, by_step, len(before), len(limited)
+
+    (out, by_step, n_before, n_limited), runs, hist = await on_both(
+        aio, saver, fan_graph, scenario, thread_id
+    )
+    squares = [i**2 for i in range(n)]
+    assert out == {"n": n, "results": squares, "total": sum(squares)}
+    assert runs == {"work": n, "done": 1}
+    assert [(step, source) for step, source, *_ in hist] == [(2, "loop"), (1, "loop"), (0, "loop"), (-1, "input")]
+    assert hist[0][3] == () and hist[1][3] == ("done",) and hist[2][3] == ("work",) * n
+    assert by_step == {-2: [], -1: [-1], 0: [0], 1: [1], 2: [2], 3: []}
+    assert (n_before, n_limited) == (2, 2)
+
+
+async def test_multi_turn_update_state_and_fork(aio: bool, saver: Any, thread_id: str) -> None:
+    async def scenario(graph: Any, config: dict, runs: Counter[str]) -> Any:
+        lengths, outputs = [], []
+        for turn in range(3):
+            outputs.append(await call(aio, graph, "invoke", {"messages": [f"hi{turn}"]}, config))
+            lengths.append(len(await call(aio, graph, "get_state_history", config)))
+        # update_state as if `reply` had run: a new checkpoint, source "update".
+        updated = await call(aio, graph, "update_state", config, {"messages": ["edited"]}, as_node="reply")
+        after_update = await call(aio, graph, "get_state", config)
+        assert after_update.config == updated and after_update.metadata["source"] == "update"
+        # Fork from the checkpoint that ended turn 1.
+        turn1 = [s for s in await call(aio, graph, "get_state_history", config) if s.values.get("turns") == 1][0]
+        fork_config = cfg(config["configurable"]["thread_id"], checkpoint_id=turn1.config["configurable"]["checkpoint_id"])
+        forked = await call(aio, graph, "invoke", {"messages": ["fork"]}, fork_config)
+        latest = await call(aio, graph, "get_state", config)
+        # The fork's first checkpoint hangs off turn 1's, not off the latest.
+        chain_ids = []
+        snapshot = latest
+        while snapshot.parent_config is not None:
+            chain_ids.append(snapshot.metadata["source"])
+            snapshot = await call(aio, graph, "get_state", snapshot.parent_config)
+        return outputs, lengths, after_update.values, forked, latest.values, chain_ids
+
+    (outputs, lengths, updated, forked, latest, chain_sources), runs, hist = await on_both(
+        aio, saver, chat_graph, scenario, thread_id
+    )
+    assert outputs[-1] == {"messages": ["hi0", "echo:hi0", "hi1", "echo:hi1", "hi2", "echo:hi2"], "turns": 3}
+    assert lengths == [3, 6, 9]
+    assert updated["messages"][-1] == "edited"
+    assert forked == latest == {"messages": ["hi0", "echo:hi0", "hi1", "echo:hi1", "fork", "echo:fork"], "turns": 2}
+    assert runs == {"reply": 4}
+    assert len(hist) == 9 + 1 + 3
+    # Walking parents from the fork's head: fork run (loop, input), then
+    # turns 2 and 1 (loop, input, input-start each), never the update.
+    assert chain_sources == ["loop", "input", "loop", "input", "loop", "input"]
