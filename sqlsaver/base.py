@@ -91,6 +91,14 @@ def _backend(url: URL) -> str:
     return "mysql" if backend in dialects.MYSQL else backend
 
 
+def _driver_missing(url: URL, error: ImportError) -> ValueError:
+    return ValueError(
+        f"the driver for {url.drivername!r} is not installed ({error}): install it, or "
+        "sqlsaver's extra for the database: pip install 'sqlsaver[postgres]' "
+        "(psycopg, asyncpg), 'sqlsaver[mysql]' (pymysql, asyncmy), 'sqlsaver[sqlite]' (aiosqlite)"
+    )
+
+
 def sync_engine(url: str | URL, engine_kwargs: dict[str, Any] | None) -> Engine:
     """An engine for `SQLSaver.from_url`, configured for checkpointing."""
     parsed = _parse(url)
@@ -100,7 +108,10 @@ def sync_engine(url: str | URL, engine_kwargs: dict[str, Any] | None) -> Engine:
             f"{parsed.drivername!r} is an async driver: use AsyncSQLSaver.from_url for it, "
             f"or give SQLSaver a sync URL such as {instead}"
         )
-    engine = create_engine(parsed, **_options(parsed, engine_kwargs))
+    try:
+        engine = create_engine(parsed, **_options(parsed, engine_kwargs))
+    except ImportError as error:
+        raise _driver_missing(parsed, error) from error
     dialects.configure_engine(engine)
     return engine
 
@@ -110,6 +121,8 @@ def async_engine(url: str | URL, engine_kwargs: dict[str, Any] | None) -> AsyncE
     parsed = _parse(url)
     try:
         engine = create_async_engine(parsed, **_options(parsed, engine_kwargs))
+    except ImportError as error:
+        raise _driver_missing(parsed, error) from error
     except Exception as error:  # sqlalchemy raises InvalidRequestError for sync drivers
         if "async" not in str(error):
             raise

@@ -158,14 +158,14 @@ def write_rows(
     return rows
 
 
-def writes_replace(writes: Sequence[tuple[str, Any]]) -> bool:
-    """Whether a `put_writes` call replaces stored rows instead of keeping them.
+def replaces(channel: str) -> bool:
+    """Whether a write to ``channel`` replaces a stored one of the same task.
 
-    Only special channels (errors, interrupts, resumes, scheduled) replace: a
-    later interrupt or error of the same task supersedes the earlier one,
-    while ordinary writes are idempotent and the first one wins.
+    Special channels (errors, interrupts, resumes, scheduled) do: a later
+    interrupt or error of a task supersedes the earlier one. Ordinary
+    writes are idempotent, and the first one wins (as in `InMemorySaver`).
     """
-    return all(channel in WRITES_IDX_MAP for channel, _ in writes)
+    return channel in WRITES_IDX_MAP
 
 
 # -- reading -----------------------------------------------------------------

@@ -28,6 +28,8 @@ from sqlalchemy import (
     exists,
     func,
     literal,
+    not_,
+    or_,
     select,
     type_coerce,
 )
@@ -146,11 +148,30 @@ def insert_ignore(dialect: Dialect, table: Table) -> Insert:
 # PostgreSQL's JSONB and UTF-8 cannot hold) out of the database's JSON.
 
 
-def canonical_json(value: Any) -> str:
-    """Canonical JSON text of a metadata value (equal values, equal text)."""
+def _python_equal_form(value: Any) -> Any:
+    """Fold values Python's ``==`` treats as equal into one form: ``True ==
+    1 == 1.0``, ``[1.0] == [1]``, tuples equal to lists after a round trip."""
+    if isinstance(value, bool):
+        return int(value)
     if isinstance(value, float) and value.is_integer():
-        value = int(value)  # 1.0 == 1 in Python, so they must share a text
-    return json.dumps(value, ensure_ascii=True, sort_keys=True, separators=(",", ":"), default=repr)
+        return int(value)
+    if isinstance(value, dict):
+        return {str(k): _python_equal_form(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_python_equal_form(v) for v in value]
+    return value
+
+
+def canonical_json(value: Any) -> str:
+    """Canonical JSON text of a metadata value: values equal under Python's
+    ``==`` (as `InMemorySaver` compares them) get equal text."""
+    return json.dumps(
+        _python_equal_form(value),
+        ensure_ascii=True,
+        sort_keys=True,
+        separators=(",", ":"),
+        default=repr,
+    )
 
 
 def canonical_key(key: str) -> str:
@@ -166,22 +187,26 @@ def filter_document(metadata: dict[str, Any]) -> dict[str, str]:
 def metadata_matches(
     dialect: Dialect, column: ColumnElement[Any], key: str, value: Any
 ) -> ColumnElement[bool]:
-    """``metadata[key] == value``, with key and value as bound parameters."""
+    """``metadata.get(key) == value``, key and value bound as parameters.
+
+    As in `InMemorySaver`, a ``None`` value also matches a missing key.
+    """
     if not isinstance(key, str):
         raise TypeError(f"metadata filter keys must be strings, got {key!r}")
     ckey, cvalue = canonical_key(key), canonical_json(value)
     if dialect.name == "postgresql":
-        return type_coerce(column, postgresql.JSONB).contains({ckey: cvalue})
-    if dialect.name in MYSQL:
-        return func.json_contains(column, literal(json.dumps({ckey: cvalue}))) == 1
-    if dialect.name == "sqlite":
+        jsonb = type_coerce(column, postgresql.JSONB)
+        equal, has_key = jsonb.contains({ckey: cvalue}), jsonb.has_key(ckey)
+    elif dialect.name in MYSQL:
+        equal = func.json_contains(column, literal(json.dumps({ckey: cvalue}))) == 1
+        has_key = func.json_contains(func.json_keys(column), literal(json.dumps(ckey))) == 1
+    elif dialect.name == "sqlite":
         entries = func.json_each(column).table_valued("key", "value")
-        return exists(
-            select(literal(1))
-            .select_from(entries)
-            .where(entries.c.key == ckey, entries.c.value == cvalue)
-        )
-    raise NotImplementedError(dialect.name)
+        entry = select(literal(1)).select_from(entries).where(entries.c.key == ckey)
+        equal, has_key = exists(entry.where(entries.c.value == cvalue)), exists(entry)
+    else:
+        raise NotImplementedError(dialect.name)
+    return or_(equal, not_(has_key)) if value is None else equal
 
 
 # --------------------------------------------------------------------------

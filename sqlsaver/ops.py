@@ -23,6 +23,7 @@ from langgraph.checkpoint.base import (
     CheckpointTuple,
     DeltaChannelHistory,
     PendingWrite,
+    get_checkpoint_id,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from sqlalchemy import (
@@ -214,12 +215,12 @@ class ListQuery:
         before: RunnableConfig | None,
         limit: int | None,
     ) -> ListQuery:
+        # None lists every thread; a config must name its thread.
+        thread_id = Address.of(config).thread_id if config is not None else None
         configurable = (config or {}).get("configurable") or {}
-        before_id = Address.of(before).checkpoint_id if before else None
+        before_id = get_checkpoint_id(before) if before else None
         return cls(
-            thread_id=str(configurable["thread_id"])
-            if configurable.get("thread_id") is not None
-            else None,
+            thread_id=thread_id,
             checkpoint_ns=configurable.get("checkpoint_ns"),
             checkpoint_id=configurable.get("checkpoint_id"),
             before_id=before_id,
@@ -405,15 +406,15 @@ def put_writes(
     task_id: str,
     task_path: str,
 ) -> None:
-    """Store a task's writes in one statement (see `codec.writes_replace`)."""
+    """Store a task's writes: one statement (two if the batch mixes special
+    and ordinary channels, see `codec.replaces`)."""
     rows = codec.write_rows(opts.serde, config, writes, task_id, task_path)
-    if not rows:
-        return
-    if codec.writes_replace(writes):
-        stmt = dialects.upsert(conn.dialect, W, WRITE_UPDATE)
-    else:
-        stmt = dialects.insert_ignore(conn.dialect, W)
-    conn.execute(stmt, rows)
+    replacing = [r for r in rows if codec.replaces(r["channel"])]
+    keeping = [r for r in rows if not codec.replaces(r["channel"])]
+    if replacing:
+        conn.execute(dialects.upsert(conn.dialect, W, WRITE_UPDATE), replacing)
+    if keeping:
+        conn.execute(dialects.insert_ignore(conn.dialect, W), keeping)
 
 
 def delete_threads(conn: Connection, opts: Options, thread_ids: Sequence[str]) -> None:
