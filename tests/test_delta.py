@@ -1,0 +1,441 @@
+"""`DeltaChannel` threads (beta) persisted by sqlsaver, on every backend,
+sync (`SQLSaver`, ``graph.invoke``) and async (`AsyncSQLSaver`, ``ainvoke``).
+
+A `DeltaChannel` stores a snapshot only every few updates; in between, its
+value is rebuilt by replaying ancestor writes from
+``get_delta_channel_history``, which sqlsaver answers with set-based SQL.
+Covered:
+
+* that answer equals the generic per-ancestor walk of
+  `BaseCheckpointSaver` for every checkpoint of a real multi-turn thread,
+  every namespace (subgraph calls included), forks (``update_state`` on an
+  older checkpoint, ``invoke`` from a ``checkpoint_id``), plain channels,
+  unknown channels and checkpoints, and an empty channel list; and on a
+  260-step thread, where the walk spans several ``ops.WALK_STEP`` chunks;
+* the state LangGraph rebuilds from it, at every checkpoint of the thread,
+  equals the same graph's on `InMemorySaver`;
+* ``prune(strategy="keep_latest")`` keeps delta state rebuildable (also
+  while paused inside a subgraph) and the thread can go on; on a plain
+  thread it keeps one checkpoint per namespace;
+* ``copy_thread`` of a delta thread, and ``delete_for_runs`` on real runs.
+"""
+
+import operator
+from collections import Counter
+from collections.abc import Iterator
+from typing import Annotated, Any, TypedDict
+
+import pytest
+from langgraph.channels.delta import DeltaChannel
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+
+from sqlsaver import ops
+
+# -- running sync or async ----------------------------------------------------
+
+
+@pytest.fixture(params=["sync", "async"])
+def aio(request: pytest.FixtureRequest) -> bool:
+    return request.param == "async"
+
+
+@pytest.fixture
+def saver(aio: bool, sync_saver: Any, async_saver: Any) -> Any:
+    return async_saver if aio else sync_saver
+
+
+async def call(aio: bool, obj: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+    """``obj.name(...)``, or ``await obj.aname(...)`` when async; iterators
+    come back as lists."""
+    if not aio:
+        out = getattr(obj, name)(*args, **kwargs)
+        return list(out) if isinstance(out, Iterator) else out
+    out = getattr(obj, "a" + name)(*args, **kwargs)
+    if hasattr(out, "__aiter__"):
+        return [item async for item in out]
+    return await out
+
+
+async def delta_history(
+    aio: bool, saver: Any, config: dict, channels: list[str], *, base: bool
+) -> Any:
+    """The saver's own `get_delta_channel_history`, or (``base``) the generic
+    walk of `BaseCheckpointSaver` over the saver's `get_tuple`."""
+    owner = BaseCheckpointSaver if base else type(saver)
+    method = getattr(owner, "aget_delta_channel_history" if aio else "get_delta_channel_history")
+    out = method(saver, config=config, channels=channels)
+    return dict(await out if aio else out)
+
+
+def cfg(thread_id: str, **configurable: Any) -> dict:
+    return {"configurable": {"thread_id": thread_id, **configurable}}
+
+
+async def summary(aio: bool, graph: Any, config: dict) -> list[tuple]:
+    """Every checkpoint of the root namespace, newest first, with the state
+    LangGraph rebuilds there."""
+    return [
+        (s.metadata["step"], s.metadata["source"], s.values, s.next)
+        for s in await call(aio, graph, "get_state_history", config)
+    ]
+
+
+async def state(aio: bool, graph: Any, config: dict) -> tuple:
+    """The current state, with the paused subgraph's state where there is one."""
+    s = await call(aio, graph, "get_state", config, subgraphs=True)
+    return s.values, s.next, [(t.name, t.state.values, t.state.next) for t in s.tasks if t.state]
+
+
+async def namespaces(aio: bool, saver: Any, thread_id: str) -> Counter[str]:
+    """Checkpoints per namespace (subgraph calls by node name)."""
+    return Counter(
+        c.config["configurable"]["checkpoint_ns"].split(":")[0]
+        for c in await call(aio, saver, "list", cfg(thread_id))
+    )
+
+
+# -- graphs -------------------------------------------------------------------
+
+
+def extend(state: list, writes: list) -> list:
+    """A batching-invariant reducer: concatenate every write."""
+    return [*state, *(item for write in writes for item in write)]
+
+
+def concat(a: list, b: list) -> list:
+    return a + b
+
+
+def build(delta: bool = True, *, freq: int = 3, pause: bool = False) -> StateGraph:
+    """A loop that ticks until ``n`` reaches ``goal``, each tick fanning out
+    to two parallel nodes that write the channel in one superstep, then a
+    subgraph call (with a delta channel of its own) to close each turn.
+
+    ``delta=False`` gives the same graph on plain reducer channels;
+    ``pause`` interrupts the subgraph before its second node."""
+    items_reducer: Any = DeltaChannel(extend, snapshot_frequency=freq) if delta else concat
+    notes_reducer: Any = DeltaChannel(extend, snapshot_frequency=2) if delta else concat
+
+    # (No `from __future__ import annotations` in this module: these
+    # annotations name local reducers, so they must be evaluated here.)
+    class Child(TypedDict, total=False):
+        notes: Annotated[list, notes_reducer]
+        n: int
+
+    class State(TypedDict, total=False):
+        items: Annotated[list, items_reducer]
+        plain: Annotated[list, operator.add]
+        n: int
+        goal: int
+
+    sub = StateGraph(Child)
+    for i in range(3):
+        sub.add_node(f"s{i}", lambda s, i=i: {"notes": [f"n{s['n']}.{i}"]})
+    sub.add_edge(START, "s0")
+    sub.add_edge("s0", "s1")
+    sub.add_edge("s1", "s2")
+
+    graph = StateGraph(State)
+    graph.add_node(
+        "tick",
+        lambda s: {
+            "items": [f"t{s.get('n', 0)}"],
+            "n": s.get("n", 0) + 1,
+            "plain": [s.get("n", 0)],
+        },
+    )
+    graph.add_node("left", lambda s: {"items": [f"L{s['n']}"]})
+    graph.add_node("right", lambda s: {"items": [f"R{s['n']}"]})
+    graph.add_node("child", sub.compile(interrupt_before=["s1"] if pause else None))
+    graph.add_edge(START, "tick")
+    graph.add_conditional_edges(
+        "tick", lambda s: ["left", "right"] if s["n"] < s["goal"] else "child"
+    )
+    graph.add_edge("left", "tick")
+    graph.add_edge("right", "tick")
+    return graph
+
+
+def long_graph() -> StateGraph:
+    """One node looping on a delta channel that never snapshots on its own."""
+
+    class State(TypedDict, total=False):
+        items: Annotated[list, DeltaChannel(extend, snapshot_frequency=1000)]
+        n: int
+        goal: int
+
+    graph = StateGraph(State)
+    graph.add_node("tick", lambda s: {"items": [s.get("n", 0)], "n": s.get("n", 0) + 1})
+    graph.add_edge(START, "tick")
+    graph.add_conditional_edges("tick", lambda s: "tick" if s["n"] < s["goal"] else END)
+    return graph
+
+
+async def turns(aio: bool, graph: Any, config: dict, goals: list[int], **kwargs: Any) -> list:
+    return [
+        await call(aio, graph, "invoke", {"goal": goal, "items": [f"turn{goal}"]}, config, **kwargs)
+        for goal in goals
+    ]
+
+
+CHANNELS = ["items", "plain", "n", "goal", "nope", "__start__", "branch:to:tick", "notes"]
+
+
+# -- tests --------------------------------------------------------------------
+
+
+async def test_delta_history_matches_base_walk(aio: bool, saver: Any, thread_id: str) -> None:
+    memory = InMemorySaver()
+    outcomes = []
+    for checkpointer in (saver, memory):
+        graph = build().compile(checkpointer=checkpointer)
+        config = cfg(thread_id)
+        await turns(aio, graph, config, [3, 6, 8])
+        history = await call(aio, graph, "get_state_history", config)
+        # Forks: update_state on an old checkpoint makes the thread's latest
+        # checkpoint a child of it, and the next run goes on from there.
+        for step, update in ((4, {"items": ["patched"]}), (2, {"items": ["again"], "goal": 5})):
+            old = [s for s in history if s.metadata["step"] == step][0]
+            await call(aio, graph, "update_state", old.config, update, as_node="left")
+            await call(aio, graph, "invoke", None, config)
+        await turns(aio, graph, config, [9])
+        outcomes.append((await summary(aio, graph, config), await state(aio, graph, config)))
+    assert outcomes[0] == outcomes[1]
+    final = outcomes[0][1][0]
+    # The latest branch forked at step 2; the abandoned one is still listed.
+    assert (
+        final["items"][:5] == ["turn3", "t0", "L1", "R1", "again"]
+        and "patched" not in final["items"]
+    )
+    assert any("patched" in values.get("items", ()) for _, _, values, _ in outcomes[0][0])
+
+    checkpoints = await call(aio, saver, "list", cfg(thread_id))
+    assert {c.config["configurable"]["checkpoint_ns"].split(":")[0] for c in checkpoints} == {
+        "",
+        "child",
+    }
+    seeded_far = 0
+    for i, c in enumerate(checkpoints):
+        # Each namespace's own channels at every checkpoint; all of them (a
+        # channel a namespace lacks, or nobody has, is a walk to the root)
+        # and none at every eighth.
+        ns = c.config["configurable"]["checkpoint_ns"]
+        own = ["notes", "n"] if ns else ["items", "plain", "n", "goal"]
+        for channels in (own, CHANNELS, []) if i % 8 == 0 else (own,):
+            mine = await delta_history(aio, saver, c.config, channels, base=False)
+            assert mine == await delta_history(aio, saver, c.config, channels, base=True), (
+                c.metadata,
+                channels,
+            )
+            assert list(mine) == channels
+            if channels is own:
+                entry = mine[own[0]]
+                seeded_far += "seed" in entry and len(entry["writes"]) >= 2
+    assert len(checkpoints) > 60 and seeded_far > 20  # walks over several ancestors to a snapshot
+    # The latest checkpoint when none is named; nothing for unknown ones.
+    for config in (
+        cfg(thread_id),
+        cfg(thread_id, checkpoint_ns=""),
+        cfg(thread_id, checkpoint_id="nope"),
+        cfg("no-such-thread"),
+    ):
+        assert await delta_history(aio, saver, config, CHANNELS, base=False) == await delta_history(
+            aio, saver, config, CHANNELS, base=True
+        )
+    assert await delta_history(aio, saver, cfg("no-such-thread"), ["items"], base=False) == {
+        "items": {"writes": []}
+    }
+
+
+async def test_fork_from_checkpoint_id(aio: bool, saver: Any, thread_id: str) -> None:
+    """``invoke`` from an older ``checkpoint_id`` starts a branch; the walk
+    from its checkpoints must follow parent links, not id order."""
+    outcomes = []
+    for checkpointer in (saver, InMemorySaver()):
+        graph = build().compile(checkpointer=checkpointer)
+        config = cfg(thread_id)
+        await turns(aio, graph, config, [3, 6])
+        old = [
+            s
+            for s in await call(aio, graph, "get_state_history", config)
+            if s.metadata["step"] == 4
+        ][0]
+        forked = await call(aio, graph, "invoke", {"goal": 8, "items": ["fork"]}, old.config)
+        await turns(aio, graph, config, [10])
+        outcomes.append(
+            (old.values, forked, await summary(aio, graph, config), await state(aio, graph, config))
+        )
+    assert outcomes[0] == outcomes[1]
+    before, forked = outcomes[0][0]["items"], outcomes[0][1]["items"]
+    assert forked[: len(before)] == before and "fork" in forked and "turn6" not in forked
+    for c in await call(aio, saver, "list", cfg(thread_id, checkpoint_ns="")):
+        channels = ["items", "plain", "n"]
+        mine = await delta_history(aio, saver, c.config, channels, base=False)
+        assert mine == await delta_history(aio, saver, c.config, channels, base=True), c.metadata
+
+
+async def test_long_walk_over_many_chunks(
+    sync_saver: Any, async_saver: Any, thread_id: str
+) -> None:
+    """A snapshot at the root (``update_state`` on a new thread), then 260
+    steps without one: walks of up to 260 ancestors, across `ops.WALK_STEP`
+    (128) chunk boundaries, by the sync and the async saver."""
+    config = {**cfg(thread_id), "recursion_limit": 1000}
+    values = []
+    for checkpointer in (sync_saver, InMemorySaver()):
+        graph = long_graph().compile(checkpointer=checkpointer)
+        graph.update_state(config, {"items": ["start"], "goal": 260}, as_node=START)
+        graph.invoke(None, config)
+        values.append(graph.get_state(config).values)
+    assert values[0] == values[1] and values[0]["items"] == ["start", *range(260)]
+
+    history = list(sync_saver.list(cfg(thread_id)))
+    assert len(history) == 261 and ops.WALK_STEP == 128
+    channels = ["items", "n", "nope"]
+    # Chains of exactly one and two chunks, one more, and the whole thread.
+    for ancestors in (1, 128, 129, 256, 260):
+        at = history[len(history) - 1 - ancestors].config
+        expected = BaseCheckpointSaver.get_delta_channel_history(
+            sync_saver, config=at, channels=channels
+        )
+        assert expected["items"]["seed"].value == ["start"]
+        assert [w[2] for w in expected["items"]["writes"]] == [[i] for i in range(ancestors)]
+        assert expected["nope"] == {"writes": []}
+        assert sync_saver.get_delta_channel_history(config=at, channels=channels) == expected
+        assert (
+            await async_saver.aget_delta_channel_history(config=at, channels=channels) == expected
+        )
+
+
+@pytest.mark.parametrize("delta", [True, False], ids=["delta", "plain"])
+async def test_prune_keep_latest(aio: bool, saver: Any, thread_id: str, delta: bool) -> None:
+    reference = build(delta).compile(checkpointer=InMemorySaver())
+    graph = build(delta).compile(checkpointer=saver)
+    config = cfg(thread_id)
+    for g in (graph, reference):
+        await turns(aio, g, config, [3, 6])
+        # A fork: the head's ancestors are not the checkpoints listed before it.
+        old = [
+            s for s in await call(aio, g, "get_state_history", config) if s.metadata["step"] == 6
+        ][0]
+        await call(aio, g, "update_state", old.config, {"items": ["patched"]}, as_node="left")
+        await turns(aio, g, config, [8])
+    head = await call(aio, saver, "get_tuple", config)
+    if delta:  # the head is no snapshot: keeping it alone would lose state
+        assert head.metadata.get("counters_since_delta_snapshot", {}).get("items")
+    before, counts = await state(aio, graph, config), await namespaces(aio, saver, thread_id)
+
+    await call(aio, saver, "prune", [thread_id], strategy="keep_latest")
+    after = await namespaces(aio, saver, thread_id)
+    assert await state(aio, graph, config) == before == await state(aio, reference, config)
+    kept = await call(aio, saver, "get_tuple", config)
+    assert (kept.config, kept.checkpoint, kept.metadata, kept.pending_writes) == head[:3] + head[4:]
+    if delta:
+        assert 1 < after[""] < counts[""]
+    else:
+        assert after == {"": 1}  # a finished subgraph call goes with its root checkpoint
+
+    for g in (graph, reference):
+        await turns(aio, g, config, [10])
+    assert await state(aio, graph, config) == await state(aio, reference, config)
+
+
+@pytest.mark.parametrize("delta", [True, False], ids=["delta", "plain"])
+async def test_prune_while_paused_in_subgraph(
+    aio: bool, saver: Any, thread_id: str, delta: bool
+) -> None:
+    reference = build(delta, pause=True).compile(checkpointer=InMemorySaver())
+    graph = build(delta, pause=True).compile(checkpointer=saver)
+    config = cfg(thread_id)
+    for g in (graph, reference):
+        await turns(aio, g, config, [4])
+        await call(aio, g, "invoke", None, config)  # resume turn 1
+        await turns(aio, g, config, [7])  # turn 2 pauses in the subgraph
+    before, counts = await state(aio, graph, config), await namespaces(aio, saver, thread_id)
+    assert before[1] == ("child",) and before[2][0][2] == ("s1",)
+
+    await call(aio, saver, "prune", [thread_id], strategy="keep_latest")
+    after = await namespaces(aio, saver, thread_id)
+    assert await state(aio, graph, config) == before == await state(aio, reference, config)
+    if delta:
+        assert set(after) == {"", "child"} and after[""] < counts[""]
+    else:
+        # One per namespace: the root's and the paused call's.
+        ns = {
+            c.config["configurable"]["checkpoint_ns"]
+            for c in await call(aio, saver, "list", cfg(thread_id))
+        }
+        assert after == {"": 1, "child": 1} and len(ns) == 2
+
+    for g in (graph, reference):
+        await call(aio, g, "invoke", None, config)
+    assert await state(aio, graph, config) == await state(aio, reference, config)
+    assert (await state(aio, graph, config))[0]["n"] == 7
+
+
+async def test_copy_thread(aio: bool, saver: Any, thread_id: str) -> None:
+    graph = build().compile(checkpointer=saver)
+    source, target = cfg(thread_id), cfg(f"{thread_id}-copy")
+    await turns(aio, graph, source, [3, 6])
+    await call(aio, saver, "copy_thread", thread_id, f"{thread_id}-copy")
+    assert await state(aio, graph, target) == await state(aio, graph, source)
+    assert await summary(aio, graph, target) == await summary(aio, graph, source)
+    assert await namespaces(aio, saver, f"{thread_id}-copy") == await namespaces(
+        aio, saver, thread_id
+    )
+    assert await delta_history(aio, saver, target, ["items"], base=False) == await delta_history(
+        aio, saver, source, ["items"], base=True
+    )
+    # Both go on independently, to the same place.
+    for config in (source, target):
+        await turns(aio, graph, config, [9])
+    assert await state(aio, graph, target) == await state(aio, graph, source)
+    assert (await state(aio, graph, target))[0]["n"] == 9
+
+
+async def test_delete_for_runs(aio: bool, saver: Any, thread_id: str) -> None:
+    graph = build().compile(checkpointer=saver)
+    reference = build().compile(checkpointer=InMemorySaver())
+    states = []
+    for run, goal in (("r1", 3), ("r2", 5), ("r3", 7)):
+        if run != "r3":
+            await call(aio, reference, "invoke", {"goal": goal, "items": [run]}, cfg(thread_id))
+        # A run id reaches the metadata from config["metadata"] or configurable.
+        where = {"metadata": {"run_id": f"{thread_id}-{run}"}} if run != "r2" else {}
+        config = cfg(thread_id, **({"run_id": f"{thread_id}-{run}"} if run == "r2" else {}))
+        await call(aio, graph, "invoke", {"goal": goal, "items": [run]}, {**config, **where})
+        states.append(await state(aio, graph, cfg(thread_id)))
+
+    async def runs() -> Counter[str]:
+        return Counter(
+            (
+                c.config["configurable"]["checkpoint_ns"].split(":")[0],
+                c.metadata.get("run_id", "").rsplit("-", 1)[-1],
+            )
+            for c in await call(aio, saver, "list", cfg(thread_id))
+        )
+
+    before = await runs()
+    assert {run for _, run in before} == {"r1", "r2", "r3"} and before[("child", "r3")] > 0
+
+    await call(aio, saver, "delete_for_runs", [f"{thread_id}-r3"])
+    assert await runs() == {k: v for k, v in before.items() if k[1] != "r3"}
+    assert await state(aio, graph, cfg(thread_id)) == states[1]
+    # The thread goes on as if run 3 had never been.
+    for g in (graph, reference):
+        await call(
+            aio,
+            g,
+            "invoke",
+            {"goal": 9, "items": ["r4"]},
+            {**cfg(thread_id), "metadata": {"run_id": f"{thread_id}-r4"}},
+        )
+    assert await state(aio, graph, cfg(thread_id)) == await state(aio, reference, cfg(thread_id))
+    before = await runs()
+
+    # Deleting an earlier run leaves the later one's checkpoints alone (its
+    # delta state may need the deleted ancestors: the documented caveat).
+    await call(aio, saver, "delete_for_runs", [f"{thread_id}-r1", "no-such-run"])
+    assert await runs() == {k: v for k, v in before.items() if k[1] in ("r2", "r4")}
