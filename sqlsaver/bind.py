@@ -46,7 +46,7 @@ def _not_ready(error: DBAPIError) -> SchemaNotReadyError:
 def _in_savepoint(
     conn: Connection, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
 ) -> T:
-    with dialects.begin_savepoint(conn):
+    with dialects.atomic_on_caller_connection(conn):
         return op(conn, *args, **kwargs)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Any, cast
 
@@ -256,19 +258,41 @@ def configure_engine(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def begin_savepoint(conn: Connection) -> Any:
-    """A SAVEPOINT on a caller's connection, so a failed write leaves nothing.
+@contextmanager
+def atomic_on_caller_connection(conn: Connection) -> Iterator[None]:
+    """Make a write on a caller's connection all-or-nothing without ending
+    the caller's transaction.
 
-    pysqlite (in its default mode) only opens a transaction before DML, and
-    a SAVEPOINT outside a transaction is a transaction of its own whose
-    RELEASE commits, behind the caller's back. Open the real transaction
-    first so the caller's commit or rollback stays in charge.
+    Normally a SAVEPOINT. Two cases need care:
+
+    - an AUTOCOMMIT connection has no transaction to join, and would commit
+      each statement on its own: wrap the write in a transaction of its own;
+    - pysqlite (in its default mode) only opens a transaction before DML,
+      and a SAVEPOINT outside a transaction is a transaction of its own whose
+      RELEASE commits behind the caller's back: open the real one first.
     """
+    if _autocommit(conn):
+        conn.exec_driver_sql("BEGIN")
+        try:
+            yield
+        except BaseException:
+            conn.exec_driver_sql("ROLLBACK")
+            raise
+        conn.exec_driver_sql("COMMIT")
+        return
     if conn.dialect.name == "sqlite":
         driver_conn = conn.connection.driver_connection
         if not getattr(driver_conn, "in_transaction", True):
             conn.exec_driver_sql("BEGIN")
-    return conn.begin_nested()
+    with conn.begin_nested():
+        yield
+
+
+def _autocommit(conn: Connection) -> bool:
+    level = conn.get_execution_options().get("isolation_level") or getattr(
+        conn.dialect, "_on_connect_isolation_level", None
+    )
+    return level == "AUTOCOMMIT"
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,614 @@
+"""What a saver is given, and how its transactions behave, on every backend.
+
+- ``SQLSaver(engine)`` / ``AsyncSQLSaver(async_engine)``: every operation is
+  its own committed transaction, and the saver never disposes of an engine it
+  did not create (only ``from_url`` engines are disposed).
+- ``SQLSaver(connection | Session)`` / ``AsyncSQLSaver(async_connection |
+  AsyncSession)``: the saver joins the caller's transaction and never commits
+  it. The caller's commit keeps checkpoints together with the caller's own
+  rows; its rollback discards both.
+- A write that fails half-way (a database trigger refuses the checkpoint row
+  after the blob row went in) leaves the caller's transaction usable and
+  without partial rows (SAVEPOINT), and on SQLite the SAVEPOINT of a first
+  statement does not commit anything behind the caller's back.
+- ``AsyncSQLSaver``'s sync methods work from other threads and raise
+  ``asyncio.InvalidStateError`` on its event loop; ``SQLSaver``'s async
+  methods work.
+- Concurrent writes on one saver (engine or one shared connection; threads
+  or ``asyncio.gather``) all land; two ``from_url`` savers on one database
+  (two pools: on SQLite, two writers of one file) do not fail with
+  "database is locked".
+- Wrong bind types raise ``TypeError`` naming the right class, and
+  ``from_url`` savers return every pooled connection after a burst of work.
+
+Checkpoints are checked from another connection of the test's own engine,
+which sees committed rows only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import pytest
+from langgraph.checkpoint.base import empty_checkpoint
+from sqlalchemy import (
+    Column,
+    Engine,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
+
+from sqlsaver import AsyncSQLSaver, SQLSaver
+from sqlsaver.models import blobs, checkpoints, writes
+
+# A table of the application's own, written in the same transactions.
+app_rows = Table("binds_app_rows", MetaData(), Column("thread_id", String(200), primary_key=True))
+
+# Checkpoint rows of threads with this prefix are refused by a trigger.
+REFUSED = "refused-"
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def config_of(thread_id: str, checkpoint_id: str | None = None) -> dict[str, Any]:
+    configurable = {"thread_id": thread_id, "checkpoint_ns": ""}
+    if checkpoint_id:
+        configurable["checkpoint_id"] = checkpoint_id
+    return {"configurable": configurable}
+
+
+def put_args(
+    thread_id: str, value: Any = "v", parent_id: str | None = None, run_id: str | None = None
+) -> tuple[Any, ...]:
+    """``put``'s arguments for a new checkpoint storing ``value`` in channel "x"."""
+    checkpoint = empty_checkpoint()
+    version = f"{1:032}.{uuid.uuid4().hex[:16]}"
+    checkpoint["channel_values"] = {"x": value}
+    checkpoint["channel_versions"] = {"x": version}
+    metadata = {"source": "loop", "step": 0, **({"run_id": run_id} if run_id else {})}
+    return config_of(thread_id, parent_id), checkpoint, metadata, {"x": version}
+
+
+def counts(engine: Engine, thread_id: str) -> dict[str, int]:
+    """Committed rows of ``thread_id``, seen from a connection of its own."""
+    with engine.connect() as conn:
+        return {
+            table.name.removeprefix("sqlsaver_"): conn.scalar(
+                select(func.count()).select_from(table).where(table.c.thread_id == thread_id)
+            )
+            for table in (checkpoints, blobs, writes, app_rows)
+        }
+
+
+def rows(checkpoints: int = 0, blobs: int = 0, writes: int = 0, app: int = 0) -> dict[str, int]:
+    return {"checkpoints": checkpoints, "blobs": blobs, "writes": writes, "binds_app_rows": app}
+
+
+NOTHING = rows()
+
+
+@contextmanager
+def refusing_checkpoints(engine: Engine) -> Iterator[None]:
+    """A trigger that refuses checkpoint rows of ``REFUSED`` threads: their
+    ``put`` stores the blob row, then fails on the checkpoint row."""
+    name = engine.dialect.name
+    if name == "sqlite":
+        create = [
+            "CREATE TRIGGER binds_refuse BEFORE INSERT ON sqlsaver_checkpoints "
+            f"WHEN NEW.thread_id LIKE '{REFUSED}%' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        ]
+        drop = ["DROP TRIGGER IF EXISTS binds_refuse"]
+    elif name == "postgresql":
+        create = [
+            "CREATE OR REPLACE FUNCTION binds_refuse() RETURNS trigger LANGUAGE plpgsql "
+            "AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$",
+            "CREATE TRIGGER binds_refuse BEFORE INSERT ON sqlsaver_checkpoints FOR EACH ROW "
+            f"WHEN (NEW.thread_id LIKE '{REFUSED}%') EXECUTE FUNCTION binds_refuse()",
+        ]
+        drop = [
+            "DROP TRIGGER IF EXISTS binds_refuse ON sqlsaver_checkpoints",
+            "DROP FUNCTION IF EXISTS binds_refuse()",
+        ]
+    else:
+        create = [
+            "CREATE TRIGGER binds_refuse BEFORE INSERT ON sqlsaver_checkpoints FOR EACH ROW "
+            f"BEGIN IF NEW.thread_id LIKE '{REFUSED}%' THEN "
+            "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused'; END IF; END"
+        ]
+        drop = ["DROP TRIGGER IF EXISTS binds_refuse"]
+    with engine.begin() as conn:
+        for statement in drop + create:
+            conn.execute(text(statement))
+    try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            for statement in drop:
+                conn.execute(text(statement))
+
+
+@pytest.fixture
+def app_engine(backend: Any) -> Iterator[Engine]:
+    """The application's own engine (plain create_engine, not sqlsaver's)."""
+    engine = create_engine(backend.sync_url)
+    app_rows.create(engine, checkfirst=True)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+async def async_app_engine(backend: Any) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(backend.async_url)
+    yield engine
+    await engine.dispose()
+
+
+@contextmanager
+def caller_transaction(engine: Engine, kind: str) -> Iterator[Any]:
+    """An open Connection or Session of the application's."""
+    if kind == "connection":
+        with engine.connect() as conn:
+            yield conn
+    else:
+        with Session(engine) as session:
+            yield session
+
+
+# -- 1. an Engine: one committed transaction per operation ----------------------
+
+
+def test_engine_commits_each_operation(app_engine: Engine, thread_id: str) -> None:
+    saver = SQLSaver(app_engine)
+    config = saver.put(*put_args(thread_id))
+    assert counts(app_engine, thread_id) == rows(checkpoints=1, blobs=1)
+    saver.put_writes(config, [("x", 1)], "task")
+    assert counts(app_engine, thread_id) == rows(checkpoints=1, blobs=1, writes=1)
+    saver.delete_thread(thread_id)
+    assert counts(app_engine, thread_id) == NOTHING
+
+
+async def test_engine_failed_write_rolls_back(
+    app_engine: Engine, async_app_engine: AsyncEngine, thread_id: str
+) -> None:
+    refused = REFUSED + thread_id
+    with refusing_checkpoints(app_engine):
+        with pytest.raises(DBAPIError, match="refused"):
+            SQLSaver(app_engine).put(*put_args(refused))
+        with pytest.raises(DBAPIError, match="refused"):
+            await AsyncSQLSaver(async_app_engine).aput(*put_args(refused))
+    assert counts(app_engine, refused) == NOTHING  # the blob row went with it
+
+
+def test_saver_never_disposes_an_engine_it_was_given(app_engine: Engine, thread_id: str) -> None:
+    pool = app_engine.pool
+    with SQLSaver(app_engine) as saver:
+        saver.put(*put_args(thread_id))
+    saver.close()
+    # Engine.dispose() would have replaced the pool and closed its connections.
+    assert app_engine.pool is pool and pool.checkedin() >= 1
+    assert counts(app_engine, thread_id) == rows(checkpoints=1, blobs=1)
+
+
+def test_from_url_saver_disposes_its_own_engine(backend: Any) -> None:
+    saver = SQLSaver.from_url(backend.sync_url)
+    saver.get_tuple(config_of("no-such-thread"))
+    pool = saver._owned_engine.pool
+    assert pool.checkedin() == 1
+    saver.close()
+    assert saver._owned_engine.pool is not pool and pool.checkedin() == 0
+
+
+async def test_async_engine_commits_each_operation_and_is_not_disposed(
+    app_engine: Engine, async_app_engine: AsyncEngine, thread_id: str
+) -> None:
+    pool = async_app_engine.sync_engine.pool
+    async with AsyncSQLSaver(async_app_engine) as saver:
+        config = await saver.aput(*put_args(thread_id))
+        assert counts(app_engine, thread_id) == rows(checkpoints=1, blobs=1)
+        await saver.aput_writes(config, [("x", 1)], "task")
+        assert counts(app_engine, thread_id) == rows(checkpoints=1, blobs=1, writes=1)
+    await saver.aclose()
+    assert async_app_engine.sync_engine.pool is pool and pool.checkedin() >= 1
+    assert (await AsyncSQLSaver(async_app_engine).aget_tuple(config)) is not None
+
+
+# -- 2. a Connection or Session: the caller's transaction ------------------------
+
+
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+@pytest.mark.parametrize("kind", ["connection", "session"])
+def test_saver_joins_caller_transaction(
+    app_engine: Engine, thread_id: str, kind: str, outcome: str
+) -> None:
+    with caller_transaction(app_engine, kind) as caller:
+        saver = SQLSaver(caller)
+        config = saver.put(*put_args(thread_id))  # the transaction's first statement
+        caller.execute(app_rows.insert(), {"thread_id": thread_id})
+        saver.put_writes(config, [("x", 1)], "task")
+        assert saver.get_tuple(config).pending_writes == [("task", "x", 1)]
+        assert counts(app_engine, thread_id) == NOTHING  # not committed by the saver
+        getattr(caller, outcome)()
+    expected = rows(checkpoints=1, blobs=1, writes=1, app=1) if outcome == "commit" else NOTHING
+    assert counts(app_engine, thread_id) == expected
+
+
+def test_first_statement_savepoint_commits_nothing(app_engine: Engine, thread_id: str) -> None:
+    """pysqlite runs a SAVEPOINT outside a transaction as a transaction of its
+    own, whose RELEASE commits: the saver must open the caller's first."""
+    with app_engine.connect() as conn:
+        SQLSaver(conn).put(*put_args(thread_id))
+        conn.rollback()
+    assert counts(app_engine, thread_id) == NOTHING
+
+
+# -- 3. a failed write on a caller's transaction -------------------------------
+
+
+@pytest.mark.parametrize("kind", ["connection", "session"])
+def test_failed_write_leaves_caller_transaction_usable(
+    app_engine: Engine, thread_id: str, kind: str
+) -> None:
+    refused = REFUSED + thread_id
+    with refusing_checkpoints(app_engine), caller_transaction(app_engine, kind) as caller:
+        saver = SQLSaver(caller)
+        config = saver.put(*put_args(thread_id))
+        with pytest.raises(TypeError, match="not msgpack serializable"):
+            saver.put(*put_args(refused + "-lock", threading.Lock()))  # fails before SQL
+        with pytest.raises(DBAPIError, match="refused"):
+            saver.put(*put_args(refused))  # blob row stored, checkpoint row refused
+        # Still usable (PostgreSQL would say "current transaction is aborted").
+        caller.execute(app_rows.insert(), {"thread_id": thread_id})
+        saver.put_writes(config, [("x", 1)], "task")
+        assert saver.get_tuple(config_of(refused)) is None
+        caller.commit()
+    assert counts(app_engine, thread_id) == rows(checkpoints=1, blobs=1, writes=1, app=1)
+    assert counts(app_engine, refused) == NOTHING  # no orphan blob
+    assert counts(app_engine, refused + "-lock") == NOTHING
+
+
+async def test_async_failed_write_leaves_caller_transaction_usable(
+    app_engine: Engine, async_app_engine: AsyncEngine, thread_id: str
+) -> None:
+    refused = REFUSED + thread_id
+    with refusing_checkpoints(app_engine):
+        async with async_app_engine.connect() as conn:
+            saver = AsyncSQLSaver(conn)
+            await saver.aput(*put_args(thread_id))
+            with pytest.raises(DBAPIError, match="refused"):
+                await saver.aput(*put_args(refused))
+            await conn.execute(app_rows.insert(), {"thread_id": thread_id})
+            await conn.commit()
+    assert counts(app_engine, thread_id) == rows(checkpoints=1, blobs=1, app=1)
+    assert counts(app_engine, refused) == NOTHING
+
+
+def test_failed_second_statement_leaves_no_blob(
+    backend: Any, app_engine: Engine, thread_id: str
+) -> None:
+    """The same, with a real data error: the blob row fits, then the
+    checkpoint id does not (MySQL: over 150 bytes; PostgreSQL: a NUL;
+    SQLite: a lone surrogate, which the driver cannot encode)."""
+    bad_id = {"mysql": "9" * 151, "postgres": "bad\x00id", "sqlite": "bad\ud800id"}[backend.name]
+    args = put_args(thread_id)
+    args[1]["id"] = bad_id
+    with app_engine.connect() as conn:
+        saver = SQLSaver(conn)
+        with pytest.raises((StatementError, UnicodeEncodeError)):
+            saver.put(*args)
+        conn.execute(app_rows.insert(), {"thread_id": thread_id})
+        conn.commit()
+    assert counts(app_engine, thread_id) == rows(app=1)
+
+
+@pytest.mark.parametrize("kind", ["connection", "session"])
+def test_autocommit_caller_write_is_whole_or_nothing(
+    backend: Any, app_engine: Engine, thread_id: str, kind: str
+) -> None:
+    """An AUTOCOMMIT caller has no transaction to join: each write is then a
+    transaction of its own, stored whole, or not at all when it fails."""
+    autocommit = app_engine.execution_options(isolation_level="AUTOCOMMIT")
+    refused = thread_id + "-refused"
+    with caller_transaction(autocommit, kind) as caller:
+        saver = SQLSaver(caller)
+        saver.put(*put_args(thread_id))
+        args = put_args(refused)
+        args[1]["id"] = {"mysql": "9" * 151, "postgres": "bad\x00id", "sqlite": "bad\ud800id"}[
+            backend.name
+        ]
+        with pytest.raises((StatementError, UnicodeEncodeError)):
+            saver.put(*args)
+    assert counts(app_engine, thread_id) == rows(checkpoints=1, blobs=1)
+    assert counts(app_engine, refused) == NOTHING
+
+
+# -- 4. async: AsyncConnection and AsyncSession -----------------------------------
+
+
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+@pytest.mark.parametrize("kind", ["connection", "session"])
+async def test_async_saver_joins_caller_transaction(
+    app_engine: Engine, async_app_engine: AsyncEngine, thread_id: str, kind: str, outcome: str
+) -> None:
+    opened = async_app_engine.connect() if kind == "connection" else AsyncSession(async_app_engine)
+    async with opened as caller:
+        saver = AsyncSQLSaver(caller)
+        config = await saver.aput(*put_args(thread_id))  # the transaction's first statement
+        await caller.execute(app_rows.insert(), {"thread_id": thread_id})
+        await saver.aput_writes(config, [("x", 1)], "task")
+        assert (await saver.aget_tuple(config)).pending_writes == [("task", "x", 1)]
+        assert counts(app_engine, thread_id) == NOTHING
+        await getattr(caller, outcome)()
+    expected = rows(checkpoints=1, blobs=1, writes=1, app=1) if outcome == "commit" else NOTHING
+    assert counts(app_engine, thread_id) == expected
+
+
+# -- 5. AsyncSQLSaver's sync methods ---------------------------------------------
+
+
+async def test_async_saver_sync_methods_from_another_thread(
+    async_app_engine: AsyncEngine, thread_id: str
+) -> None:
+    saver = AsyncSQLSaver(async_app_engine)  # takes the running loop
+    config = await asyncio.to_thread(saver.put, *put_args(thread_id, "one"))
+    await asyncio.to_thread(saver.put_writes, config, [("x", 2)], "task")
+    got = await asyncio.to_thread(saver.get_tuple, config)
+    assert got.checkpoint["channel_values"] == {"x": "one"}
+    assert got.pending_writes == [("task", "x", 2)]
+    listed = await asyncio.to_thread(lambda: list(saver.list(config_of(thread_id))))
+    assert [t.config for t in listed] == [config]
+    await asyncio.to_thread(saver.copy_thread, thread_id, thread_id + "-copy")
+    await asyncio.to_thread(saver.delete_thread, thread_id)
+    assert await saver.aget_tuple(config) is None
+    assert await saver.aget_tuple(config_of(thread_id + "-copy")) is not None
+
+
+async def test_async_saver_sync_methods_refuse_the_event_loop(
+    async_saver: AsyncSQLSaver, thread_id: str
+) -> None:
+    config = await async_saver.aput(*put_args(thread_id))
+    calls: list[Callable[[], Any]] = [
+        lambda: async_saver.get_tuple(config),
+        lambda: next(async_saver.list(config)),
+        lambda: async_saver.get_delta_channel_history(config=config, channels=["x"]),
+        lambda: async_saver.put(*put_args(thread_id)),
+        lambda: async_saver.put_writes(config, [("x", 1)], "task"),
+        lambda: async_saver.copy_thread(thread_id, thread_id + "-copy"),
+        lambda: async_saver.prune([thread_id]),
+        lambda: async_saver.delete_for_runs(["run"]),
+        lambda: async_saver.delete_thread(thread_id),
+    ]
+    for call in calls:
+        with pytest.raises(asyncio.InvalidStateError):
+            call()
+    assert [t.config async for t in async_saver.alist(config_of(thread_id))] == [config]
+    assert (await async_saver.aget_tuple(config)).pending_writes == []
+
+
+# -- 6. SQLSaver's async methods ---------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["engine", "connection"])
+async def test_sync_saver_async_methods(app_engine: Engine, thread_id: str, kind: str) -> None:
+    with app_engine.connect() as conn:
+        saver = SQLSaver(app_engine if kind == "engine" else conn)
+        first = await saver.aput(*put_args(thread_id, "one", run_id="run-1"))
+        second = await saver.aput(
+            *put_args(thread_id, "two", first["configurable"]["checkpoint_id"], run_id="run-2")
+        )
+        await saver.aput_writes(second, [("x", 3)], "task")
+        got = await saver.aget_tuple(config_of(thread_id))
+        assert got.config == second and got.pending_writes == [("task", "x", 3)]
+        assert got.checkpoint["channel_values"] == {"x": "two"}
+        assert [t.config async for t in saver.alist(config_of(thread_id))] == [second, first]
+        history = await saver.aget_delta_channel_history(config=second, channels=["x"])
+        assert set(history) == {"x"}
+        await saver.acopy_thread(thread_id, thread_id + "-copy")
+        await saver.aprune([thread_id + "-copy"])
+        assert len([t async for t in saver.alist(config_of(thread_id + "-copy"))]) == 1
+        await saver.adelete_for_runs(["run-2"])
+        assert (await saver.aget_tuple(config_of(thread_id))).config == first
+        await saver.adelete_thread(thread_id)
+        assert await saver.aget_tuple(config_of(thread_id)) is None
+        conn.commit()
+
+
+# -- 7, 8. concurrency -------------------------------------------------------------
+
+WORKERS = 16
+JOBS = 48
+
+
+def _concurrent_jobs(thread_id: str, parent: dict[str, Any]) -> list[tuple[str, tuple[Any, ...]]]:
+    """Half put_writes on ``parent``, half puts of its children (built up
+    front: uuid6 ids are not made thread-safely)."""
+    parent_id = parent["configurable"]["checkpoint_id"]
+    jobs = []
+    for i in range(JOBS):
+        if i % 2:
+            jobs.append(("put_writes", (parent, [("x", i)], f"task-{i}")))
+        else:
+            jobs.append(("put", put_args(thread_id, i, parent_id)))
+    return jobs
+
+
+def _check_all_landed(
+    thread_id: str, parent: dict[str, Any], listed: list[Any], parent_tuple: Any
+) -> None:
+    children = [t for t in listed if t.config != parent]
+    assert sorted(t.checkpoint["channel_values"]["x"] for t in children) == list(range(0, JOBS, 2))
+    assert all(t.parent_config == parent for t in children)
+    assert sorted(w[2] for w in parent_tuple.pending_writes) == list(range(1, JOBS, 2))
+
+
+@contextmanager
+def sync_target(
+    kind: str, sync_saver: SQLSaver, app_engine: Engine
+) -> Iterator[tuple[SQLSaver, Any]]:
+    """A saver of the given kind, and the caller object to commit (if any)."""
+    if kind in ("from_url", "engine"):
+        yield (sync_saver if kind == "from_url" else SQLSaver(app_engine)), None
+    else:
+        with caller_transaction(app_engine, kind) as caller:
+            yield SQLSaver(caller), caller
+
+
+@pytest.mark.parametrize("kind", ["from_url", "engine", "connection", "session"])
+def test_concurrent_writes_from_threads(
+    sync_saver: SQLSaver, app_engine: Engine, thread_id: str, kind: str
+) -> None:
+    with sync_target(kind, sync_saver, app_engine) as (saver, caller):
+        parent = saver.put(*put_args(thread_id, "parent"))
+        jobs = _concurrent_jobs(thread_id, parent)
+        with ThreadPoolExecutor(WORKERS) as pool:
+            for future in [pool.submit(getattr(saver, name), *args) for name, args in jobs]:
+                future.result()
+        if caller is not None:
+            caller.commit()
+    listed = list(sync_saver.list(config_of(thread_id)))
+    _check_all_landed(thread_id, parent, listed, sync_saver.get_tuple(parent))
+
+
+@asynccontextmanager
+async def async_target(
+    kind: str, async_saver: AsyncSQLSaver, engine: AsyncEngine
+) -> AsyncIterator[tuple[AsyncSQLSaver, Any]]:
+    """`sync_target`'s async twin."""
+    if kind in ("from_url", "engine"):
+        yield (async_saver if kind == "from_url" else AsyncSQLSaver(engine)), None
+    else:
+        async with engine.connect() if kind == "connection" else AsyncSession(engine) as caller:
+            yield AsyncSQLSaver(caller), caller
+
+
+@pytest.mark.parametrize("kind", ["from_url", "engine", "connection", "session"])
+async def test_concurrent_writes_from_tasks(
+    async_saver: AsyncSQLSaver, async_app_engine: AsyncEngine, thread_id: str, kind: str
+) -> None:
+    async with async_target(kind, async_saver, async_app_engine) as (saver, caller):
+        parent = await saver.aput(*put_args(thread_id, "parent"))
+        jobs = _concurrent_jobs(thread_id, parent)
+        await asyncio.gather(*(getattr(saver, "a" + name)(*args) for name, args in jobs))
+        if caller is not None:
+            await caller.commit()
+    listed = [t async for t in async_saver.alist(config_of(thread_id))]
+    _check_all_landed(thread_id, parent, listed, await async_saver.aget_tuple(parent))
+
+
+def test_two_from_url_savers_write_concurrently(backend: Any, thread_id: str) -> None:
+    """On SQLite: two engines, two pools, one file. Reads-then-writes
+    (copy_thread, prune) included, which a deferred BEGIN would deadlock."""
+    savers = [SQLSaver.from_url(backend.sync_url) for _ in range(2)]
+    barrier = threading.Barrier(8)
+
+    def work(worker: int) -> None:
+        saver, own = savers[worker % 2], f"{thread_id}-{worker}"
+        barrier.wait()
+        config = None
+        for step in range(6):
+            parent_id = config and config["configurable"]["checkpoint_id"]
+            config = saver.put(*put_args(own, step, parent_id))
+            saver.put_writes(config, [("x", step)], "task")
+            assert saver.get_tuple(config) is not None
+        saver.copy_thread(own, own + "-copy")
+        saver.prune([own + "-copy"])
+
+    if backend.name == "sqlite":
+        with savers[0]._owned_engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(work, range(8)))
+        for worker in range(8):
+            own = f"{thread_id}-{worker}"
+            assert len(list(savers[0].list(config_of(own)))) == 6
+            assert len(list(savers[1].list(config_of(own + "-copy")))) == 1
+    finally:
+        for saver in savers:
+            saver.close()
+
+
+# -- 9. wrong bind types --------------------------------------------------------------
+
+
+async def test_wrong_bind_types(app_engine: Engine, async_app_engine: AsyncEngine) -> None:
+    with pytest.raises(TypeError, match=r"use AsyncSQLSaver.*got AsyncEngine"):
+        SQLSaver(async_app_engine)
+    async with async_app_engine.connect() as conn:
+        with pytest.raises(TypeError, match=r"use AsyncSQLSaver.*got AsyncConnection"):
+            SQLSaver(conn)
+    with pytest.raises(TypeError, match=r"use AsyncSQLSaver.*got AsyncSession"):
+        SQLSaver(AsyncSession(async_app_engine))
+    with pytest.raises(TypeError, match=r"use SQLSaver.*got Engine"):
+        AsyncSQLSaver(app_engine)
+    with Session(app_engine) as session:
+        with pytest.raises(TypeError, match=r"use SQLSaver.*got Session"):
+            AsyncSQLSaver(session)
+    with pytest.raises(TypeError, match=r"use AsyncSQLSaver.*got str"):
+        SQLSaver(str(app_engine.url))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"AsyncSession bound to an AsyncEngine"):
+        AsyncSQLSaver(AsyncSession())
+
+
+# -- 10. no connection left checked out --------------------------------------------
+
+
+async def test_sync_from_url_saver_returns_every_connection(
+    backend: Any, app_engine: Engine, thread_id: str
+) -> None:
+    with refusing_checkpoints(app_engine), SQLSaver.from_url(backend.sync_url) as saver:
+        config = saver.put(*put_args(thread_id, run_id="run"))
+        saver.put_writes(config, [("x", 1)], "task")
+        saver.get_tuple(config)
+        next(saver.list(config_of(thread_id)))  # left unfinished
+        saver.get_delta_channel_history(config=config, channels=["x"])
+        saver.copy_thread(thread_id, thread_id + "-copy")
+        with pytest.raises(ValueError, match="already has checkpoints"):
+            saver.copy_thread(thread_id, thread_id + "-copy")
+        # Kept: its traceback holds the failed call's frames, so a leaked
+        # connection cannot be returned by the garbage collector instead.
+        with pytest.raises(DBAPIError, match="refused") as failed:
+            saver.put(*put_args(REFUSED + thread_id))
+        await asyncio.gather(*(saver.aget_tuple(config) for _ in range(8)))
+        await saver.aput_writes(config, [("x", 2)], "task-2")
+        saver.prune([thread_id])
+        saver.delete_for_runs(["run"])
+        saver.delete_thread(thread_id + "-copy")
+        assert saver._owned_engine.pool.checkedout() == 0, failed
+
+
+async def test_async_from_url_saver_returns_every_connection(
+    backend: Any, app_engine: Engine, thread_id: str
+) -> None:
+    with refusing_checkpoints(app_engine):
+        async with AsyncSQLSaver.from_url(backend.async_url) as saver:
+            config = await saver.aput(*put_args(thread_id, run_id="run"))
+            await asyncio.gather(
+                *(saver.aput_writes(config, [("x", i)], f"task-{i}") for i in range(8)),
+                *(saver.aget_tuple(config) for _ in range(8)),
+            )
+            await anext(saver.alist(config_of(thread_id)))  # left unfinished
+            await asyncio.to_thread(saver.get_tuple, config)
+            await saver.acopy_thread(thread_id, thread_id + "-copy")
+            with pytest.raises(ValueError, match="already has checkpoints"):
+                await saver.acopy_thread(thread_id, thread_id + "-copy")
+            with pytest.raises(DBAPIError, match="refused") as failed:  # kept, as above
+                await saver.aput(*put_args(REFUSED + thread_id))
+            await saver.aprune([thread_id])
+            await saver.adelete_for_runs(["run"])
+            await saver.adelete_thread(thread_id + "-copy")
+            assert saver._owned_engine.sync_engine.pool.checkedout() == 0, failed
