@@ -81,12 +81,18 @@ def _assert_full(report: CapabilityReport) -> None:
 
 
 async def test_async_saver(backend: Any) -> None:
-    @checkpointer_test(name=f"AsyncSQLSaver[{backend.async_url.split(':')[0]}]")
-    async def factory() -> AsyncIterator[AsyncSQLSaver]:
-        async with AsyncSQLSaver.from_url(backend.async_url) as saver:
-            yield saver
+    # PostgreSQL has two async drivers: asyncpg, and psycopg 3's async mode.
+    urls = [backend.async_url]
+    if backend.name == "postgres":
+        urls.append(backend.sync_url)  # postgresql+psycopg:// is async under create_async_engine
+    for url in urls:
 
-    _assert_full(await validate(factory))
+        @checkpointer_test(name=f"AsyncSQLSaver[{url.split(':')[0]}]")
+        async def factory(url: str = url) -> AsyncIterator[AsyncSQLSaver]:
+            async with AsyncSQLSaver.from_url(url) as saver:
+                yield saver
+
+        _assert_full(await validate(factory))
 
 
 @pytest.mark.parametrize("driven", ["sync-methods", "async-methods"])
