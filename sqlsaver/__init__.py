@@ -2,7 +2,7 @@
 and MySQL/MariaDB, sync (`SQLSaver`) and async (`AsyncSQLSaver`)."""
 
 from sqlsaver.aio import AsyncSQLSaver
-from sqlsaver.bind import SchemaNotReadyError
+from sqlsaver.migrate import SchemaError, SchemaNotReadyError, SchemaTooNewError
 from sqlsaver.models import Base, BlobModel, CheckpointModel, WriteModel
 from sqlsaver.saver import SQLSaver
 
@@ -12,6 +12,8 @@ __all__ = [
     "BlobModel",
     "CheckpointModel",
     "SQLSaver",
+    "SchemaError",
     "SchemaNotReadyError",
+    "SchemaTooNewError",
     "WriteModel",
 ]

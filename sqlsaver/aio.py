@@ -53,9 +53,24 @@ class AsyncSQLSaver(SaverBase):
         ```
     """
 
-    def __init__(self, bind: AsyncTarget, *, serde: SerializerProtocol | None = None) -> None:
+    def __init__(
+        self,
+        bind: AsyncTarget,
+        *,
+        serde: SerializerProtocol | None = None,
+        check_schema: bool = True,
+    ) -> None:
+        """
+        Args:
+            bind: The AsyncEngine, AsyncConnection or AsyncSession to store checkpoints through.
+            serde: The serializer (default: LangGraph's `JsonPlusSerializer`).
+            check_schema: On first use, raise `SchemaNotReadyError` (tables
+                missing or older) or `SchemaTooNewError` unless sqlsaver's
+                tables are at this sqlsaver's revision. Turn it off only if
+                your own migrations manage sqlsaver's tables.
+        """
         super().__init__(serde=serde)
-        self._bind = AsyncBind(bind)
+        self._bind = AsyncBind(bind, check_schema)
         self._owned_engine: AsyncEngine | None = None
         try:
             self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -69,6 +84,7 @@ class AsyncSQLSaver(SaverBase):
         *,
         serde: SerializerProtocol | None = None,
         engine_kwargs: dict[str, Any] | None = None,
+        check_schema: bool = True,
     ) -> AsyncSQLSaver:
         """A saver on a new async engine for ``url``; ``async with`` (or
         `aclose()`) disposes of it.
@@ -80,6 +96,8 @@ class AsyncSQLSaver(SaverBase):
                 ``mysql+asyncmy://user@host/db``.
             serde: The serializer (e.g. an `EncryptedSerializer`).
             engine_kwargs: Extra `create_async_engine` arguments.
+            check_schema: Check, on first use, that sqlsaver's tables are at
+                the revision this sqlsaver needs (see `__init__`).
 
         Example:
             ```python
@@ -88,7 +106,7 @@ class AsyncSQLSaver(SaverBase):
             ```
         """
         engine = async_engine(url, engine_kwargs)
-        saver = cls(engine, serde=serde)
+        saver = cls(engine, serde=serde, check_schema=check_schema)
         saver._owned_engine = engine
         return saver
 
@@ -112,7 +130,7 @@ class AsyncSQLSaver(SaverBase):
     async def setup(self) -> None:
         """Create or upgrade sqlsaver's tables (Alembic, to head)."""
         self.loop = asyncio.get_running_loop()
-        await self._bind.write(migrate.upgrade)
+        await self._bind.migrate(migrate.setup)
 
     # -- reads ---------------------------------------------------------------
 

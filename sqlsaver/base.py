@@ -63,7 +63,8 @@ def check_prune(thread_ids: Sequence[str], strategy: str) -> list[str]:
     return [str(t) for t in thread_ids]
 
 
-def _parse(url: str | URL) -> URL:
+def parse_url(url: str | URL) -> URL:
+    """A SQLAlchemy URL, with a clear error for one sqlsaver cannot use."""
     try:
         parsed = make_url(url)
         parsed.get_dialect()
@@ -101,7 +102,7 @@ def _driver_missing(url: URL, error: ImportError) -> ValueError:
 
 def sync_engine(url: str | URL, engine_kwargs: dict[str, Any] | None) -> Engine:
     """An engine for `SQLSaver.from_url`, configured for checkpointing."""
-    parsed = _parse(url)
+    parsed = parse_url(url)
     if parsed.get_dialect().is_async:
         instead = _SYNC_FOR.get(_backend(parsed), "its sync driver")
         raise ValueError(
@@ -118,7 +119,7 @@ def sync_engine(url: str | URL, engine_kwargs: dict[str, Any] | None) -> Engine:
 
 def async_engine(url: str | URL, engine_kwargs: dict[str, Any] | None) -> AsyncEngine:
     """An async engine for `AsyncSQLSaver.from_url`, configured alike."""
-    parsed = _parse(url)
+    parsed = parse_url(url)
     try:
         engine = create_async_engine(parsed, **_options(parsed, engine_kwargs))
     except ImportError as error:

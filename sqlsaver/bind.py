@@ -7,6 +7,9 @@ turned into one thing: "run this operation in the right transaction".
   nothing behind while the caller's transaction goes on. Calls are
   serialized, because LangGraph saves writes from background threads and a
   connection must not be used by two at once.
+
+The first operation also checks, once, that sqlsaver's tables are at the
+revision this sqlsaver needs (`migrate.require_current`).
 """
 
 from __future__ import annotations
@@ -14,24 +17,21 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
-from sqlsaver import dialects
+from sqlsaver import dialects, migrate
+from sqlsaver.migrate import SchemaNotReadyError
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 SyncTarget = Engine | Connection | Session
 AsyncTarget = AsyncEngine | AsyncConnection | AsyncSession
-
-
-class SchemaNotReadyError(RuntimeError):
-    """sqlsaver's tables are missing from the database."""
 
 
 def _not_ready(error: DBAPIError) -> SchemaNotReadyError:
@@ -43,22 +43,40 @@ def _not_ready(error: DBAPIError) -> SchemaNotReadyError:
     )
 
 
-def _in_savepoint(
-    conn: Connection, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
-) -> T:
-    with dialects.atomic_on_caller_connection(conn):
+class _Bind:
+    """What both binds share: the one-time schema check, and running an
+    operation on a connection of theirs."""
+
+    def __init__(self, check_schema: bool) -> None:
+        # Apps whose own migrations manage sqlsaver's tables opt out.
+        self.schema_checked = not check_schema
+
+    def _invoke(
+        self, conn: Connection, atomic: bool, op: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T:
+        if not self.schema_checked:
+            migrate.require_current(conn)
+            self.schema_checked = True
+        if atomic:
+            with dialects.atomic(conn):
+                return op(conn, *args, **kwargs)
         return op(conn, *args, **kwargs)
 
+    def _migrate(self, conn: Connection, op: Callable[[Connection], None]) -> None:
+        op(conn)
+        self.schema_checked = True
 
-class SyncBind:
+
+class SyncBind(_Bind):
     """Runs operations on a sync Engine, Connection or Session."""
 
-    def __init__(self, target: SyncTarget) -> None:
+    def __init__(self, target: SyncTarget, check_schema: bool = True) -> None:
         if not isinstance(target, (Engine, Connection, Session)):
             raise TypeError(
                 "SQLSaver takes a sqlalchemy Engine, Connection or Session "
                 f"(for async ones use AsyncSQLSaver), got {type(target).__name__}"
             )
+        super().__init__(check_schema)
         self.target = target
         self.dialect = target.get_bind().dialect if isinstance(target, Session) else target.dialect
         self._lock = threading.RLock()
@@ -69,44 +87,46 @@ class SyncBind:
         self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run a reading ``op(connection, *args)`` in a transaction."""
-        return self._run(False, op, *args, **kwargs)
+        return cast(T, self._run(False, self._invoke, False, op, *args, **kwargs))
 
     def write(
         self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run a writing ``op(connection, *args)`` atomically (see module doc)."""
-        return self._run(True, op, *args, **kwargs)
+        atomic = not isinstance(self.target, Engine)
+        return cast(T, self._run(True, self._invoke, atomic, op, *args, **kwargs))
 
-    def _run(self, write: bool, op: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def migrate(self, op: Callable[[Connection], None]) -> None:
+        """Run a schema migration ``op(connection)`` (no schema check first)."""
+        self._run(True, self._migrate, op)
+
+    def _run(self, write: bool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             if isinstance(self.target, Engine):
                 with (self._write_engine if write else self.target).begin() as conn:
-                    return op(conn, *args, **kwargs)
+                    return fn(conn, *args, **kwargs)
             with self._lock:
                 if isinstance(self.target, Connection):
-                    conn = self.target
-                else:
-                    conn = self.target.connection()
-                if write:
-                    return _in_savepoint(conn, op, *args, **kwargs)
-                return op(conn, *args, **kwargs)
+                    return fn(self.target, *args, **kwargs)
+                return fn(self.target.connection(), *args, **kwargs)
         except DBAPIError as error:
             if dialects.is_missing_table(error):
                 raise _not_ready(error) from error
             raise
 
 
-class AsyncBind:
+class AsyncBind(_Bind):
     """Runs the same operations on an AsyncEngine, AsyncConnection or
     AsyncSession, through `run_sync` (no threads: the async driver does the
     I/O under SQLAlchemy's greenlet bridge)."""
 
-    def __init__(self, target: AsyncTarget) -> None:
+    def __init__(self, target: AsyncTarget, check_schema: bool = True) -> None:
         if not isinstance(target, (AsyncEngine, AsyncConnection, AsyncSession)):
             raise TypeError(
                 "AsyncSQLSaver takes a sqlalchemy AsyncEngine, AsyncConnection or "
                 f"AsyncSession (for sync ones use SQLSaver), got {type(target).__name__}"
             )
+        super().__init__(check_schema)
         self.target = target
         bind = target.bind if isinstance(target, AsyncSession) else target
         if bind is None:
@@ -120,27 +140,30 @@ class AsyncBind:
         self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Await a reading ``op(connection, *args)`` in a transaction."""
-        return await self._run(False, op, *args, **kwargs)
+        return await self._run(False, self._invoke, False, op, *args, **kwargs)
 
     async def write(
         self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Await a writing ``op(connection, *args)`` atomically (see module doc)."""
-        return await self._run(True, op, *args, **kwargs)
+        atomic = not isinstance(self.target, AsyncEngine)
+        return await self._run(True, self._invoke, atomic, op, *args, **kwargs)
 
-    async def _run(self, write: bool, op: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def migrate(self, op: Callable[[Connection], None]) -> None:
+        """Await a schema migration ``op(connection)`` (no schema check first)."""
+        await self._run(True, self._migrate, op)
+
+    async def _run(self, write: bool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             if isinstance(self.target, AsyncEngine):
                 async with (self._write_engine if write else self.target).begin() as conn:
-                    return await conn.run_sync(op, *args, **kwargs)
+                    return await conn.run_sync(fn, *args, **kwargs)
             async with self._lock:
                 if isinstance(self.target, AsyncConnection):
                     conn = self.target
                 else:
                     conn = await self.target.connection()
-                if write:
-                    return await conn.run_sync(_in_savepoint, op, *args, **kwargs)
-                return await conn.run_sync(op, *args, **kwargs)
+                return await conn.run_sync(fn, *args, **kwargs)
         except DBAPIError as error:
             if dialects.is_missing_table(error):
                 raise _not_ready(error) from error

@@ -33,6 +33,7 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    text,
     type_coerce,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
@@ -259,9 +260,9 @@ def configure_engine(engine: Engine) -> None:
 
 
 @contextmanager
-def atomic_on_caller_connection(conn: Connection) -> Iterator[None]:
-    """Make a write on a caller's connection all-or-nothing without ending
-    the caller's transaction.
+def atomic(conn: Connection) -> Iterator[None]:
+    """Make statements on a connection all-or-nothing without ending the
+    transaction it is in (a caller's, typically).
 
     Normally a SAVEPOINT. Two cases need care:
 
@@ -293,6 +294,38 @@ def _autocommit(conn: Connection) -> bool:
         conn.dialect, "_on_connect_isolation_level", None
     )
     return level == "AUTOCOMMIT"
+
+
+# Any 64-bit number of our own: PostgreSQL's advisory locks are keyed by one.
+_PG_MIGRATION_LOCK = 0x5371_5361_7665_7201  # "SqSaver" + 1
+_MYSQL_MIGRATION_LOCK = "sqlsaver_migrations"
+MIGRATION_LOCK_TIMEOUT = 300  # seconds
+
+
+@contextmanager
+def migration_lock(conn: Connection) -> Iterator[None]:
+    """Serialize schema migrations across processes.
+
+    PostgreSQL: a transaction-scoped advisory lock (DDL is transactional, so
+    the next process waits until this one's tables are committed). MySQL:
+    ``GET_LOCK``, held by the session across DDL's implicit commits. SQLite:
+    the database's single writer (sqlsaver's engines ``BEGIN IMMEDIATE``).
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+        yield
+    elif conn.dialect.name in MYSQL:
+        lock = {"name": _MYSQL_MIGRATION_LOCK, "timeout": MIGRATION_LOCK_TIMEOUT}
+        if conn.execute(text("SELECT GET_LOCK(:name, :timeout)"), lock).scalar() != 1:
+            raise TimeoutError(
+                f"another process held sqlsaver's migration lock for {MIGRATION_LOCK_TIMEOUT} s"
+            )
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT RELEASE_LOCK(:name)"), lock)
+    else:
+        yield
 
 
 # --------------------------------------------------------------------------

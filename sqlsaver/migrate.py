@@ -1,34 +1,76 @@
-"""Alembic, programmatically, on a connection the caller already has.
+"""sqlsaver's schema migrations, programmatically.
 
-sqlsaver's revisions live in ``migrations/`` (shipped inside the wheel as
-``sqlsaver.migrations``) and record themselves in a private version table,
-``sqlsaver_alembic_version``, so an application's own ``alembic_version``
-is never read or written.
+sqlsaver's Alembic revisions live in ``migrations/`` (shipped inside the wheel
+as ``sqlsaver.migrations``) and record themselves in a private version table,
+``sqlsaver_alembic_version``: an application's own ``alembic_version`` is never
+read or written.
+
+For applications that run migrations from their own code::
+
+    import sqlsaver.migrate
+
+    sqlsaver.migrate.upgrade(engine)            # to head; or a Connection
+    sqlsaver.migrate.current(engine)            # "0002", or None when not set up
+    sqlsaver.migrate.status(engine)             # "current" | "behind" | "ahead" | "missing"
+
+With an async engine: ``await async_conn.run_sync(sqlsaver.migrate.upgrade)``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any, Literal, TypeVar
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Connection
+from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, select
+from sqlalchemy.exc import DBAPIError
+
+from sqlsaver import dialects
+
+T = TypeVar("T")
 
 VERSION_TABLE = "sqlsaver_alembic_version"
+# Every revision this sqlsaver knows, oldest first (a test holds this equal to
+# the scripts in migrations/versions): a database at another revision was
+# migrated by a newer sqlsaver.
+REVISIONS = ("0001", "0002")
+HEAD = REVISIONS[-1]
+
+Status = Literal["current", "behind", "ahead", "missing"]
+
+_version = Table(VERSION_TABLE, MetaData(), Column("version_num", String(32), primary_key=True))
+
+
+class SchemaError(RuntimeError):
+    """sqlsaver's tables are not at the revision this sqlsaver needs."""
+
+
+class SchemaNotReadyError(SchemaError):
+    """sqlsaver's tables are missing, or at an older revision: upgrade them."""
+
+
+class SchemaTooNewError(SchemaError):
+    """sqlsaver's tables were migrated by a newer sqlsaver than this one."""
 
 
 def migrations_dir() -> Path:
-    """Where the Alembic environment of this installation lives."""
-    return Path(str(resources.files("sqlsaver.migrations")))
+    """Where the Alembic environment of this installation lives: inside the
+    installed package, or beside it in a source checkout."""
+    try:
+        return Path(str(resources.files("sqlsaver.migrations")))
+    except ModuleNotFoundError:  # imported from a checkout, not installed
+        return Path(__file__).resolve().parent.parent / "migrations"
 
 
-def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
+def alembic_config(connection: Connection | None = None, url: str | None = None) -> Any:
     """An Alembic `Config` for sqlsaver's revisions.
 
     With ``connection`` the migrations run on it, inside its transaction;
-    otherwise on ``url`` (or ``-x url=...`` / ``SQLSAVER_URL``).
+    otherwise on ``url`` (offline with ``--sql``).
     """
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     if url is not None:
@@ -37,11 +79,147 @@ def alembic_config(connection: Connection | None = None, url: str | None = None)
     return config
 
 
-def upgrade(connection: Connection, revision: str = "head") -> None:
-    """Upgrade sqlsaver's tables on ``connection`` to ``revision``."""
-    command.upgrade(alembic_config(connection), revision)
+# -- reading the version: one query, no Alembic --------------------------------
 
 
-def downgrade(connection: Connection, revision: str) -> None:
-    """Downgrade sqlsaver's tables on ``connection`` to ``revision``."""
-    command.downgrade(alembic_config(connection), revision)
+def _current(conn: Connection, locking: bool = False) -> str | None:
+    # Atomic (a SAVEPOINT): on PostgreSQL a missing table would otherwise
+    # abort the caller's whole transaction. A locking read sees what other
+    # sessions committed since this transaction's snapshot (MySQL).
+    query = select(_version.c.version_num)
+    if locking:
+        query = query.with_for_update(read=True)
+    try:
+        with dialects.atomic(conn):
+            return conn.execute(query).scalar()
+    except DBAPIError as error:
+        if dialects.is_missing_table(error):
+            return None
+        raise
+
+
+def _status(revision: str | None) -> Status:
+    if revision is None:
+        return "missing"
+    if revision == HEAD:
+        return "current"
+    return "behind" if revision in REVISIONS else "ahead"
+
+
+def _on(bind: Engine | Connection, fn: Callable[[Connection], T]) -> T:
+    if isinstance(bind, Engine):
+        with bind.begin() as conn:
+            return fn(conn)
+    return fn(bind)
+
+
+def current(bind: Engine | Connection) -> str | None:
+    """The revision sqlsaver's tables are at, or None when not set up."""
+    return _on(bind, _current)
+
+
+def status(bind: Engine | Connection) -> Status:
+    """``"current"`` (at this sqlsaver's head), ``"behind"`` (upgrade),
+    ``"ahead"`` (migrated by a newer sqlsaver) or ``"missing"``."""
+    return _status(current(bind))
+
+
+def describe(revision: str | None) -> str:
+    """What a revision means to this sqlsaver, in words."""
+    return {
+        "missing": "not set up",
+        "current": f"at head {HEAD}",
+        "behind": f"behind head {HEAD}: upgrade",
+        "ahead": f"unknown to this sqlsaver (head {HEAD}): migrated by a newer sqlsaver",
+    }[_status(revision)]
+
+
+def require_current(conn: Connection) -> None:
+    """Raise a `SchemaError` saying what to do unless the tables are at head."""
+    revision = _current(conn)
+    state = _status(revision)
+    if state == "current":
+        return
+    url = conn.engine.url.render_as_string(hide_password=True)
+    command = f"python -m sqlsaver upgrade --url '{url}'"
+    if state == "missing":
+        raise SchemaNotReadyError(
+            f"sqlsaver's tables do not exist in {url}. Create them with `saver.setup()` "
+            f"(`await saver.setup()` for AsyncSQLSaver), or in deployment with: {command}"
+        )
+    if state == "behind":
+        raise SchemaNotReadyError(
+            f"sqlsaver's tables in {url} are at revision {revision}; this sqlsaver needs "
+            f"{HEAD}. Upgrade them with: {command} (or `saver.setup()`)"
+        )
+    raise SchemaTooNewError(
+        f"sqlsaver's tables in {url} are at revision {revision}, which this sqlsaver "
+        f"(head {HEAD}) does not know: they were migrated by a newer sqlsaver. "
+        "Upgrade the sqlsaver package, or downgrade the tables with the newer one."
+    )
+
+
+# -- changing the schema -----------------------------------------------------
+
+
+def _run_alembic(conn: Connection, command_name: str, revision: str) -> None:
+    from alembic import command
+
+    with dialects.migration_lock(conn):
+        getattr(command, command_name)(alembic_config(conn), revision)
+
+
+def setup(conn: Connection) -> None:
+    """Bring sqlsaver's tables to head, safely when several processes do it
+    at once, and with a single query when they already are at head.
+
+    Concurrent callers queue on a lock (an advisory lock on PostgreSQL,
+    ``GET_LOCK`` on MySQL, the write lock on SQLite); each re-reads the
+    version under it, so only the first one migrates.
+    """
+    if _current(conn) == HEAD:
+        return
+    with dialects.migration_lock(conn):
+        revision = _current(conn, locking=True)
+        if revision == HEAD:
+            return
+        if _status(revision) == "ahead":
+            require_current(conn)  # raises SchemaTooNewError
+        from alembic import command
+
+        command.upgrade(alembic_config(conn), "head")
+
+
+def upgrade(bind: Engine | Connection, revision: str = "head") -> None:
+    """Upgrade sqlsaver's tables to ``revision`` (under the migration lock)."""
+    _on(bind, lambda conn: _run_alembic(conn, "upgrade", revision))
+
+
+def downgrade(bind: Engine | Connection, revision: str) -> None:
+    """Downgrade sqlsaver's tables to ``revision`` (``"base"`` drops them)."""
+    _on(bind, lambda conn: _run_alembic(conn, "downgrade", revision))
+
+
+# -- living beside an application's own Alembic --------------------------------
+
+
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """An ``include_object`` hook for an application's Alembic ``env.py``
+    that keeps sqlsaver's tables out of ``alembic revision --autogenerate``::
+
+        from sqlsaver.migrate import include_object
+        context.configure(..., include_object=include_object)
+    """
+    table = obj if type_ == "table" else getattr(obj, "table", None)
+    table_name = name if type_ == "table" else getattr(table, "name", None)
+    return not (table_name or "").startswith("sqlsaver_")
+
+
+def revisions() -> Sequence[str]:
+    """The revisions of the installed Alembic scripts, oldest first."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(alembic_config())
+    return [s.revision for s in reversed(list(scripts.walk_revisions()))]

@@ -73,7 +73,11 @@ class CheckpointModel(Base):
     metadata_blob: Mapped[bytes] = mapped_column(BINARY)
     metadata_json: Mapped[dict[str, str]] = mapped_column(METADATA_JSON)
 
-    __table_args__ = (Index(None, "run_id"),)
+    __table_args__ = (
+        Index(None, "run_id"),
+        # list() across threads is ordered by checkpoint id (revision 0002).
+        Index(None, "checkpoint_id"),
+    )
 
 
 class BlobModel(Base):

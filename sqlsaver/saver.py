@@ -46,9 +46,24 @@ class SQLSaver(SaverBase):
         ```
     """
 
-    def __init__(self, bind: SyncTarget, *, serde: SerializerProtocol | None = None) -> None:
+    def __init__(
+        self,
+        bind: SyncTarget,
+        *,
+        serde: SerializerProtocol | None = None,
+        check_schema: bool = True,
+    ) -> None:
+        """
+        Args:
+            bind: The Engine, Connection or Session to store checkpoints through.
+            serde: The serializer (default: LangGraph's `JsonPlusSerializer`).
+            check_schema: On first use, raise `SchemaNotReadyError` (tables
+                missing or older) or `SchemaTooNewError` unless sqlsaver's
+                tables are at this sqlsaver's revision. Turn it off only if
+                your own migrations manage sqlsaver's tables.
+        """
         super().__init__(serde=serde)
-        self._bind = SyncBind(bind)
+        self._bind = SyncBind(bind, check_schema)
         self._owned_engine: Engine | None = None
 
     @classmethod
@@ -58,6 +73,7 @@ class SQLSaver(SaverBase):
         *,
         serde: SerializerProtocol | None = None,
         engine_kwargs: dict[str, Any] | None = None,
+        check_schema: bool = True,
     ) -> SQLSaver:
         """A saver on a new engine for ``url``, disposed by `close()` or when
         the saver is used as a context manager and the block ends.
@@ -68,6 +84,8 @@ class SQLSaver(SaverBase):
                 ``mysql+pymysql://user@host/db``.
             serde: The serializer (e.g. an `EncryptedSerializer`).
             engine_kwargs: Extra `create_engine` arguments (pool size...).
+            check_schema: Check, on first use, that sqlsaver's tables are at
+                the revision this sqlsaver needs (see `__init__`).
 
         Example:
             ```python
@@ -76,7 +94,7 @@ class SQLSaver(SaverBase):
             ```
         """
         engine = sync_engine(url, engine_kwargs)
-        saver = cls(engine, serde=serde)
+        saver = cls(engine, serde=serde, check_schema=check_schema)
         saver._owned_engine = engine
         return saver
 
@@ -98,7 +116,7 @@ class SQLSaver(SaverBase):
 
     def setup(self) -> None:
         """Create or upgrade sqlsaver's tables (Alembic, to head)."""
-        self._bind.write(migrate.upgrade)
+        self._bind.migrate(migrate.setup)
 
     # -- reads ---------------------------------------------------------------
 

@@ -579,15 +579,15 @@ async def test_sync_from_url_saver_returns_every_connection(
         saver.copy_thread(thread_id, thread_id + "-copy")
         with pytest.raises(ValueError, match="already has checkpoints"):
             saver.copy_thread(thread_id, thread_id + "-copy")
-        # Kept: its traceback holds the failed call's frames, so a leaked
-        # connection cannot be returned by the garbage collector instead.
-        with pytest.raises(DBAPIError, match="refused") as failed:
-            saver.put(*put_args(REFUSED + thread_id))
         await asyncio.gather(*(saver.aget_tuple(config) for _ in range(8)))
         await saver.aput_writes(config, [("x", 2)], "task-2")
         saver.prune([thread_id])
         saver.delete_for_runs(["run"])
         saver.delete_thread(thread_id + "-copy")
+        # Last, and kept: its traceback holds the failed call's frames, so a
+        # leaked connection cannot be handed back by the garbage collector.
+        with pytest.raises(DBAPIError, match="refused") as failed:
+            saver.put(*put_args(REFUSED + thread_id))
         assert saver._owned_engine.pool.checkedout() == 0, failed
 
 
@@ -606,9 +606,9 @@ async def test_async_from_url_saver_returns_every_connection(
             await saver.acopy_thread(thread_id, thread_id + "-copy")
             with pytest.raises(ValueError, match="already has checkpoints"):
                 await saver.acopy_thread(thread_id, thread_id + "-copy")
-            with pytest.raises(DBAPIError, match="refused") as failed:  # kept, as above
-                await saver.aput(*put_args(REFUSED + thread_id))
             await saver.aprune([thread_id])
             await saver.adelete_for_runs(["run"])
             await saver.adelete_thread(thread_id + "-copy")
+            with pytest.raises(DBAPIError, match="refused") as failed:  # as above
+                await saver.aput(*put_args(REFUSED + thread_id))
             assert saver._owned_engine.sync_engine.pool.checkedout() == 0, failed
