@@ -2,8 +2,10 @@
 and MySQL/MariaDB, sync (`SQLSaver`) and async (`AsyncSQLSaver`)."""
 
 from sqlsaver.aio import AsyncSQLSaver
+from sqlsaver.base import SaverOptions
 from sqlsaver.migrate import SchemaError, SchemaNotReadyError, SchemaTooNewError
-from sqlsaver.models import Base, BlobModel, CheckpointModel, WriteModel
+from sqlsaver.models import Base, BlobModel, CheckpointModel, ThreadModel, WriteModel
+from sqlsaver.policies import TTL
 from sqlsaver.saver import SQLSaver
 
 __all__ = [
@@ -12,8 +14,11 @@ __all__ = [
     "BlobModel",
     "CheckpointModel",
     "SQLSaver",
+    "SaverOptions",
     "SchemaError",
     "SchemaNotReadyError",
     "SchemaTooNewError",
+    "TTL",
+    "ThreadModel",
     "WriteModel",
 ]

@@ -7,6 +7,7 @@
     python -m sqlsaver check --url URL               # exit 1 unless at this sqlsaver's head
     python -m sqlsaver downgrade --url URL --revision REV
     python -m sqlsaver history                       # the revisions this sqlsaver ships
+    python -m sqlsaver sweep --url URL               # delete threads whose TTL expired
 
 URLs are SQLAlchemy URLs, with a sync or an async driver alike.
 """
@@ -91,6 +92,30 @@ def check(args: argparse.Namespace) -> int:
     return 0 if revision == migrate.HEAD else 1
 
 
+def sweep(args: argparse.Namespace) -> int:
+    """Delete (or prune) expired threads: a cron job's TTL sweep."""
+    from sqlsaver.aio import AsyncSQLSaver
+    from sqlsaver.saver import SQLSaver
+
+    def report(total: int) -> None:
+        print(f"swept {total} expired threads so far", file=sys.stderr)
+
+    ttl = {"strategy": args.strategy}
+    limit = args.limit or sys.maxsize
+    if base.parse_url(args.url).get_dialect().is_async:
+
+        async def run() -> int:
+            async with AsyncSQLSaver.from_url(args.url, ttl=ttl) as saver:
+                return await saver.asweep_ttl(limit, report)
+
+        handled = asyncio.run(run())
+    else:
+        with SQLSaver.from_url(args.url, ttl=ttl) as saver:
+            handled = saver.sweep_ttl(limit, report)
+    print(f"swept {handled} expired threads ({args.strategy})")
+    return 0
+
+
 def history(args: argparse.Namespace) -> int:
     from alembic import command
 
@@ -130,6 +155,15 @@ def parser() -> argparse.ArgumentParser:
     with_url("check", "exit 1 unless the tables are at this sqlsaver's head").set_defaults(
         run=check
     )
+    run_sweep = with_url("sweep", "delete (or prune) threads whose TTL has expired")
+    run_sweep.add_argument(
+        "--strategy",
+        choices=["delete", "keep_latest"],
+        default="delete",
+        help="delete expired threads (default), or keep their latest checkpoints",
+    )
+    run_sweep.add_argument("--limit", type=int, help="at most this many threads (default: all)")
+    run_sweep.set_defaults(run=sweep)
     run_history = commands.add_parser("history", help="list the revisions this sqlsaver ships")
     run_history.add_argument("--verbose", action="store_true")
     run_history.set_defaults(run=history)

@@ -8,7 +8,8 @@ handling is written twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -20,15 +21,16 @@ from langgraph.checkpoint.base import (
     CheckpointTuple,
     DeltaChannelHistory,
 )
-from langgraph.checkpoint.serde.base import SerializerProtocol
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
+from typing_extensions import Unpack
 
 from sqlsaver import migrate, ops
-from sqlsaver.base import SaverBase, async_engine, check_prune
+from sqlsaver.base import SaverBase, SaverOptions, async_engine, check_prune, sweep_batches
 from sqlsaver.bind import AsyncBind, AsyncTarget
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 class AsyncSQLSaver(SaverBase):
@@ -53,25 +55,18 @@ class AsyncSQLSaver(SaverBase):
         ```
     """
 
-    def __init__(
-        self,
-        bind: AsyncTarget,
-        *,
-        serde: SerializerProtocol | None = None,
-        check_schema: bool = True,
-    ) -> None:
+    def __init__(self, bind: AsyncTarget, **options: Unpack[SaverOptions]) -> None:
         """
         Args:
-            bind: The AsyncEngine, AsyncConnection or AsyncSession to store checkpoints through.
-            serde: The serializer (default: LangGraph's `JsonPlusSerializer`).
-            check_schema: On first use, raise `SchemaNotReadyError` (tables
-                missing or older) or `SchemaTooNewError` unless sqlsaver's
-                tables are at this sqlsaver's revision. Turn it off only if
-                your own migrations manage sqlsaver's tables.
+            bind: The AsyncEngine, AsyncConnection or AsyncSession to store
+                checkpoints through.
+            **options: ``serde``, ``shallow``, ``ttl``, ``clock``,
+                ``check_schema`` (see `SaverOptions`).
         """
-        super().__init__(serde=serde)
-        self._bind = AsyncBind(bind, check_schema)
+        super().__init__(**options)
+        self._bind = AsyncBind(bind, self._check_schema)
         self._owned_engine: AsyncEngine | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         try:
             self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -82,9 +77,8 @@ class AsyncSQLSaver(SaverBase):
         cls,
         url: str | URL,
         *,
-        serde: SerializerProtocol | None = None,
         engine_kwargs: dict[str, Any] | None = None,
-        check_schema: bool = True,
+        **options: Unpack[SaverOptions],
     ) -> AsyncSQLSaver:
         """A saver on a new async engine for ``url``; ``async with`` (or
         `aclose()`) disposes of it.
@@ -94,10 +88,9 @@ class AsyncSQLSaver(SaverBase):
                 ``postgresql+asyncpg://user@host/db``,
                 ``postgresql+psycopg://user@host/db``,
                 ``mysql+asyncmy://user@host/db``.
-            serde: The serializer (e.g. an `EncryptedSerializer`).
             engine_kwargs: Extra `create_async_engine` arguments.
-            check_schema: Check, on first use, that sqlsaver's tables are at
-                the revision this sqlsaver needs (see `__init__`).
+            **options: ``serde``, ``shallow``, ``ttl``, ``clock``,
+                ``check_schema`` (see `SaverOptions`).
 
         Example:
             ```python
@@ -106,12 +99,14 @@ class AsyncSQLSaver(SaverBase):
             ```
         """
         engine = async_engine(url, engine_kwargs)
-        saver = cls(engine, serde=serde, check_schema=check_schema)
+        saver = cls(engine, **options)
         saver._owned_engine = engine
         return saver
 
     async def aclose(self) -> None:
-        """Dispose of the engine `from_url` created (never one you passed in)."""
+        """Stop the TTL sweeper, and dispose of the engine `from_url` created
+        (never one you passed in)."""
+        await self.stop_ttl_sweeper()
         if self._owned_engine is not None:
             await self._owned_engine.dispose()
 
@@ -136,6 +131,8 @@ class AsyncSQLSaver(SaverBase):
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` names, or the latest of its thread."""
+        if self.policies.refreshes_on_read:  # the read moves the expiry on
+            return await self._bind.write(ops.get_tuple, self._opts, config)
         return await self._bind.read(ops.get_tuple, self._opts, config)
 
     async def alist(
@@ -205,6 +202,58 @@ class AsyncSQLSaver(SaverBase):
             return
         for thread_id in threads:
             await self._bind.write(ops.prune_keep_latest, self._opts, thread_id)
+
+    # -- TTL -----------------------------------------------------------------
+
+    async def aset_thread_ttl(self, thread_id: str, minutes: float | None | str) -> None:
+        """See `SQLSaver.set_thread_ttl`."""
+        self._ttl()
+        await self._bind.write(ops.set_thread_ttl, self._opts, str(thread_id), minutes)
+
+    async def asweep_ttl(
+        self, limit: int | None = None, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """See `SQLSaver.sweep_ttl`."""
+        ttl = self._ttl()
+        handled = 0
+        for size in sweep_batches(limit or ttl.sweep_limit):
+            done = await self._bind.write(ops.sweep_expired, self._opts, size, ttl.strategy)
+            handled += done
+            if progress is not None:
+                progress(handled)
+            if done < size:
+                break
+        return handled
+
+    def start_ttl_sweeper(self, interval_minutes: float | None = None) -> asyncio.Task[None]:
+        """Sweep now and then every ``interval_minutes`` (default
+        ``sweep_interval_minutes``) in a task on the running loop, until
+        `stop_ttl_sweeper` or `aclose`."""
+        interval = self._sweep_interval(interval_minutes)
+        if self._sweeper is not None and not self._sweeper.done():
+            raise RuntimeError("the TTL sweeper is already running")
+
+        async def sweep_until_cancelled() -> None:
+            while True:
+                try:
+                    await self.asweep_ttl()
+                except Exception:  # a failed sweep must not end the sweeper
+                    logger.exception("sqlsaver TTL sweep failed; retrying next interval")
+                await asyncio.sleep(interval)
+
+        self._sweeper = asyncio.get_running_loop().create_task(sweep_until_cancelled())
+        return self._sweeper
+
+    async def stop_ttl_sweeper(self) -> None:
+        """Stop the background sweeper (a sweep in flight rolls back)."""
+        if self._sweeper is None:
+            return
+        self._sweeper.cancel()
+        try:
+            await self._sweeper
+        except asyncio.CancelledError:
+            pass
+        self._sweeper = None
 
     # -- sync twins: the async methods on the saver's loop -------------------
 
@@ -279,3 +328,9 @@ class AsyncSQLSaver(SaverBase):
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         self._on_loop(self.aprune(thread_ids, strategy=strategy))
+
+    def set_thread_ttl(self, thread_id: str, minutes: float | None | str) -> None:
+        self._on_loop(self.aset_thread_ttl(thread_id, minutes))
+
+    def sweep_ttl(self, limit: int | None = None) -> int:
+        return self._on_loop(self.asweep_ttl(limit))

@@ -4,16 +4,18 @@ contract that do no I/O, and turning a URL into an engine."""
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypedDict
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from sqlalchemy import URL, Engine, create_engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from typing_extensions import Unpack
 
 from sqlsaver import dialects, ops
+from sqlsaver.policies import TTL, Policies
 
 PRUNE_STRATEGIES = ("keep_latest", "delete")
 
@@ -30,16 +32,67 @@ _ASYNC_FOR = {
 }
 
 
+# Threads a sweep handles per transaction: keeps each one short.
+SWEEP_BATCH = 100
+
+
+class SaverOptions(TypedDict, total=False):
+    """The options of both savers (their constructors and `from_url`).
+
+    serde: The serializer (default: LangGraph's `JsonPlusSerializer`); an
+        `EncryptedSerializer` encrypts every stored value.
+    shallow: Keep only the latest checkpoint of each thread and namespace.
+    ttl: A thread-level TTL, ``{"default_ttl": minutes, "strategy": "delete" |
+        "keep_latest", "refresh_on_read": bool, "sweep_interval_minutes": ...,
+        "sweep_limit": ...}`` (or a `TTL`).
+    clock: Seconds since the epoch (UTC) for TTL; default: the database's
+        clock, which every host of an app shares.
+    check_schema: On first use, raise `SchemaNotReadyError` (tables missing or
+        older) or `SchemaTooNewError` unless sqlsaver's tables are at this
+        sqlsaver's revision. Turn it off only if your own migrations manage
+        sqlsaver's tables.
+    """
+
+    serde: SerializerProtocol | None
+    shallow: bool
+    ttl: TTL | Mapping[str, Any] | None
+    clock: Callable[[], float] | None
+    check_schema: bool
+
+
 class SaverBase(BaseCheckpointSaver[str]):
     """Shared by both savers; not used directly."""
 
-    def __init__(self, *, serde: SerializerProtocol | None = None) -> None:
-        super().__init__(serde=serde)
+    def __init__(self, **options: Unpack[SaverOptions]) -> None:
+        super().__init__(serde=options.get("serde"))
+        self.policies = Policies(
+            shallow=options.get("shallow", False),
+            ttl=TTL.of(options.get("ttl")),
+            clock=options.get("clock"),
+        )
+        self._check_schema = options.get("check_schema", True)
 
     @property
     def _opts(self) -> ops.Options:
         # Built on demand: `with_allowlist` copies the saver with a new serde.
-        return ops.Options(serde=self.serde)
+        return ops.Options(serde=self.serde, policies=self.policies)
+
+    def _ttl(self) -> TTL:
+        if self.policies.ttl is None:
+            raise ValueError(
+                "this saver has no TTL: create it with ttl={'default_ttl': minutes, ...}"
+            )
+        return self.policies.ttl
+
+    def _sweep_interval(self, minutes: float | None) -> float:
+        """Seconds between background sweeps."""
+        minutes = minutes or self._ttl().sweep_interval_minutes
+        if not minutes or minutes <= 0:
+            raise ValueError(
+                "no sweep interval: pass interval_minutes=... or set "
+                "ttl={'sweep_interval_minutes': ...}"
+            )
+        return minutes * 60
 
     def get_next_version(self, current: str | int | None, channel: None) -> str:
         """The next channel version, in the format of LangGraph's own savers:
@@ -52,6 +105,13 @@ class SaverBase(BaseCheckpointSaver[str]):
         else:
             counter = int(current.split(".")[0])
         return f"{counter + 1:032}.{random.random():016}"
+
+
+def sweep_batches(limit: int) -> Iterator[int]:
+    """Sizes of the transactions a sweep of up to ``limit`` threads runs."""
+    while limit > 0:
+        yield min(SWEEP_BATCH, limit)
+        limit -= SWEEP_BATCH
 
 
 def check_prune(thread_ids: Sequence[str], strategy: str) -> list[str]:

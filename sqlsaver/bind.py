@@ -52,12 +52,13 @@ class _Bind:
         self.schema_checked = not check_schema
 
     def _invoke(
-        self, conn: Connection, atomic: bool, op: Callable[..., T], *args: Any, **kwargs: Any
+        self, conn: Connection, atomic: bool | None, op: Callable[..., T], *args: Any, **kwargs: Any
     ) -> T:
         if not self.schema_checked:
             migrate.require_current(conn)
             self.schema_checked = True
-        if atomic:
+        # On an AUTOCOMMIT engine, `begin()` opened no transaction either.
+        if atomic is True or atomic is None and dialects.autocommit(conn):
             with dialects.atomic(conn):
                 return op(conn, *args, **kwargs)
         return op(conn, *args, **kwargs)
@@ -93,7 +94,8 @@ class SyncBind(_Bind):
         self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run a writing ``op(connection, *args)`` atomically (see module doc)."""
-        atomic = not isinstance(self.target, Engine)
+        # None: atomic only if the engine's begin() is no transaction.
+        atomic = None if isinstance(self.target, Engine) else True
         return cast(T, self._run(True, self._invoke, atomic, op, *args, **kwargs))
 
     def migrate(self, op: Callable[[Connection], None]) -> None:
@@ -146,7 +148,7 @@ class AsyncBind(_Bind):
         self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Await a writing ``op(connection, *args)`` atomically (see module doc)."""
-        atomic = not isinstance(self.target, AsyncEngine)
+        atomic = None if isinstance(self.target, AsyncEngine) else True
         return await self._run(True, self._invoke, atomic, op, *args, **kwargs)
 
     async def migrate(self, op: Callable[[Connection], None]) -> None:

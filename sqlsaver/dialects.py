@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from typing import Any, cast
@@ -23,6 +23,7 @@ from sqlalchemy import (
     Dialect,
     Insert,
     LargeBinary,
+    Select,
     Table,
     Text,
     TypeDecorator,
@@ -140,6 +141,40 @@ def insert_ignore(dialect: Dialect, table: Table) -> Insert:
     return cast(Insert, stmt.on_conflict_do_nothing(index_elements=_key_columns(table)))
 
 
+def upsert_expressions(
+    dialect: Dialect,
+    table: Table,
+    values: dict[str, Any],
+    update: Callable[[Any], dict[str, Any]],
+) -> Insert:
+    """INSERT ``values``; on a key conflict, SET ``update(inserted)``, where
+    ``inserted`` names the proposed row and the table's columns the stored one."""
+    stmt = _insert(dialect, table).values(values)
+    if dialect.name in MYSQL:
+        return cast(Insert, stmt.on_duplicate_key_update(update(stmt.inserted)))
+    return cast(
+        Insert,
+        stmt.on_conflict_do_update(index_elements=_key_columns(table), set_=update(stmt.excluded)),
+    )
+
+
+def lock_skipping_locked(dialect: Dialect, stmt: Select[Any]) -> Select[Any]:
+    """``FOR UPDATE SKIP LOCKED`` where the database has it (PostgreSQL,
+    MySQL 8, MariaDB 10.6); SQLite's single writer needs no row locks."""
+    if dialect.name == "sqlite":
+        return stmt
+    return stmt.with_for_update(skip_locked=True)
+
+
+def epoch_now(dialect: Dialect) -> ColumnElement[float]:
+    """The database's clock, in seconds since the epoch (UTC, fractional)."""
+    if dialect.name == "postgresql":
+        return cast(ColumnElement[float], func.extract("epoch", func.now()))
+    if dialect.name in MYSQL:
+        return cast(ColumnElement[float], func.unix_timestamp(func.now(6)))
+    return cast(ColumnElement[float], (func.julianday("now") - 2440587.5) * 86400.0)
+
+
 # --------------------------------------------------------------------------
 # Metadata filter
 # --------------------------------------------------------------------------
@@ -240,7 +275,18 @@ def configure_engine(engine: Engine) -> None:
     than by the driver, with ``BEGIN IMMEDIATE`` for writes so concurrent
     writers queue on the busy timeout instead of failing with "database is
     locked" when they upgrade a read lock (the official saver's failure).
+
+    MySQL: strict mode, so a key too long for its column is an error rather
+    than silently truncated into another thread's key.
     """
+    if engine.dialect.name in MYSQL:
+
+        @event.listens_for(engine, "connect")
+        def _strict(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SET SESSION sql_mode = CONCAT_WS(',', @@sql_mode, 'STRICT_ALL_TABLES')")
+            cursor.close()
+
     if engine.dialect.name != "sqlite":
         return
 
@@ -255,6 +301,8 @@ def configure_engine(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
+        if autocommit(conn):
+            return  # no transaction; `atomic` opens one for a write
         write = conn.get_execution_options().get(WRITE_OPTION, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
@@ -272,8 +320,8 @@ def atomic(conn: Connection) -> Iterator[None]:
       and a SAVEPOINT outside a transaction is a transaction of its own whose
       RELEASE commits behind the caller's back: open the real one first.
     """
-    if _autocommit(conn):
-        conn.exec_driver_sql("BEGIN")
+    if autocommit(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.dialect.name == "sqlite" else "BEGIN")
         try:
             yield
         except BaseException:
@@ -289,7 +337,8 @@ def atomic(conn: Connection) -> Iterator[None]:
         yield
 
 
-def _autocommit(conn: Connection) -> bool:
+def autocommit(conn: Connection) -> bool:
+    """Whether the connection commits each statement (no transaction)."""
     level = conn.get_execution_options().get("isolation_level") or getattr(
         conn.dialect, "_on_connect_isolation_level", None
     )

@@ -34,7 +34,7 @@ VERSION_TABLE = "sqlsaver_alembic_version"
 # Every revision this sqlsaver knows, oldest first (a test holds this equal to
 # the scripts in migrations/versions): a database at another revision was
 # migrated by a newer sqlsaver.
-REVISIONS = ("0001", "0002")
+REVISIONS = ("0001", "0002", "0003")
 HEAD = REVISIONS[-1]
 
 Status = Literal["current", "behind", "ahead", "missing"]

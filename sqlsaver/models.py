@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from sqlalchemy import Index, Integer, MetaData, String, Table
+from sqlalchemy import Double, Index, Integer, MetaData, String, Table
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sqlsaver.dialects import BINARY, LONG_TEXT, METADATA_JSON, key_string
@@ -113,6 +113,27 @@ class WriteModel(Base):
     blob: Mapped[bytes] = mapped_column(BINARY)
 
 
+class ThreadModel(Base):
+    """Per-thread bookkeeping for TTL (revision 0003).
+
+    Times are seconds since the epoch (UTC) from one clock, the database's
+    by default; numbers rather than timestamps so that "now + ttl" is the
+    same arithmetic on every database.
+    """
+
+    __tablename__ = "sqlsaver_threads"
+
+    thread_id: Mapped[str] = mapped_column(THREAD_ID, primary_key=True)
+    # When the thread expires; NULL: never (no TTL, or pinned).
+    expires_at: Mapped[float | None] = mapped_column(Double)
+    # The thread's own TTL in minutes; NULL: the saver's default; 0: never.
+    ttl_minutes: Mapped[float | None] = mapped_column(Double)
+    updated_at: Mapped[float] = mapped_column(Double)
+
+    __table_args__ = (Index(None, "expires_at"),)
+
+
 checkpoints = cast(Table, CheckpointModel.__table__)
 blobs = cast(Table, BlobModel.__table__)
 writes = cast(Table, WriteModel.__table__)
+threads = cast(Table, ThreadModel.__table__)

@@ -38,11 +38,13 @@ from sqlalchemy import (
     update,
 )
 
-from sqlsaver import codec, dialects
+from sqlsaver import codec, dialects, policies
 from sqlsaver.codec import Address
 from sqlsaver.models import blobs as B
 from sqlsaver.models import checkpoints as C
+from sqlsaver.models import threads as T
 from sqlsaver.models import writes as W
+from sqlsaver.policies import Policies, Strategy
 
 # Rows a `list` page holds at most: bounds memory however large the thread.
 PAGE_SIZE = 100
@@ -81,6 +83,7 @@ class Options:
     """What every operation needs to know about the saver calling it."""
 
     serde: SerializerProtocol
+    policies: Policies = Policies()
 
 
 # -- helpers -----------------------------------------------------------------
@@ -191,8 +194,14 @@ def get_tuple(conn: Connection, opts: Options, config: RunnableConfig) -> Checkp
         stmt = stmt.where(C.c.checkpoint_id == at.checkpoint_id)
     else:
         stmt = stmt.order_by(C.c.checkpoint_id.desc()).limit(1)
+    if (shown := policies.visible(opts.policies, conn.dialect)) is not None:
+        stmt = stmt.where(shown)
     row = conn.execute(stmt).first()
-    return _assemble(conn, opts.serde, [row])[0] if row else None
+    if row is None:
+        return None
+    if opts.policies.refreshes_on_read:
+        policies.touch(conn, opts.policies, at.thread_id)
+    return _assemble(conn, opts.serde, [row])[0]
 
 
 @dataclass(frozen=True)
@@ -242,6 +251,8 @@ def list_page(
     where = [
         dialects.metadata_matches(conn.dialect, C.c.metadata_json, k, v) for k, v in query.filter
     ]
+    if (shown := policies.visible(opts.policies, conn.dialect)) is not None:
+        where.append(shown)
     # Newest first; ties (equal ids in several threads or namespaces) are
     # broken by the key columns that the query does not pin down.
     order = [C.c.checkpoint_id]
@@ -395,6 +406,9 @@ def put(
     if values:
         conn.execute(dialects.insert_ignore(conn.dialect, B), values)
     conn.execute(dialects.upsert(conn.dialect, C, CHECKPOINT_UPDATE), row)
+    if opts.policies.shallow:
+        prune_keep_latest(conn, opts, row["thread_id"])
+    policies.touch(conn, opts.policies, row["thread_id"])
     return Address.of(config).config(checkpoint["id"])
 
 
@@ -415,12 +429,14 @@ def put_writes(
         conn.execute(dialects.upsert(conn.dialect, W, WRITE_UPDATE), replacing)
     if keeping:
         conn.execute(dialects.insert_ignore(conn.dialect, W), keeping)
+    if rows:
+        policies.touch(conn, opts.policies, rows[0]["thread_id"])
 
 
 def delete_threads(conn: Connection, opts: Options, thread_ids: Sequence[str]) -> None:
     """Delete everything stored for these threads."""
     for chunk in _chunks(thread_ids):
-        for table in (W, B, C):
+        for table in (W, B, C, T):
             conn.execute(delete(table).where(table.c.thread_id.in_(chunk)))
 
 
@@ -486,6 +502,7 @@ def copy_thread(conn: Connection, opts: Options, source: str, target: str) -> No
                 ),
             )
         )
+    policies.touch(conn, opts.policies, target)
 
 
 def prune_keep_latest(conn: Connection, opts: Options, thread_id: str) -> None:
@@ -534,3 +551,26 @@ def prune_keep_latest(conn: Connection, opts: Options, thread_id: str) -> None:
     ]
     if doomed:
         _delete_checkpoints(conn, opts, doomed)
+
+
+def sweep_expired(conn: Connection, opts: Options, limit: int, strategy: Strategy) -> int:
+    """Handle up to ``limit`` expired threads in this transaction: delete
+    them, or prune them to their latest checkpoints (``keep_latest``).
+    Returns how many it handled."""
+    expired = policies.expired_threads(conn, opts.policies, limit)
+    if not expired:
+        return 0
+    if strategy == "delete":
+        delete_threads(conn, opts, expired)
+    else:
+        for thread_id in expired:
+            prune_keep_latest(conn, opts, thread_id)
+        policies.unexpire(conn, expired)
+    return len(expired)
+
+
+def set_thread_ttl(
+    conn: Connection, opts: Options, thread_id: str, minutes: float | None | str
+) -> None:
+    """See `policies.set_thread_ttl`."""
+    policies.set_thread_ttl(conn, opts.policies, thread_id, minutes)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -15,12 +17,14 @@ from langgraph.checkpoint.base import (
     CheckpointTuple,
     DeltaChannelHistory,
 )
-from langgraph.checkpoint.serde.base import SerializerProtocol
 from sqlalchemy import URL, Engine
+from typing_extensions import Unpack
 
 from sqlsaver import migrate, ops
-from sqlsaver.base import SaverBase, check_prune, sync_engine
+from sqlsaver.base import SaverBase, SaverOptions, check_prune, sweep_batches, sync_engine
 from sqlsaver.bind import SyncBind, SyncTarget
+
+logger = logging.getLogger(__name__)
 
 
 class SQLSaver(SaverBase):
@@ -46,34 +50,26 @@ class SQLSaver(SaverBase):
         ```
     """
 
-    def __init__(
-        self,
-        bind: SyncTarget,
-        *,
-        serde: SerializerProtocol | None = None,
-        check_schema: bool = True,
-    ) -> None:
+    def __init__(self, bind: SyncTarget, **options: Unpack[SaverOptions]) -> None:
         """
         Args:
-            bind: The Engine, Connection or Session to store checkpoints through.
-            serde: The serializer (default: LangGraph's `JsonPlusSerializer`).
-            check_schema: On first use, raise `SchemaNotReadyError` (tables
-                missing or older) or `SchemaTooNewError` unless sqlsaver's
-                tables are at this sqlsaver's revision. Turn it off only if
-                your own migrations manage sqlsaver's tables.
+            bind: The Engine, Connection or Session to store checkpoints
+                through.
+            **options: ``serde``, ``shallow``, ``ttl``, ``clock``,
+                ``check_schema`` (see `SaverOptions`).
         """
-        super().__init__(serde=serde)
-        self._bind = SyncBind(bind, check_schema)
+        super().__init__(**options)
+        self._bind = SyncBind(bind, self._check_schema)
         self._owned_engine: Engine | None = None
+        self._sweeper: tuple[threading.Thread, threading.Event] | None = None
 
     @classmethod
     def from_url(
         cls,
         url: str | URL,
         *,
-        serde: SerializerProtocol | None = None,
         engine_kwargs: dict[str, Any] | None = None,
-        check_schema: bool = True,
+        **options: Unpack[SaverOptions],
     ) -> SQLSaver:
         """A saver on a new engine for ``url``, disposed by `close()` or when
         the saver is used as a context manager and the block ends.
@@ -82,10 +78,9 @@ class SQLSaver(SaverBase):
             url: Any sync SQLAlchemy URL: ``sqlite:///file.db``,
                 ``postgresql+psycopg://user@host/db``,
                 ``mysql+pymysql://user@host/db``.
-            serde: The serializer (e.g. an `EncryptedSerializer`).
             engine_kwargs: Extra `create_engine` arguments (pool size...).
-            check_schema: Check, on first use, that sqlsaver's tables are at
-                the revision this sqlsaver needs (see `__init__`).
+            **options: ``serde``, ``shallow``, ``ttl``, ``clock``,
+                ``check_schema`` (see `SaverOptions`).
 
         Example:
             ```python
@@ -94,12 +89,14 @@ class SQLSaver(SaverBase):
             ```
         """
         engine = sync_engine(url, engine_kwargs)
-        saver = cls(engine, serde=serde, check_schema=check_schema)
+        saver = cls(engine, **options)
         saver._owned_engine = engine
         return saver
 
     def close(self) -> None:
-        """Dispose of the engine `from_url` created (never one you passed in)."""
+        """Stop the TTL sweeper, and dispose of the engine `from_url` created
+        (never one you passed in)."""
+        self.stop_ttl_sweeper()
         if self._owned_engine is not None:
             self._owned_engine.dispose()
 
@@ -122,6 +119,8 @@ class SQLSaver(SaverBase):
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` names, or the latest of its thread."""
+        if self.policies.refreshes_on_read:  # the read moves the expiry on
+            return self._bind.write(ops.get_tuple, self._opts, config)
         return self._bind.read(ops.get_tuple, self._opts, config)
 
     def list(
@@ -197,6 +196,69 @@ class SQLSaver(SaverBase):
         for thread_id in threads:
             self._bind.write(ops.prune_keep_latest, self._opts, thread_id)
 
+    # -- TTL -----------------------------------------------------------------
+
+    def set_thread_ttl(self, thread_id: str, minutes: float | None | str) -> None:
+        """Give one thread its own TTL: ``minutes`` after each write, ``None``
+        to never expire, or ``"default"`` for the saver's ``default_ttl``."""
+        self._ttl()
+        self._bind.write(ops.set_thread_ttl, self._opts, str(thread_id), minutes)
+
+    def sweep_ttl(
+        self, limit: int | None = None, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Delete (or, with ``strategy="keep_latest"``, prune) up to ``limit``
+        expired threads (default ``sweep_limit``), 100 per transaction.
+        Several sweepers may run at once; none handles a thread twice.
+        Returns how many threads it handled; ``progress`` gets the running
+        total after each transaction."""
+        ttl = self._ttl()
+        handled = 0
+        for size in sweep_batches(limit or ttl.sweep_limit):
+            done = self._bind.write(ops.sweep_expired, self._opts, size, ttl.strategy)
+            handled += done
+            if progress is not None:
+                progress(handled)
+            if done < size:
+                break
+        return handled
+
+    def start_ttl_sweeper(self, interval_minutes: float | None = None) -> threading.Thread:
+        """Sweep now and then every ``interval_minutes`` (default
+        ``sweep_interval_minutes``) in a background thread, until
+        `stop_ttl_sweeper` or `close`."""
+        interval = self._sweep_interval(interval_minutes)
+        if self._sweeper is not None:
+            raise RuntimeError("the TTL sweeper is already running")
+        stop = threading.Event()
+
+        def sweep_until_stopped() -> None:
+            while True:
+                try:
+                    self.sweep_ttl()
+                except Exception:  # a failed sweep must not end the sweeper
+                    logger.exception("sqlsaver TTL sweep failed; retrying next interval")
+                if stop.wait(interval):
+                    return
+
+        thread = threading.Thread(target=sweep_until_stopped, name="sqlsaver-ttl", daemon=True)
+        self._sweeper = (thread, stop)
+        thread.start()
+        return thread
+
+    def stop_ttl_sweeper(self, timeout: float | None = None) -> bool:
+        """Stop the background sweeper (after the sweep it may be in);
+        whether it has stopped within ``timeout`` seconds."""
+        if self._sweeper is None:
+            return True
+        thread, stop = self._sweeper
+        stop.set()
+        thread.join(timeout)
+        if thread.is_alive():
+            return False
+        self._sweeper = None
+        return True
+
     # -- async twins: the sync methods in a worker thread ---------------------
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
@@ -252,3 +314,9 @@ class SQLSaver(SaverBase):
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
+
+    async def aset_thread_ttl(self, thread_id: str, minutes: float | None | str) -> None:
+        await asyncio.to_thread(self.set_thread_ttl, thread_id, minutes)
+
+    async def asweep_ttl(self, limit: int | None = None) -> int:
+        return await asyncio.to_thread(self.sweep_ttl, limit)

@@ -10,7 +10,8 @@
 - A write that fails half-way (a database trigger refuses the checkpoint row
   after the blob row went in) leaves the caller's transaction usable and
   without partial rows (SAVEPOINT), and on SQLite the SAVEPOINT of a first
-  statement does not commit anything behind the caller's back.
+  statement does not commit anything behind the caller's back. AUTOCOMMIT
+  callers (Connection, Session, Engine) get whole-or-nothing writes too.
 - ``AsyncSQLSaver``'s sync methods work from other threads and raise
   ``asyncio.InvalidStateError`` on its event loop; ``SQLSaver``'s async
   methods work.
@@ -334,6 +335,23 @@ def test_autocommit_caller_write_is_whole_or_nothing(
             saver.put(*args)
     assert counts(app_engine, thread_id) == rows(checkpoints=1, blobs=1)
     assert counts(app_engine, refused) == NOTHING
+
+
+async def test_autocommit_engine_write_is_whole_or_nothing(
+    app_engine: Engine, async_app_engine: AsyncEngine, thread_id: str
+) -> None:
+    sync_saver = SQLSaver(app_engine.execution_options(isolation_level="AUTOCOMMIT"))
+    async_saver = AsyncSQLSaver(async_app_engine.execution_options(isolation_level="AUTOCOMMIT"))
+    sync_saver.put(*put_args(thread_id))
+    await async_saver.aput(*put_args(thread_id))
+    assert counts(app_engine, thread_id) == rows(checkpoints=2, blobs=2)
+    with refusing_checkpoints(app_engine):
+        with pytest.raises(DBAPIError, match="refused"):
+            sync_saver.put(*put_args(REFUSED + thread_id))
+        assert counts(app_engine, REFUSED + thread_id) == NOTHING  # no orphan blob
+        with pytest.raises(DBAPIError, match="refused"):
+            await async_saver.aput(*put_args(REFUSED + thread_id))
+        assert counts(app_engine, REFUSED + thread_id) == NOTHING
 
 
 # -- 4. async: AsyncConnection and AsyncSession -----------------------------------
