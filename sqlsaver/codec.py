@@ -175,11 +175,14 @@ def load(serde: SerializerProtocol, type_: str, data: bytes | None) -> Any:
     return serde.loads_typed((type_, bytes(data) if data is not None else b""))
 
 
-def pending_writes(serde: SerializerProtocol, rows: Iterable[Any]) -> list[PendingWrite]:
-    """Writes rows (task_id, idx, task_path, channel, type, blob) in the order
-    LangGraph applies them: `writes_sort_key`."""
-    ordered = sorted(rows, key=lambda r: writes_sort_key(r.task_path, r.task_id, r.idx))
-    return [(r.task_id, r.channel, load(serde, r.type, r.blob)) for r in ordered]
+def pending_writes(serde: SerializerProtocol, rows: Iterable[Sequence[Any]]) -> list[PendingWrite]:
+    """Writes as (task_id, idx, task_path, channel, type, blob) tuples, in the
+    order LangGraph applies them: `writes_sort_key`."""
+    ordered = sorted(rows, key=lambda r: writes_sort_key(r[2], r[0], r[1]))
+    return [
+        (task_id, channel, load(serde, type_, blob))
+        for task_id, _, _, channel, type_, blob in ordered
+    ]
 
 
 def stored_checkpoint(serde: SerializerProtocol, row: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cache
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -29,7 +30,10 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Dialect,
+    Select,
     and_,
+    bindparam,
     delete,
     func,
     literal,
@@ -44,7 +48,7 @@ from sqlsaver.models import blobs as B
 from sqlsaver.models import checkpoints as C
 from sqlsaver.models import threads as T
 from sqlsaver.models import writes as W
-from sqlsaver.policies import Policies, Strategy
+from sqlsaver.policies import Policies, Strategy, Visibility
 
 # Rows a `list` page holds at most: bounds memory however large the thread.
 PAGE_SIZE = 100
@@ -112,10 +116,41 @@ def _checkpoint_key(table: Any) -> tuple[Any, Any, Any]:
     return (table.c.thread_id, table.c.checkpoint_ns, table.c.checkpoint_id)
 
 
+WRITE_COLUMNS = (W.c.task_id, W.c.idx, W.c.task_path, W.c.channel, W.c.type, W.c.blob)
+
+
+@cache
+def _blobs_of_one_namespace() -> Select[Any]:
+    # Channels and versions matched apart (two plain IN lists, cheaper than a
+    # row-value IN); the exact (channel, version) pairs are picked in Python.
+    return select(B.c.channel, B.c.version, B.c.type, B.c.blob).where(
+        B.c.thread_id == bindparam("thread_id"),
+        B.c.checkpoint_ns == bindparam("checkpoint_ns"),
+        B.c.channel.in_(bindparam("channels", expanding=True)),
+        B.c.version.in_(bindparam("versions", expanding=True)),
+    )
+
+
 def _load_blobs(
     conn: Connection, serde: SerializerProtocol, keys: Iterable[tuple[str, str, str, str]]
 ) -> dict[tuple[str, str, str, str], Any]:
+    keys = set(keys)
+    if not keys:
+        return {}
     values = {}
+    namespaces = {k[:2] for k in keys}
+    if len(namespaces) == 1:  # one statement, built once
+        ((thread_id, ns),) = namespaces
+        params = {
+            "thread_id": thread_id,
+            "checkpoint_ns": ns,
+            "channels": sorted({k[2] for k in keys}),
+            "versions": sorted({k[3] for k in keys}),
+        }
+        for channel, version, type_, blob in conn.execute(_blobs_of_one_namespace(), params):
+            if (key := (thread_id, ns, channel, version)) in keys:
+                values[key] = codec.load(serde, type_, blob)
+        return values
     columns = (B.c.thread_id, B.c.checkpoint_ns, B.c.channel, B.c.version)
     for chunk in _chunks(keys):
         stmt = select(*columns, B.c.type, B.c.blob).where(_keys_in(columns, chunk))
@@ -133,28 +168,26 @@ def _load_writes(
     channels: Sequence[str] | None = None,
 ) -> dict[tuple[str, str, str], list[PendingWrite]]:
     """Pending writes per checkpoint key, each list in `writes_sort_key` order."""
-    rows: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
+    rows: dict[tuple[str, str, str], list[Sequence[Any]]] = defaultdict(list)
     for chunk in _chunks(keys):
-        stmt = select(
-            *_checkpoint_key(W),
-            W.c.task_id,
-            W.c.idx,
-            W.c.task_path,
-            W.c.channel,
-            W.c.type,
-            W.c.blob,
-        ).where(_keys_in(_checkpoint_key(W), chunk))
+        stmt = select(*_checkpoint_key(W), *WRITE_COLUMNS).where(
+            _keys_in(_checkpoint_key(W), chunk)
+        )
         if channels is not None:
             stmt = stmt.where(W.c.channel.in_(channels))
         for r in conn.execute(stmt):
-            rows[(r.thread_id, r.checkpoint_ns, r.checkpoint_id)].append(r)
+            rows[(r[0], r[1], r[2])].append(r[3:])
     return {key: codec.pending_writes(serde, group) for key, group in rows.items()}
 
 
 def _assemble(
-    conn: Connection, serde: SerializerProtocol, rows: Sequence[Row]
+    conn: Connection,
+    serde: SerializerProtocol,
+    rows: Sequence[Row],
+    writes: dict[tuple[str, str, str], list[PendingWrite]] | None = None,
 ) -> list[CheckpointTuple]:
-    """Checkpoint rows to tuples: two more statements, however many rows."""
+    """Checkpoint rows to tuples: one statement for their channel values, and
+    one for their writes unless the caller has them already."""
     if not rows:
         return []
     stored = [codec.stored_checkpoint(serde, r) for r in rows]
@@ -164,9 +197,10 @@ def _assemble(
             for r, s in zip(rows, stored, strict=True)
         )
     )
-    blob_values = _load_blobs(conn, serde, blob_keys) if blob_keys else {}
+    blob_values = _load_blobs(conn, serde, blob_keys)
     keys = [(r.thread_id, r.checkpoint_ns, r.checkpoint_id) for r in rows]
-    writes = _load_writes(conn, serde, keys)
+    if writes is None:
+        writes = _load_writes(conn, serde, keys)
     return [
         codec.checkpoint_tuple(serde, r, s, blob_values, writes.get(k, []))
         for r, s, k in zip(rows, stored, keys, strict=True)
@@ -184,24 +218,49 @@ def _latest_id(conn: Connection, at: Address) -> str | None:
 # -- reads -------------------------------------------------------------------
 
 
-def get_tuple(conn: Connection, opts: Options, config: RunnableConfig) -> CheckpointTuple | None:
-    """The checkpoint `config` names, or the latest of its thread/namespace."""
-    at = Address.of(config)
-    stmt = select(*CHECKPOINT_COLUMNS).where(
-        C.c.thread_id == at.thread_id, C.c.checkpoint_ns == at.checkpoint_ns
+@cache
+def _checkpoint_with_writes(dialect: Dialect, by_id: bool, visibility: Visibility) -> Select[Any]:
+    """One checkpoint (by id, or the latest) joined with its writes: one
+    round trip, one row per write (or one row with no write)."""
+    chosen = select(*CHECKPOINT_COLUMNS).where(
+        C.c.thread_id == bindparam("thread_id"), C.c.checkpoint_ns == bindparam("checkpoint_ns")
     )
-    if at.checkpoint_id:
-        stmt = stmt.where(C.c.checkpoint_id == at.checkpoint_id)
+    if by_id:
+        chosen = chosen.where(C.c.checkpoint_id == bindparam("checkpoint_id"))
     else:
-        stmt = stmt.order_by(C.c.checkpoint_id.desc()).limit(1)
-    if (shown := policies.visible(opts.policies, conn.dialect)) is not None:
-        stmt = stmt.where(shown)
-    row = conn.execute(stmt).first()
-    if row is None:
+        chosen = chosen.order_by(C.c.checkpoint_id.desc()).limit(1)
+    if (shown := policies.visible(visibility, dialect)) is not None:
+        chosen = chosen.where(shown)
+    c = chosen.subquery("c")
+    return select(c, *(col.label(f"write_{col.name}") for col in WRITE_COLUMNS)).select_from(
+        c.outerjoin(
+            W,
+            and_(
+                W.c.thread_id == c.c.thread_id,
+                W.c.checkpoint_ns == c.c.checkpoint_ns,
+                W.c.checkpoint_id == c.c.checkpoint_id,
+            ),
+        )
+    )
+
+
+def get_tuple(conn: Connection, opts: Options, config: RunnableConfig) -> CheckpointTuple | None:
+    """The checkpoint `config` names, or the latest of its thread/namespace:
+    two statements (the checkpoint with its writes, then its values)."""
+    at = Address.of(config)
+    stmt = _checkpoint_with_writes(conn.dialect, bool(at.checkpoint_id), opts.policies.visibility)
+    params: dict[str, Any] = {"thread_id": at.thread_id, "checkpoint_ns": at.checkpoint_ns}
+    params.update(opts.policies.params())
+    if at.checkpoint_id:
+        params["checkpoint_id"] = at.checkpoint_id
+    rows = conn.execute(stmt, params).all()
+    if not rows:
         return None
     if opts.policies.refreshes_on_read:
         policies.touch(conn, opts.policies, at.thread_id)
-    return _assemble(conn, opts.serde, [row])[0]
+    key = (at.thread_id, at.checkpoint_ns, rows[0].checkpoint_id)
+    found = [r[-len(WRITE_COLUMNS) :] for r in rows if r.write_task_id is not None]
+    return _assemble(conn, opts.serde, rows[:1], {key: codec.pending_writes(opts.serde, found)})[0]
 
 
 @dataclass(frozen=True)
@@ -251,7 +310,7 @@ def list_page(
     where = [
         dialects.metadata_matches(conn.dialect, C.c.metadata_json, k, v) for k, v in query.filter
     ]
-    if (shown := policies.visible(opts.policies, conn.dialect)) is not None:
+    if (shown := policies.visible(opts.policies.visibility, conn.dialect)) is not None:
         where.append(shown)
     # Newest first; ties (equal ids in several threads or namespaces) are
     # broken by the key columns that the query does not pin down.
@@ -274,7 +333,7 @@ def list_page(
     stmt = (
         select(*CHECKPOINT_COLUMNS).where(*where).order_by(*(c.desc() for c in order)).limit(size)
     )
-    rows = conn.execute(stmt).all()
+    rows = conn.execute(stmt, opts.policies.params()).all()
     page = _assemble(conn, opts.serde, rows)
     if len(rows) < size:
         return page, None

@@ -22,7 +22,6 @@ from sqlalchemy import (
     bindparam,
     case,
     exists,
-    literal,
     null,
     or_,
     select,
@@ -101,30 +100,45 @@ class Policies:
     clock: Callable[[], float] | None = None
 
     @property
+    def visibility(self) -> Visibility:
+        return (self.ttl.strategy if self.ttl else None, self.clock is None)
+
+    @property
     def refreshes_on_read(self) -> bool:
         return self.ttl is not None and self.ttl.refresh_on_read
 
     def now(self, dialect: Dialect) -> ColumnElement[float]:
+        """The current time in SQL: the database's clock, or the injected
+        clock's reading as the ``now`` parameter (see `params`)."""
         if self.clock is not None:
-            return literal(float(self.clock()))
+            return bindparam("now", type_=Double)
         return dialects.epoch_now(dialect)
 
+    def params(self) -> dict[str, float]:
+        """Parameters the statements built with `now` need."""
+        return {} if self.clock is None else {"now": float(self.clock())}
 
-def visible(policies: Policies, dialect: Dialect) -> ColumnElement[bool] | None:
+
+# What of the policies shapes a query's SQL: the TTL strategy (None: no TTL)
+# and whether "now" is the database's clock. Hashable, to key cached statements.
+Visibility = tuple[Strategy | None, bool]
+
+
+def visible(visibility: Visibility, dialect: Dialect) -> ColumnElement[bool] | None:
     """The checkpoints `get_tuple` and `list` may return, or None for all.
 
     With a TTL, an expired thread is gone at once, before any sweep: all of
     it (``delete``), or all but its latest checkpoint per namespace, which is
     what the sweep will keep (``keep_latest``).
     """
-    if policies.ttl is None:
+    strategy, database_clock = visibility
+    if strategy is None:
         return None
+    now = dialects.epoch_now(dialect) if database_clock else bindparam("now", type_=Double)
     expired = exists(
-        select(T.c.thread_id).where(
-            T.c.thread_id == C.c.thread_id, T.c.expires_at <= policies.now(dialect)
-        )
+        select(T.c.thread_id).where(T.c.thread_id == C.c.thread_id, T.c.expires_at <= now)
     )
-    if policies.ttl.strategy == "delete":
+    if strategy == "delete":
         return ~expired
     newer = C.alias("newer")
     is_latest = ~exists(
@@ -147,9 +161,8 @@ def touch(conn: Connection, policies: Policies, thread_id: str) -> None:
     params: dict[str, Any] = {
         "thread_id": thread_id,
         "default_seconds": None if ttl.default_ttl is None else ttl.default_ttl * 60,
+        **policies.params(),
     }
-    if policies.clock is not None:
-        params["now"] = float(policies.clock())
     conn.execute(_touch_statement(conn.dialect, policies.clock is None), params)
 
 
@@ -216,7 +229,7 @@ def expired_threads(conn: Connection, policies: Policies, limit: int) -> list[st
         .limit(limit)
     )
     stmt = dialects.lock_skipping_locked(conn.dialect, stmt)
-    return list(conn.execute(stmt).scalars())
+    return list(conn.execute(stmt, policies.params()).scalars())
 
 
 def unexpire(conn: Connection, thread_ids: list[str]) -> None:
