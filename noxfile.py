@@ -25,3 +25,14 @@ def demo(session: nox.Session) -> None:
     """The demo on the embedded SQLite default."""
     session.install(".[demo]")
     session.run("python", "-m", "sqlsaver", "demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """sqlsaver against the official savers (``-- --quick`` for a smoke run).
+
+    Results: benchmarks/results/bench-latest.md and .png. Never part of
+    ``tests``: timings are for reading, not for pass/fail.
+    """
+    session.install(".[bench]")
+    session.run("python", "benchmarks/bench.py", *session.posargs)

@@ -90,23 +90,32 @@ def config(thread_id: str, checkpoint_id: str | None = None) -> dict[str, Any]:
     return {"configurable": configurable}
 
 
-async def chat_thread(saver: Any, thread_id: str, steps: int, timings: list[float] | None = None) -> list[str]:
+async def chat_thread(
+    saver: Any, thread_id: str, steps: int, timings: list[float] | None = None
+) -> list[str]:
     """A chat-like thread: a growing message list and two small channels,
     only the changed channels in `new_versions`. Returns checkpoint ids."""
     cfg = config(thread_id)
     checkpoint, messages, version, ids = empty_checkpoint(), [], None, []
     for step in range(steps):
-        messages = [*messages, {"role": "ai" if step % 2 else "user", "content": f"message {step} " * 10}]
+        messages = [
+            *messages,
+            {"role": "ai" if step % 2 else "user", "content": f"message {step} " * 10},
+        ]
         version = saver.get_next_version(version, None)
         checkpoint = create_checkpoint(checkpoint, None, step)
         checkpoint["channel_values"] = {"messages": messages, "step": step, "flag": True}
         checkpoint["channel_versions"] = {"messages": version, "step": version, "flag": "1"}
         new = {"messages": version, "step": version, **({"flag": "1"} if step == 0 else {})}
         started = time.perf_counter()
-        cfg = await saver.aput(cfg, checkpoint, {"source": "loop", "step": step, "parents": {}}, new)
+        cfg = await saver.aput(
+            cfg, checkpoint, {"source": "loop", "step": step, "parents": {}}, new
+        )
         if timings is not None:
             timings.append(time.perf_counter() - started)
-        await saver.aput_writes(cfg, [("messages", messages[-1:]), ("step", step)], str(uuid.uuid4()))
+        await saver.aput_writes(
+            cfg, [("messages", messages[-1:]), ("step", step)], str(uuid.uuid4())
+        )
         ids.append(cfg["configurable"]["checkpoint_id"])
     return ids
 
@@ -144,7 +153,9 @@ def operations(saver: Any, fx: Fixture) -> dict[str, Callable[[], Awaitable[floa
 
     async def put_writes() -> float:
         cfg = config(fx.thread_id, fx.ids[-1])
-        return await timed(lambda: saver.aput_writes(cfg, [("messages", ["x"]), ("step", 1)], str(uuid.uuid4())))
+        return await timed(
+            lambda: saver.aput_writes(cfg, [("messages", ["x"]), ("step", 1)], str(uuid.uuid4()))
+        )
 
     return {
         "put": put,
@@ -190,7 +201,9 @@ def delta_graph(checkpointer: Any) -> Any:
 def chat_graph(checkpointer: Any) -> Any:
     builder = StateGraph(ChatState)
     builder.add_node("think", lambda s: {"messages": [f"thought {len(s['messages'])}" * 5]})
-    builder.add_node("answer", lambda s: {"messages": ["answer " * 20], "turns": s.get("turns", 0) + 1})
+    builder.add_node(
+        "answer", lambda s: {"messages": ["answer " * 20], "turns": s.get("turns", 0) + 1}
+    )
     builder.add_edge(START, "think")
     builder.add_edge("think", "answer")
     builder.add_edge("answer", END)
@@ -237,35 +250,42 @@ class Contender:
     checkpoints: Callable[[], int]
 
 
-def _scalar(url: str, sql: str) -> int:
+def _scalar(url: str, sql: str) -> Any:
     engine = create_engine(url)
     try:
         with engine.begin() as conn:
-            return int(conn.execute(text(sql)).scalar() or 0)
+            return conn.execute(text(sql)).scalar()
     finally:
         engine.dispose()
 
 
-def _pg_size(tables: list[str]) -> Callable[[], int]:
-    url = f"postgresql+psycopg://{POSTGRES}"
+def _count(url: str, table: str) -> Callable[[], int]:
+    return lambda: int(_scalar(url, f"SELECT count(*) FROM {table}"))
+
+
+def _file_size(path: Path) -> Callable[[], int]:
+    return lambda: sum(
+        Path(f"{path}{s}").stat().st_size for s in ("", "-wal") if Path(f"{path}{s}").exists()
+    )
+
+
+def _pg_size(url: str, tables: list[str]) -> Callable[[], int]:
     sizes = " + ".join(f"pg_total_relation_size('{t}')" for t in tables)
-    return lambda: _scalar(url, f"SELECT {sizes}")
+    return lambda: int(_scalar(url, f"SELECT {sizes}"))
 
 
-def _mysql_size(tables: list[str]) -> Callable[[], int]:
-    url = f"mysql+pymysql://{MYSQL}"
+def _mysql_size(url: str, tables: list[str]) -> Callable[[], int]:
     names = ", ".join(f"'{t}'" for t in tables)
 
     def size() -> int:
-        engine = create_engine(url)
-        with engine.begin() as conn:
-            for t in tables:
-                conn.execute(text(f"ANALYZE TABLE {t}"))
-        engine.dispose()
-        return _scalar(
-            url,
-            "SELECT SUM(data_length + index_length) FROM information_schema.tables "
-            f"WHERE table_schema = DATABASE() AND table_name IN ({names})",
+        for table in tables:  # refresh InnoDB's statistics first
+            _scalar(url, f"ANALYZE TABLE {table}")
+        return int(
+            _scalar(
+                url,
+                "SELECT SUM(data_length + index_length) FROM information_schema.tables "
+                f"WHERE table_schema = DATABASE() AND table_name IN ({names})",
+            )
         )
 
     return size
@@ -275,87 +295,93 @@ SQLSAVER_TABLES = ["sqlsaver_checkpoints", "sqlsaver_blobs", "sqlsaver_writes"]
 OFFICIAL_TABLES = ["checkpoints", "checkpoint_blobs", "checkpoint_writes"]
 
 
+def _official(backend: str, is_async: bool, where: str) -> Any:
+    """The official saver for a database and mode, as an (async) context manager."""
+    if backend == "sqlite":
+        if is_async:
+            from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+            return AsyncSqliteSaver.from_conn_string(where)
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        return SqliteSaver.from_conn_string(where)
+    if backend == "postgres":
+        if is_async:
+            from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+            return AsyncPostgresSaver.from_conn_string(f"postgresql://{where}")
+        from langgraph.checkpoint.postgres import PostgresSaver
+
+        return PostgresSaver.from_conn_string(f"postgresql://{where}")
+    if is_async:  # asyncmy: aiomysql 0.3 cannot bind bytes with PyMySQL 1.2
+        from langgraph.checkpoint.mysql.asyncmy import AsyncMySaver
+
+        return AsyncMySaver.from_conn_string(f"mysql://{where}")
+    from langgraph.checkpoint.mysql.pymysql import PyMySQLSaver
+
+    return PyMySQLSaver.from_conn_string(f"mysql://{where}")
+
+
+# (sqlsaver sync URL, sqlsaver async URL) per database.
+SQLSAVER_URLS = {
+    "sqlite": ("sqlite:///{}", "sqlite+aiosqlite:///{}"),
+    "postgres": ("postgresql+psycopg://{}", "postgresql+asyncpg://{}"),
+    "mysql": ("mysql+pymysql://{}", "mysql+asyncmy://{}"),
+}
+
+
 @contextlib.asynccontextmanager
 async def contenders(backend: str, is_async: bool, workdir: Path) -> Any:
     """(sqlsaver, official) for a database and mode, set up and empty."""
     from sqlsaver import AsyncSQLSaver, SQLSaver
 
+    if backend == "sqlite":
+        ours_at, theirs_at = (workdir / f"{who}-{is_async}.db" for who in ("sqlsaver", "official"))
+        for path in (ours_at, theirs_at):
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        ours_sql, theirs_sql = f"sqlite:///{ours_at}", f"sqlite:///{theirs_at}"
+        ours_size, theirs_size = _file_size(ours_at), _file_size(theirs_at)
+        ours_where, theirs_where = str(ours_at), str(theirs_at)
+    else:
+        where = POSTGRES if backend == "postgres" else MYSQL
+        ours_sql = theirs_sql = SQLSAVER_URLS[backend][0].format(where)
+        _reset(ours_sql)
+        size = _pg_size if backend == "postgres" else _mysql_size
+        ours_size, theirs_size = size(ours_sql, SQLSAVER_TABLES), size(ours_sql, OFFICIAL_TABLES)
+        ours_where = theirs_where = where
+    ours_url = SQLSAVER_URLS[backend][is_async].format(ours_where)
     async with contextlib.AsyncExitStack() as stack:
-        if backend == "sqlite":
-            ours_path, theirs_path = workdir / f"sqlsaver-{is_async}.db", workdir / f"official-{is_async}.db"
-            for p in (ours_path, theirs_path):
-                for suffix in ("", "-wal", "-shm"):
-                    Path(f"{p}{suffix}").unlink(missing_ok=True)
-            file_size = lambda p: lambda: sum(  # noqa: E731
-                Path(f"{p}{s}").stat().st_size for s in ("", "-wal") if Path(f"{p}{s}").exists()
-            )
-            if is_async:
-                from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
-                ours = await stack.enter_async_context(AsyncSQLSaver.from_url(f"sqlite+aiosqlite:///{ours_path}"))
-                theirs = await stack.enter_async_context(AsyncSqliteSaver.from_conn_string(str(theirs_path)))
-                await theirs.setup()
-            else:
-                from langgraph.checkpoint.sqlite import SqliteSaver
-
-                ours = stack.enter_context(SQLSaver.from_url(f"sqlite:///{ours_path}"))
-                theirs = stack.enter_context(SqliteSaver.from_conn_string(str(theirs_path)))
-                theirs.setup()
-            ours_size, theirs_size = file_size(ours_path), file_size(theirs_path)
-            ours_count = lambda: _scalar(f"sqlite:///{ours_path}", "SELECT count(*) FROM sqlsaver_checkpoints")  # noqa: E731
-            theirs_count = lambda: _scalar(f"sqlite:///{theirs_path}", "SELECT count(*) FROM checkpoints")  # noqa: E731
-        elif backend == "postgres":
-            url = f"postgresql://{POSTGRES}"
-            _reset(f"postgresql+psycopg://{POSTGRES}")
-            if is_async:
-                from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-
-                ours = await stack.enter_async_context(AsyncSQLSaver.from_url(f"postgresql+asyncpg://{POSTGRES}"))
-                theirs = await stack.enter_async_context(AsyncPostgresSaver.from_conn_string(url))
-                await theirs.setup()
-            else:
-                from langgraph.checkpoint.postgres import PostgresSaver
-
-                ours = stack.enter_context(SQLSaver.from_url(f"postgresql+psycopg://{POSTGRES}"))
-                theirs = stack.enter_context(PostgresSaver.from_conn_string(url))
-                theirs.setup()
-            ours_size, theirs_size = _pg_size(SQLSAVER_TABLES), _pg_size(OFFICIAL_TABLES)
-            ours_count = lambda: _scalar(f"postgresql+psycopg://{POSTGRES}", "SELECT count(*) FROM sqlsaver_checkpoints")  # noqa: E731
-            theirs_count = lambda: _scalar(f"postgresql+psycopg://{POSTGRES}", "SELECT count(*) FROM checkpoints")  # noqa: E731
-        else:
-            url = f"mysql://{MYSQL}"
-            _reset(f"mysql+pymysql://{MYSQL}")
-            if is_async:
-                from langgraph.checkpoint.mysql.asyncmy import AsyncMySaver
-
-                ours = await stack.enter_async_context(AsyncSQLSaver.from_url(f"mysql+asyncmy://{MYSQL}"))
-                theirs = await stack.enter_async_context(AsyncMySaver.from_conn_string(url))
-                await theirs.setup()
-            else:
-                from langgraph.checkpoint.mysql.pymysql import PyMySQLSaver
-
-                ours = stack.enter_context(SQLSaver.from_url(f"mysql+pymysql://{MYSQL}"))
-                theirs = stack.enter_context(PyMySQLSaver.from_conn_string(url))
-                theirs.setup()
-            ours_size, theirs_size = _mysql_size(SQLSAVER_TABLES), _mysql_size(OFFICIAL_TABLES)
-            ours_count = lambda: _scalar(f"mysql+pymysql://{MYSQL}", "SELECT count(*) FROM sqlsaver_checkpoints")  # noqa: E731
-            theirs_count = lambda: _scalar(f"mysql+pymysql://{MYSQL}", "SELECT count(*) FROM checkpoints")  # noqa: E731
         if is_async:
+            ours = await stack.enter_async_context(AsyncSQLSaver.from_url(ours_url))
+            theirs = await stack.enter_async_context(_official(backend, True, theirs_where))
             await ours.setup()
+            await theirs.setup()
         else:
+            ours = stack.enter_context(SQLSaver.from_url(ours_url))
+            theirs = stack.enter_context(_official(backend, False, theirs_where))
             ours.setup()
+            theirs.setup()
         yield (
-            Contender("sqlsaver", ours, is_async, ours_size, ours_count),
-            Contender(type(theirs).__name__, theirs, is_async, theirs_size, theirs_count),
+            Contender(
+                "sqlsaver", ours, is_async, ours_size, _count(ours_sql, "sqlsaver_checkpoints")
+            ),
+            Contender(
+                type(theirs).__name__,
+                theirs,
+                is_async,
+                theirs_size,
+                _count(theirs_sql, "checkpoints"),
+            ),
         )
 
 
 def _reset(url: str) -> None:
-    """Empty both savers' tables so each run starts from the same state."""
+    """Drop both savers' tables so each run starts from the same state."""
+    tables = [*SQLSAVER_TABLES, "sqlsaver_threads", "sqlsaver_alembic_version", *OFFICIAL_TABLES]
     engine = create_engine(url)
     with engine.begin() as conn:
-        for table in [*SQLSAVER_TABLES, "sqlsaver_threads", "sqlsaver_alembic_version", *OFFICIAL_TABLES,
-                      "checkpoint_migrations"]:
+        for table in [*tables, "checkpoint_migrations"]:
             conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
     engine.dispose()
 
@@ -394,18 +420,50 @@ async def bench(backend: str, is_async: bool, args: argparse.Namespace, workdir:
                 for i in order:
                     samples[name][i].append(await ops[i][name]())
         for name, (ours, theirs) in samples.items():
-            rows.append(Row(backend, mode, name, pair[1].name, statistics.median(ours) * 1e3,
-                            statistics.median(theirs) * 1e3))
+            rows.append(
+                Row(
+                    backend,
+                    mode,
+                    name,
+                    pair[1].name,
+                    statistics.median(ours) * 1e3,
+                    statistics.median(theirs) * 1e3,
+                )
+            )
         concurrent = args.concurrent if is_async else 1
         graph_times: list[list[float]] = [[], []]
         for rep in range(max(3, args.reps // 5)):
-            for i in ((0, 1) if rep % 2 == 0 else (1, 0)):
-                graph_times[i].append(await graph_run(pair[i].saver, is_async, args.turns, concurrent))
-        label = f"graph run ({concurrent} threads x {args.turns} turns)" if is_async else f"graph run ({args.turns} turns)"
-        rows.append(Row(backend, mode, label, pair[1].name, statistics.median(graph_times[0]) * 1e3,
-                        statistics.median(graph_times[1]) * 1e3))
+            for i in (0, 1) if rep % 2 == 0 else (1, 0):
+                graph_times[i].append(
+                    await graph_run(pair[i].saver, is_async, args.turns, concurrent)
+                )
+        label = (
+            f"graph run ({concurrent} threads x {args.turns} turns)"
+            if is_async
+            else f"graph run ({args.turns} turns)"
+        )
+        rows.append(
+            Row(
+                backend,
+                mode,
+                label,
+                pair[1].name,
+                statistics.median(graph_times[0]) * 1e3,
+                statistics.median(graph_times[1]) * 1e3,
+            )
+        )
         sizes = [c.storage() / max(1, c.checkpoints()) for c in pair]
-        rows.append(Row(backend, mode, "storage per checkpoint", pair[1].name, sizes[0] / 1024, sizes[1] / 1024, "KiB"))
+        rows.append(
+            Row(
+                backend,
+                mode,
+                "storage per checkpoint",
+                pair[1].name,
+                sizes[0] / 1024,
+                sizes[1] / 1024,
+                "KiB",
+            )
+        )
     return rows
 
 
@@ -455,11 +513,20 @@ async def main() -> None:
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--concurrent", type=int, default=20)
     parser.add_argument("--delta-turns", type=int, default=60)
-    parser.add_argument("--quick", action="store_true", help="a smoke run: few repetitions, little data")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: few repetitions, little data"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.quick:
-        args.reps, args.threads, args.steps, args.turns, args.concurrent, args.delta_turns = 3, 10, 12, 2, 4, 8
+        args.reps, args.threads, args.steps, args.turns, args.concurrent, args.delta_turns = (
+            3,
+            10,
+            12,
+            2,
+            4,
+            8,
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     for backend in args.backends.split(","):

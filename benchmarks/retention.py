@@ -27,12 +27,17 @@ def storage(saver: SQLSaver, thread_id: str) -> tuple[int, int]:
     rows = size = 0
     with engine.connect() as conn:  # type: ignore[union-attr]
         for table, payload in (
-            (checkpoints, func.length(checkpoints.c.checkpoint) + func.length(checkpoints.c.metadata_blob)),
+            (
+                checkpoints,
+                func.length(checkpoints.c.checkpoint) + func.length(checkpoints.c.metadata_blob),
+            ),
             (blobs, func.length(blobs.c.blob)),
             (writes, func.length(writes.c.blob)),
         ):
             count, total = conn.execute(
-                select(func.count(), func.coalesce(func.sum(payload), 0)).where(table.c.thread_id == thread_id)
+                select(func.count(), func.coalesce(func.sum(payload), 0)).where(
+                    table.c.thread_id == thread_id
+                )
             ).one()
             rows, size = rows + count, size + int(total)
     return rows, size
@@ -42,7 +47,10 @@ def chat(saver: SQLSaver, thread_id: str, steps: int, every: int, label: str) ->
     config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
     checkpoint, messages, version = empty_checkpoint(), [], None
     for step in range(1, steps + 1):
-        messages = [*messages, {"role": "user" if step % 2 else "ai", "content": f"message {step} " * 8}]
+        messages = [
+            *messages,
+            {"role": "user" if step % 2 else "ai", "content": f"message {step} " * 8},
+        ]
         version = saver.get_next_version(version, None)
         checkpoint = create_checkpoint(checkpoint, None, step)
         checkpoint["channel_values"] = {"messages": messages, "step": step, "topic": "demo"}
@@ -57,7 +65,9 @@ def chat(saver: SQLSaver, thread_id: str, steps: int, every: int, label: str) ->
 
 def sweep(url: str, threads: int) -> None:
     now = [1_000_000.0]
-    with SQLSaver.from_url(url, ttl={"default_ttl": 60, "sweep_limit": threads}, clock=lambda: now[0]) as saver:
+    with SQLSaver.from_url(
+        url, ttl={"default_ttl": 60, "sweep_limit": threads}, clock=lambda: now[0]
+    ) as saver:
         checkpoint = empty_checkpoint()
         checkpoint["channel_values"] = {"messages": ["hello"] * 3}
         checkpoint["channel_versions"] = {"messages": "1"}
@@ -82,7 +92,13 @@ def main() -> None:
     for shallow in (False, True):
         with SQLSaver.from_url(args.url, shallow=shallow) as saver:
             saver.setup()
-            chat(saver, f"chat-{uuid.uuid4()}", args.steps, args.every, "shallow" if shallow else "full")
+            chat(
+                saver,
+                f"chat-{uuid.uuid4()}",
+                args.steps,
+                args.every,
+                "shallow" if shallow else "full",
+            )
     sweep(args.url, args.threads)
 
 
