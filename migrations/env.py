@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy import Connection, create_engine, make_url, pool
@@ -20,6 +21,10 @@ from sqlsaver.migrate import VERSION_TABLE
 from sqlsaver.models import Base
 
 config = context.config
+# Logging as alembic.ini sets it ("Running upgrade ..." lines), when run from
+# it; sqlsaver's own calls (setup(), the CLI) leave the app's logging alone.
+if config.config_file_name is not None:
+    fileConfig(config.config_file_name)
 OPTIONS = {
     "target_metadata": Base.metadata,
     "version_table": VERSION_TABLE,

@@ -86,7 +86,8 @@ class SaverBase(BaseCheckpointSaver[str]):
 
     def _sweep_interval(self, minutes: float | None) -> float:
         """Seconds between background sweeps."""
-        minutes = minutes or self._ttl().sweep_interval_minutes
+        ttl = self._ttl()  # a sweeper needs a TTL to sweep by
+        minutes = minutes or ttl.sweep_interval_minutes
         if not minutes or minutes <= 0:
             raise ValueError(
                 "no sweep interval: pass interval_minutes=... or set "

@@ -8,14 +8,18 @@ turned into one thing: "run this operation in the right transaction".
   serialized, because LangGraph saves writes from background threads and a
   connection must not be used by two at once.
 
-The first operation also checks, once, that sqlsaver's tables are at the
-revision this sqlsaver needs (`migrate.require_current`).
+A transaction of the saver's own that the database aborts as a deadlock
+victim runs again (`ATTEMPTS`). The first operation also checks, once, that
+sqlsaver's tables are at the revision this sqlsaver needs
+(`migrate.require_current`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
@@ -41,6 +45,17 @@ def _not_ready(error: DBAPIError) -> SchemaNotReadyError:
         "deployment with `python -m sqlsaver upgrade --url <database url>`. "
         f"(database said: {error.orig})"
     )
+
+
+# A transaction of the saver's own that the database aborts as a deadlock
+# victim (or a serialization failure) runs again, up to this many times in
+# all: every operation is idempotent. One in a caller's transaction cannot be.
+ATTEMPTS = 4
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds to wait before another attempt: short, jittered, growing."""
+    return random.uniform(0, 0.01 * 2**attempt)
 
 
 class _Bind:
@@ -105,8 +120,17 @@ class SyncBind(_Bind):
     def _run(self, write: bool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             if isinstance(self.target, Engine):
-                with (self._write_engine if write else self.target).begin() as conn:
-                    return fn(conn, *args, **kwargs)
+                engine = self._write_engine if write else self.target
+                attempt = 1
+                while True:
+                    try:
+                        with engine.begin() as conn:
+                            return fn(conn, *args, **kwargs)
+                    except DBAPIError as error:
+                        if attempt == ATTEMPTS or not dialects.is_retryable(error):
+                            raise
+                    time.sleep(_backoff(attempt))
+                    attempt += 1
             with self._lock:
                 if isinstance(self.target, Connection):
                     return fn(self.target, *args, **kwargs)
@@ -158,8 +182,17 @@ class AsyncBind(_Bind):
     async def _run(self, write: bool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             if isinstance(self.target, AsyncEngine):
-                async with (self._write_engine if write else self.target).begin() as conn:
-                    return await conn.run_sync(fn, *args, **kwargs)
+                engine = self._write_engine if write else self.target
+                attempt = 1
+                while True:
+                    try:
+                        async with engine.begin() as conn:
+                            return await conn.run_sync(fn, *args, **kwargs)
+                    except DBAPIError as error:
+                        if attempt == ATTEMPTS or not dialects.is_retryable(error):
+                            raise
+                    await asyncio.sleep(_backoff(attempt))
+                    attempt += 1
             async with self._lock:
                 if isinstance(self.target, AsyncConnection):
                     conn = self.target

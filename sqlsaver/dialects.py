@@ -39,6 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 
 MYSQL = ("mysql", "mariadb")
@@ -295,7 +296,14 @@ def configure_engine(engine: Engine) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
         cursor = dbapi_connection.cursor()
         if engine.url.database not in (None, "", ":memory:"):
-            cursor.execute("PRAGMA journal_mode=WAL")
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            except Exception as error:  # the driver's OperationalError
+                # Switching to WAL needs the database to itself, and does not
+                # wait for a writer: go on, and let a later connection (or the
+                # writer's) switch. WAL is speed, not correctness.
+                if "locked" not in str(error):
+                    raise
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
@@ -386,6 +394,24 @@ _MISSING_TABLE = re.compile(
     r"|sqlsaver_\w+['\"]? (does not exist|doesn't exist)",
     re.IGNORECASE | re.DOTALL,
 )
+
+
+# Errors after which the whole transaction can simply run again: deadlocks
+# (MySQL 1213, PostgreSQL 40P01) and serialization failures (40001).
+_RETRYABLE_SQLSTATES = {"40P01", "40001"}
+_RETRYABLE_MYSQL_ERRORS = {1213}
+
+
+def is_retryable(error: DBAPIError) -> bool:
+    """Whether the database aborted a transaction that may simply be rerun
+    (the operations are idempotent): a deadlock or serialization failure."""
+    for cause in (error.orig, getattr(error.orig, "__cause__", None)):
+        if getattr(cause, "sqlstate", None) in _RETRYABLE_SQLSTATES:
+            return True
+        args = getattr(cause, "args", ())
+        if args and args[0] in _RETRYABLE_MYSQL_ERRORS:
+            return True
+    return False
 
 
 def is_missing_table(error: BaseException) -> bool:

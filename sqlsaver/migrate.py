@@ -166,6 +166,8 @@ def _run_alembic(conn: Connection, command_name: str, revision: str) -> None:
     from alembic import command
 
     with dialects.migration_lock(conn):
+        if _status(_current(conn, locking=True)) == "ahead":
+            require_current(conn)  # raises SchemaTooNewError, not Alembic's riddle
         getattr(command, command_name)(alembic_config(conn), revision)
 
 

@@ -597,11 +597,14 @@ def prune_keep_latest(conn: Connection, opts: Options, thread_id: str) -> None:
             ).scalar()
             chain, _ = _walk_to_seeds(conn, opts, at, parent, counters)
             kept |= {(ns, cid) for cid in chain}
-    root_ids = {r.checkpoint_id for r in by_ns.get("", ())}
+    # A call's root is its parents[""]; it is finished once the root graph has
+    # moved past it. (A root newer than the root head is not saved yet: runs
+    # save in the background, and a call can commit before its root does.)
+    root_head = heads[""].checkpoint_id if "" in heads else None
     calls = set()
     for ns, head in heads.items():
         root = (json.loads(head.metadata_json.get(PARENTS_KEY, "{}")) or {}).get("")
-        if ":" in ns and root in root_ids and ("", root) not in kept:
+        if ":" in ns and root and root_head and root < root_head and ("", root) not in kept:
             calls.add(ns)
     doomed = [
         (thread_id, r.checkpoint_ns, r.checkpoint_id)
@@ -610,6 +613,19 @@ def prune_keep_latest(conn: Connection, opts: Options, thread_id: str) -> None:
     ]
     if doomed:
         _delete_checkpoints(conn, opts, doomed)
+    # Writes saved after their checkpoint was deleted (LangGraph saves writes
+    # in the background) belong to no checkpoint: older than the head and not
+    # kept. Writes newer than the head may be a checkpoint's not saved yet.
+    for ns, head in heads.items():
+        orphans = (
+            []
+            if ns in calls
+            else [  # a finished call's writes all go
+                W.c.checkpoint_id < head.checkpoint_id,
+                W.c.checkpoint_id.not_in([cid for n, cid in kept if n == ns]),
+            ]
+        )
+        conn.execute(delete(W).where(W.c.thread_id == thread_id, W.c.checkpoint_ns == ns, *orphans))
 
 
 def sweep_expired(conn: Connection, opts: Options, limit: int, strategy: Strategy) -> int:

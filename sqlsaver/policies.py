@@ -213,7 +213,8 @@ def set_thread_ttl(
                 "updated_at": now,
             },
             lambda inserted: {"ttl_minutes": inserted.ttl_minutes},
-        )
+        ),
+        policies.params(),
     )
     touch(conn, policies, thread_id)
 
