@@ -48,9 +48,16 @@ def _not_ready(error: DBAPIError) -> SchemaNotReadyError:
 
 
 # A transaction of the saver's own that the database aborts as a deadlock
-# victim (or a serialization failure) runs again, up to this many times in
-# all: every operation is idempotent. One in a caller's transaction cannot be.
+# victim (or a serialization failure), or whose connection turns out to be
+# dead, runs again, up to this many times in all: every operation is
+# idempotent. One in a caller's transaction cannot be.
 ATTEMPTS = 4
+
+
+def _retryable(error: DBAPIError) -> bool:
+    # A dropped connection (the pool discards it; there is no pre-ping round
+    # trip per checkout) or a deadlock victim: run the transaction again.
+    return error.connection_invalidated or dialects.is_retryable(error)
 
 
 def _backoff(attempt: int) -> float:
@@ -98,6 +105,7 @@ class SyncBind(_Bind):
         self._lock = threading.RLock()
         if isinstance(target, Engine):
             self._write_engine = target.execution_options(**{dialects.WRITE_OPTION: True})
+            self._read_engine = target.execution_options(**dialects.read_options(target.dialect))
 
     def read(
         self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
@@ -120,14 +128,14 @@ class SyncBind(_Bind):
     def _run(self, write: bool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             if isinstance(self.target, Engine):
-                engine = self._write_engine if write else self.target
+                engine = self._write_engine if write else self._read_engine
                 attempt = 1
                 while True:
                     try:
                         with engine.begin() as conn:
                             return fn(conn, *args, **kwargs)
                     except DBAPIError as error:
-                        if attempt == ATTEMPTS or not dialects.is_retryable(error):
+                        if attempt == ATTEMPTS or not _retryable(error):
                             raise
                     time.sleep(_backoff(attempt))
                     attempt += 1
@@ -161,6 +169,7 @@ class AsyncBind(_Bind):
         self._lock = asyncio.Lock()
         if isinstance(target, AsyncEngine):
             self._write_engine = target.execution_options(**{dialects.WRITE_OPTION: True})
+            self._read_engine = target.execution_options(**dialects.read_options(target.dialect))
 
     async def read(
         self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
@@ -182,14 +191,14 @@ class AsyncBind(_Bind):
     async def _run(self, write: bool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             if isinstance(self.target, AsyncEngine):
-                engine = self._write_engine if write else self.target
+                engine = self._write_engine if write else self._read_engine
                 attempt = 1
                 while True:
                     try:
                         async with engine.begin() as conn:
                             return await conn.run_sync(fn, *args, **kwargs)
                     except DBAPIError as error:
-                        if attempt == ATTEMPTS or not dialects.is_retryable(error):
+                        if attempt == ATTEMPTS or not _retryable(error):
                             raise
                     await asyncio.sleep(_backoff(attempt))
                     attempt += 1

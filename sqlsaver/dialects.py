@@ -255,9 +255,10 @@ def metadata_matches(
 
 def engine_options(url: URL) -> dict[str, Any]:
     """`create_engine` keyword arguments that suit a checkpointer."""
-    options: dict[str, Any] = {"pool_pre_ping": True}
+    # No pool_pre_ping (a round trip per operation): a dead connection fails
+    # its transaction, the pool drops it, and the saver runs it again.
+    options: dict[str, Any] = {}
     if url.get_backend_name() == "sqlite":
-        options.pop("pool_pre_ping")
         # Other writers wait for the lock instead of failing at once.
         options["connect_args"] = {"timeout": 30}
         if url.database in (None, "", ":memory:") or "mode=memory" in str(url):
@@ -266,7 +267,20 @@ def engine_options(url: URL) -> dict[str, Any]:
             options["connect_args"]["check_same_thread"] = False
     if url.get_backend_name() in MYSQL:
         options["pool_recycle"] = 3600  # below MySQL's wait_timeout
+    if url.get_backend_name() == "postgresql":
+        options["pool_recycle"] = 1800  # before proxies and load balancers drop idle ones
     return options
+
+
+def read_options(dialect: Dialect) -> dict[str, Any]:
+    """Execution options for reads on a saver's own transactions.
+
+    PostgreSQL reads run in autocommit: no BEGIN and COMMIT round trips (its
+    default READ COMMITTED gives each statement its own snapshot anyway, so
+    a transaction buys a read nothing). psycopg and asyncpg switch it on the
+    client, without a round trip of their own.
+    """
+    return {"isolation_level": "AUTOCOMMIT"} if dialect.name == "postgresql" else {}
 
 
 def configure_engine(engine: Engine) -> None:

@@ -630,3 +630,44 @@ async def test_async_from_url_saver_returns_every_connection(
             with pytest.raises(DBAPIError, match="refused") as failed:  # as above
                 await saver.aput(*put_args(REFUSED + thread_id))
             assert saver._owned_engine.sync_engine.pool.checkedout() == 0, failed
+
+
+# -- 11. a connection that died in the pool -----------------------------------------
+
+KILL = {
+    "postgres": ("SELECT pg_backend_pid()", "SELECT pg_terminate_backend({})"),
+    "mysql": ("SELECT CONNECTION_ID()", "KILL {}"),
+}
+
+
+def _kill_pooled_connection(backend: Any, saver_engine: Engine, app_engine: Engine) -> None:
+    """Kill the connection the saver's pool will hand out next, as a server
+    restart or an idle timeout would (SQLite: close it under the pool)."""
+    with saver_engine.connect() as conn:
+        if backend.name == "sqlite":
+            conn.connection.driver_connection.close()
+            return
+        ask, kill = KILL[backend.name]
+        victim = conn.exec_driver_sql(ask).scalar()
+    with app_engine.connect() as other:
+        other.exec_driver_sql(kill.format(int(victim)))
+        other.commit()
+
+
+def test_dead_pooled_connection_is_replaced(
+    backend: Any, app_engine: Engine, thread_id: str
+) -> None:
+    """No pre-ping round trip per operation: an operation that meets a dead
+    connection has its transaction run again on a fresh one, reads and writes."""
+    engine_kwargs = {"pool_size": 1, "max_overflow": 0}
+    if backend.name == "sqlite":
+        engine_kwargs = {}  # sqlsaver's file engines: QueuePool, one connection reused
+    with SQLSaver.from_url(backend.sync_url, engine_kwargs=engine_kwargs) as saver:
+        saver.put(*put_args(thread_id))
+        engine = saver._owned_engine
+        assert engine is not None
+        _kill_pooled_connection(backend, engine, app_engine)
+        assert saver.get_tuple(config_of(thread_id)) is not None
+        _kill_pooled_connection(backend, engine, app_engine)
+        saver.put(*put_args(thread_id + "-2"))
+    assert counts(app_engine, thread_id + "-2") == rows(checkpoints=1, blobs=1)
