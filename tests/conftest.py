@@ -141,6 +141,18 @@ async def async_saver(backend: Backend) -> AsyncIterator[AsyncSQLSaver]:
         yield saver
 
 
+@pytest.fixture(params=["sync", "async"])
+def aio(request: pytest.FixtureRequest) -> bool:
+    """Whether a test drives the async API (`AsyncSQLSaver`, `ainvoke`)."""
+    return request.param == "async"
+
+
+@pytest.fixture
+def saver(aio: bool, sync_saver: SQLSaver, async_saver: AsyncSQLSaver) -> SQLSaver | AsyncSQLSaver:
+    """The sync or the async saver, as `aio` says."""
+    return async_saver if aio else sync_saver
+
+
 @pytest.fixture
 def thread_id() -> str:
     """A thread id no other test uses (tests share their databases)."""

@@ -22,10 +22,10 @@ Covered:
 
 import operator
 from collections import Counter
-from collections.abc import Iterator
 from typing import Annotated, Any, TypedDict
 
 import pytest
+from helpers import call
 from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
@@ -34,28 +34,6 @@ from langgraph.graph import END, START, StateGraph
 from sqlsaver import ops
 
 # -- running sync or async ----------------------------------------------------
-
-
-@pytest.fixture(params=["sync", "async"])
-def aio(request: pytest.FixtureRequest) -> bool:
-    return request.param == "async"
-
-
-@pytest.fixture
-def saver(aio: bool, sync_saver: Any, async_saver: Any) -> Any:
-    return async_saver if aio else sync_saver
-
-
-async def call(aio: bool, obj: Any, name: str, *args: Any, **kwargs: Any) -> Any:
-    """``obj.name(...)``, or ``await obj.aname(...)`` when async; iterators
-    come back as lists."""
-    if not aio:
-        out = getattr(obj, name)(*args, **kwargs)
-        return list(out) if isinstance(out, Iterator) else out
-    out = getattr(obj, "a" + name)(*args, **kwargs)
-    if hasattr(out, "__aiter__"):
-        return [item async for item in out]
-    return await out
 
 
 async def delta_history(

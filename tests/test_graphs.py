@@ -22,48 +22,14 @@ from __future__ import annotations
 
 import operator
 from collections import Counter
-from collections.abc import Iterator
 from typing import Annotated, Any, TypedDict
 
-import pytest
+from helpers import call, norm
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import Command, Interrupt, Send, interrupt
+from langgraph.types import Command, Send, interrupt
 
 # -- running one scenario sync or async ---------------------------------------
-
-
-@pytest.fixture(params=["sync", "async"])
-def aio(request: pytest.FixtureRequest) -> bool:
-    return request.param == "async"
-
-
-@pytest.fixture
-def saver(aio: bool, sync_saver: Any, async_saver: Any) -> Any:
-    return async_saver if aio else sync_saver
-
-
-async def call(aio: bool, obj: Any, name: str, *args: Any, **kwargs: Any) -> Any:
-    """``obj.name(...)``, or ``await obj.aname(...)`` when async; iterators
-    (``stream``, ``get_state_history``, ``list``) come back as lists."""
-    if not aio:
-        out = getattr(obj, name)(*args, **kwargs)
-        return list(out) if isinstance(out, Iterator) else out
-    out = getattr(obj, "a" + name)(*args, **kwargs)
-    if hasattr(out, "__aiter__"):
-        return [item async for item in out]
-    return await out
-
-
-def norm(value: Any) -> Any:
-    """A value with the run-specific parts (interrupt ids) left out."""
-    if isinstance(value, Interrupt):
-        return ("interrupt", norm(value.value))
-    if isinstance(value, dict):
-        return {k: norm(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(norm(v) for v in value)
-    return value
 
 
 async def history(aio: bool, graph: Any, config: dict) -> list[tuple]:

@@ -38,11 +38,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, TypedDict
 
 import pytest
+from helpers import call, norm
 from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import Command, Interrupt, Send, interrupt
+from langgraph.types import Command, Send, interrupt
 from sqlalchemy import Engine, create_engine, delete, func, insert, select, update
 
 from sqlsaver import AsyncSQLSaver, SQLSaver
@@ -55,11 +56,6 @@ T0 = 1_000_000.0  # the injected clock's start, seconds since the epoch
 TABLES = {"checkpoints": C, "blobs": B, "writes": W, "threads": T}
 
 # -- fixtures and helpers -----------------------------------------------------
-
-
-@pytest.fixture(params=["sync", "async"])
-def aio(request: pytest.FixtureRequest) -> bool:
-    return request.param == "async"
 
 
 @pytest.fixture
@@ -106,17 +102,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-async def call(aio: bool, obj: Any, name: str, *args: Any, **kwargs: Any) -> Any:
-    """``obj.name(...)``, or ``await obj.aname(...)``; iterators as lists."""
-    if not aio:
-        out = getattr(obj, name)(*args, **kwargs)
-        return list(out) if isinstance(out, Iterator) else out
-    out = getattr(obj, "a" + name)(*args, **kwargs)
-    if hasattr(out, "__aiter__"):
-        return [item async for item in out]
-    return await out
 
 
 def cfg(thread_id: str, **configurable: Any) -> dict:
@@ -202,17 +187,6 @@ async def until(condition: Any, seconds: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.02)
-
-
-def norm(value: Any) -> Any:
-    """A value without run-specific parts (interrupt ids)."""
-    if isinstance(value, Interrupt):
-        return ("interrupt", norm(value.value))
-    if isinstance(value, dict):
-        return {k: norm(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(norm(v) for v in value)
-    return value
 
 
 # -- graphs -------------------------------------------------------------------
