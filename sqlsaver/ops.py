@@ -345,28 +345,43 @@ def list_page(
     )
 
 
-def _ancestors(conn: Connection, at: Address, start_id: str) -> list[Row]:
-    """Up to `WALK_STEP` checkpoints of the parent chain from `start_id` on,
-    nearest first: one recursive CTE, index lookups all the way."""
-    same_ns = (C.c.thread_id == at.thread_id, C.c.checkpoint_ns == at.checkpoint_ns)
+@cache
+def _ancestors_statement() -> Select[Any]:
+    # The chain carries the whole primary key, so that each step is a lookup
+    # of one key (planners otherwise scan the thread's rows at every step).
+    key = (C.c.thread_id, C.c.checkpoint_ns)
     chain = (
-        select(C.c.checkpoint_id, C.c.parent_checkpoint_id, literal(0).label("depth"))
-        .where(*same_ns, C.c.checkpoint_id == start_id)
+        select(*key, C.c.checkpoint_id, C.c.parent_checkpoint_id, literal(0).label("depth"))
+        .where(
+            C.c.thread_id == bindparam("thread_id"),
+            C.c.checkpoint_ns == bindparam("checkpoint_ns"),
+            C.c.checkpoint_id == bindparam("start_id"),
+        )
         .cte("chain", recursive=True)
     )
+    step = and_(
+        C.c.thread_id == chain.c.thread_id,
+        C.c.checkpoint_ns == chain.c.checkpoint_ns,
+        C.c.checkpoint_id == chain.c.parent_checkpoint_id,
+    )
     chain = chain.union_all(
-        select(C.c.checkpoint_id, C.c.parent_checkpoint_id, chain.c.depth + 1)
-        .select_from(
-            C.join(chain, and_(*same_ns, C.c.checkpoint_id == chain.c.parent_checkpoint_id))
-        )
+        select(*key, C.c.checkpoint_id, C.c.parent_checkpoint_id, chain.c.depth + 1)
+        .select_from(chain.join(C, step))
         .where(chain.c.depth < WALK_STEP - 1)
     )
-    stmt = (
-        select(*CHECKPOINT_COLUMNS)
-        .select_from(C.join(chain, and_(*same_ns, C.c.checkpoint_id == chain.c.checkpoint_id)))
-        .order_by(chain.c.depth)
+    same = and_(
+        C.c.thread_id == chain.c.thread_id,
+        C.c.checkpoint_ns == chain.c.checkpoint_ns,
+        C.c.checkpoint_id == chain.c.checkpoint_id,
     )
-    return list(conn.execute(stmt).all())
+    return select(*CHECKPOINT_COLUMNS).select_from(chain.join(C, same)).order_by(chain.c.depth)
+
+
+def _ancestors(conn: Connection, at: Address, start_id: str) -> list[Row]:
+    """Up to `WALK_STEP` checkpoints of the parent chain from `start_id` on,
+    nearest first: one recursive CTE (built once), index lookups all the way."""
+    params = {"thread_id": at.thread_id, "checkpoint_ns": at.checkpoint_ns, "start_id": start_id}
+    return list(conn.execute(_ancestors_statement(), params).all())
 
 
 def _walk_to_seeds(
