@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import Unpack
 
 from sqlsaver import migrate, ops
-from sqlsaver.base import SaverBase, SaverOptions, async_engine, check_prune, sweep_batches
+from sqlsaver.base import SaverBase, SaverOptions, Sweep, async_engine, check_prune
 from sqlsaver.bind import AsyncBind, AsyncTarget
 
 T = TypeVar("T")
@@ -215,15 +215,12 @@ class AsyncSQLSaver(SaverBase):
     ) -> int:
         """See `SQLSaver.sweep_ttl`."""
         ttl = self._ttl()
-        handled = 0
-        for size in sweep_batches(limit or ttl.sweep_limit):
-            done = await self._bind.write(ops.sweep_expired, self._opts, size, ttl.strategy)
-            handled += done
-            if progress is not None:
-                progress(handled)
-            if done < size:
-                break
-        return handled
+        sweep = Sweep(limit or ttl.sweep_limit, progress)
+        for size in sweep:
+            sweep.done(
+                size, await self._bind.write(ops.sweep_expired, self._opts, size, ttl.strategy)
+            )
+        return sweep.handled
 
     def start_ttl_sweeper(self, interval_minutes: float | None = None) -> asyncio.Task[None]:
         """Sweep now and then every ``interval_minutes`` (default

@@ -108,11 +108,29 @@ class SaverBase(BaseCheckpointSaver[str]):
         return f"{counter + 1:032}.{random.random():016}"
 
 
-def sweep_batches(limit: int) -> Iterator[int]:
-    """Sizes of the transactions a sweep of up to ``limit`` threads runs."""
-    while limit > 0:
-        yield min(SWEEP_BATCH, limit)
-        limit -= SWEEP_BATCH
+class Sweep:
+    """The bookkeeping of one TTL sweep, shared by both savers: which batch
+    (transaction) sizes to run, how many threads were handled, when to stop.
+
+    Each saver only runs the batches: ``for size in sweep: sweep.done(size,
+    run(size))``, then ``sweep.handled``.
+    """
+
+    def __init__(self, limit: int, progress: Callable[[int], None] | None) -> None:
+        self.remaining = limit
+        self.progress = progress
+        self.handled = 0
+
+    def __iter__(self) -> Iterator[int]:
+        while self.remaining > 0:
+            yield min(SWEEP_BATCH, self.remaining)
+
+    def done(self, size: int, handled: int) -> None:
+        """Record a batch; a batch short of its size means nothing is left."""
+        self.handled += handled
+        self.remaining = self.remaining - size if handled == size else 0
+        if self.progress is not None:
+            self.progress(self.handled)
 
 
 def check_prune(thread_ids: Sequence[str], strategy: str) -> list[str]:

@@ -21,7 +21,7 @@ from sqlalchemy import URL, Engine
 from typing_extensions import Unpack
 
 from sqlsaver import migrate, ops
-from sqlsaver.base import SaverBase, SaverOptions, check_prune, sweep_batches, sync_engine
+from sqlsaver.base import SaverBase, SaverOptions, Sweep, check_prune, sync_engine
 from sqlsaver.bind import SyncBind, SyncTarget
 
 logger = logging.getLogger(__name__)
@@ -213,15 +213,10 @@ class SQLSaver(SaverBase):
         Returns how many threads it handled; ``progress`` gets the running
         total after each transaction."""
         ttl = self._ttl()
-        handled = 0
-        for size in sweep_batches(limit or ttl.sweep_limit):
-            done = self._bind.write(ops.sweep_expired, self._opts, size, ttl.strategy)
-            handled += done
-            if progress is not None:
-                progress(handled)
-            if done < size:
-                break
-        return handled
+        sweep = Sweep(limit or ttl.sweep_limit, progress)
+        for size in sweep:
+            sweep.done(size, self._bind.write(ops.sweep_expired, self._opts, size, ttl.strategy))
+        return sweep.handled
 
     def start_ttl_sweeper(self, interval_minutes: float | None = None) -> threading.Thread:
         """Sweep now and then every ``interval_minutes`` (default
