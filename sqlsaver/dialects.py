@@ -27,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    bindparam,
     event,
     exists,
     func,
@@ -224,28 +225,43 @@ def filter_document(metadata: dict[str, Any]) -> dict[str, str]:
 
 
 def metadata_matches(
-    dialect: Dialect, column: ColumnElement[Any], key: str, value: Any
+    dialect: Dialect, column: ColumnElement[Any], slot: str, none: bool
 ) -> ColumnElement[bool]:
-    """``metadata.get(key) == value``, key and value bound as parameters.
+    """``metadata.get(key) == value``, with key and value bound as the
+    parameters `metadata_params` names after ``slot``: the predicate is
+    built (and compiled) once per filter shape, never per key or value.
 
-    As in `InMemorySaver`, a ``None`` value also matches a missing key.
+    ``none``: the value is ``None``, which (as in `InMemorySaver`) also
+    matches a missing key.
     """
+    key, document = bindparam(f"{slot}_key", type_=Text), bindparam(f"{slot}_doc", type_=Text)
+    if dialect.name == "postgresql":
+        jsonb = type_coerce(column, postgresql.JSONB)
+        equal = jsonb.contains(bindparam(f"{slot}_doc", type_=postgresql.JSONB))
+        has_key = jsonb.has_key(key)
+    elif dialect.name in MYSQL:
+        equal = func.json_contains(column, document) == 1
+        has_key = func.json_contains(func.json_keys(column), bindparam(f"{slot}_qkey")) == 1
+    elif dialect.name == "sqlite":
+        entries = func.json_each(column).table_valued("key", "value")
+        entry = select(literal(1)).select_from(entries).where(entries.c.key == key)
+        value = bindparam(f"{slot}_value", type_=Text)
+        equal, has_key = exists(entry.where(entries.c.value == value)), exists(entry)
+    else:
+        raise NotImplementedError(dialect.name)
+    return or_(equal, not_(has_key)) if none else equal
+
+
+def metadata_params(dialect: Dialect, slot: str, key: str, value: Any) -> dict[str, Any]:
+    """The parameters of a `metadata_matches` predicate for ``key == value``."""
     if not isinstance(key, str):
         raise TypeError(f"metadata filter keys must be strings, got {key!r}")
     ckey, cvalue = canonical_key(key), canonical_json(value)
     if dialect.name == "postgresql":
-        jsonb = type_coerce(column, postgresql.JSONB)
-        equal, has_key = jsonb.contains({ckey: cvalue}), jsonb.has_key(ckey)
-    elif dialect.name in MYSQL:
-        equal = func.json_contains(column, literal(json.dumps({ckey: cvalue}))) == 1
-        has_key = func.json_contains(func.json_keys(column), literal(json.dumps(ckey))) == 1
-    elif dialect.name == "sqlite":
-        entries = func.json_each(column).table_valued("key", "value")
-        entry = select(literal(1)).select_from(entries).where(entries.c.key == ckey)
-        equal, has_key = exists(entry.where(entries.c.value == cvalue)), exists(entry)
-    else:
-        raise NotImplementedError(dialect.name)
-    return or_(equal, not_(has_key)) if value is None else equal
+        return {f"{slot}_key": ckey, f"{slot}_doc": {ckey: cvalue}}
+    if dialect.name in MYSQL:
+        return {f"{slot}_doc": json.dumps({ckey: cvalue}), f"{slot}_qkey": json.dumps(ckey)}
+    return {f"{slot}_key": ckey, f"{slot}_value": cvalue}
 
 
 # --------------------------------------------------------------------------

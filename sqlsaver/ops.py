@@ -31,7 +31,9 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Dialect,
+    Integer,
     Select,
+    Table,
     and_,
     bindparam,
     delete,
@@ -49,6 +51,7 @@ from sqlsaver.models import checkpoints as C
 from sqlsaver.models import threads as T
 from sqlsaver.models import writes as W
 from sqlsaver.policies import Policies, Strategy, Visibility
+from sqlsaver.prepared import Prepared, padded, slots
 
 # Rows a `list` page holds at most: bounds memory however large the thread.
 PAGE_SIZE = 100
@@ -120,14 +123,17 @@ WRITE_COLUMNS = (W.c.task_id, W.c.idx, W.c.task_path, W.c.channel, W.c.type, W.c
 
 
 @cache
-def _blobs_of_one_namespace() -> Select[Any]:
+def _blobs_of_one_namespace(dialect: Dialect, channels: int, versions: int) -> Prepared:
     # Channels and versions matched apart (two plain IN lists, cheaper than a
     # row-value IN); the exact (channel, version) pairs are picked in Python.
-    return select(B.c.channel, B.c.version, B.c.type, B.c.blob).where(
-        B.c.thread_id == bindparam("thread_id"),
-        B.c.checkpoint_ns == bindparam("checkpoint_ns"),
-        B.c.channel.in_(bindparam("channels", expanding=True)),
-        B.c.version.in_(bindparam("versions", expanding=True)),
+    return Prepared(
+        select(B.c.channel, B.c.version, B.c.type, B.c.blob).where(
+            B.c.thread_id == bindparam("thread_id"),
+            B.c.checkpoint_ns == bindparam("checkpoint_ns"),
+            B.c.channel.in_(slots("channel", channels, B.c.channel.type)),
+            B.c.version.in_(slots("version", versions, B.c.version.type)),
+        ),
+        dialect,
     )
 
 
@@ -139,15 +145,13 @@ def _load_blobs(
         return {}
     values = {}
     namespaces = {k[:2] for k in keys}
-    if len(namespaces) == 1:  # one statement, built once
+    if len(namespaces) == 1:  # one statement, compiled once per IN-list size
         ((thread_id, ns),) = namespaces
-        params = {
-            "thread_id": thread_id,
-            "checkpoint_ns": ns,
-            "channels": sorted({k[2] for k in keys}),
-            "versions": sorted({k[3] for k in keys}),
-        }
-        for channel, version, type_, blob in conn.execute(_blobs_of_one_namespace(), params):
+        channels, channel_params = padded("channel", (k[2] for k in keys))
+        versions, version_params = padded("version", (k[3] for k in keys))
+        params = {"thread_id": thread_id, "checkpoint_ns": ns, **channel_params, **version_params}
+        found = _blobs_of_one_namespace(conn.dialect, channels, versions).rows(conn, params)
+        for channel, version, type_, blob in found:
             if (key := (thread_id, ns, channel, version)) in keys:
                 values[key] = codec.load(serde, type_, blob)
         return values
@@ -161,22 +165,36 @@ def _load_blobs(
     return values
 
 
-def _load_writes(
+@cache
+def _writes_along_chain(dialect: Dialect, ids: int, channels: int) -> Prepared:
+    return Prepared(
+        select(W.c.checkpoint_id, *WRITE_COLUMNS).where(
+            W.c.thread_id == bindparam("thread_id"),
+            W.c.checkpoint_ns == bindparam("checkpoint_ns"),
+            W.c.checkpoint_id.in_(slots("checkpoint_id", ids, W.c.checkpoint_id.type)),
+            W.c.channel.in_(slots("channel", channels, W.c.channel.type)),
+        ),
+        dialect,
+    )
+
+
+def _load_chain_writes(
     conn: Connection,
     serde: SerializerProtocol,
-    keys: Sequence[tuple[str, str, str]],
-    channels: Sequence[str] | None = None,
-) -> dict[tuple[str, str, str], list[PendingWrite]]:
-    """Pending writes per checkpoint key, each list in `writes_sort_key` order."""
-    rows: dict[tuple[str, str, str], list[Sequence[Any]]] = defaultdict(list)
-    for chunk in _chunks(keys):
-        stmt = select(*_checkpoint_key(W), *WRITE_COLUMNS).where(
-            _keys_in(_checkpoint_key(W), chunk)
-        )
-        if channels is not None:
-            stmt = stmt.where(W.c.channel.in_(channels))
-        for r in conn.execute(stmt):
-            rows[(r[0], r[1], r[2])].append(r[3:])
+    at: Address,
+    ids: Sequence[str],
+    channels: Sequence[str],
+) -> dict[str, list[PendingWrite]]:
+    """The writes to ``channels`` of these checkpoints of one namespace, per
+    checkpoint id, each list in `writes_sort_key` order."""
+    rows: dict[str, list[Sequence[Any]]] = defaultdict(list)
+    channel_count, channel_params = padded("channel", channels)
+    for chunk in _chunks(ids):
+        id_count, id_params = padded("checkpoint_id", chunk)
+        stmt = _writes_along_chain(conn.dialect, id_count, channel_count)
+        params = {"thread_id": at.thread_id, "checkpoint_ns": at.checkpoint_ns}
+        for r in stmt.rows(conn, {**params, **id_params, **channel_params}):
+            rows[r[0]].append(r[1:])
     return {key: codec.pending_writes(serde, group) for key, group in rows.items()}
 
 
@@ -184,10 +202,10 @@ def _assemble(
     conn: Connection,
     serde: SerializerProtocol,
     rows: Sequence[Row],
-    writes: dict[tuple[str, str, str], list[PendingWrite]] | None = None,
+    writes: dict[tuple[str, str, str], list[PendingWrite]],
 ) -> list[CheckpointTuple]:
-    """Checkpoint rows to tuples: one statement for their channel values, and
-    one for their writes unless the caller has them already."""
+    """Checkpoint rows and their writes to tuples: one statement for their
+    channel values."""
     if not rows:
         return []
     stored = [codec.stored_checkpoint(serde, r) for r in rows]
@@ -198,30 +216,100 @@ def _assemble(
         )
     )
     blob_values = _load_blobs(conn, serde, blob_keys)
-    keys = [(r.thread_id, r.checkpoint_ns, r.checkpoint_id) for r in rows]
-    if writes is None:
-        writes = _load_writes(conn, serde, keys)
     return [
-        codec.checkpoint_tuple(serde, r, s, blob_values, writes.get(k, []))
-        for r, s, k in zip(rows, stored, keys, strict=True)
+        codec.checkpoint_tuple(
+            serde,
+            r,
+            s,
+            blob_values,
+            writes.get((r.thread_id, r.checkpoint_ns, r.checkpoint_id), []),
+        )
+        for r, s in zip(rows, stored, strict=True)
     ]
 
 
+@cache
+def _latest_id_statement(dialect: Dialect) -> Prepared:
+    return Prepared(
+        select(func.max(C.c.checkpoint_id).label("checkpoint_id")).where(
+            C.c.thread_id == bindparam("thread_id"),
+            C.c.checkpoint_ns == bindparam("checkpoint_ns"),
+        ),
+        dialect,
+    )
+
+
 def _latest_id(conn: Connection, at: Address) -> str | None:
-    return conn.execute(
-        select(func.max(C.c.checkpoint_id)).where(
-            C.c.thread_id == at.thread_id, C.c.checkpoint_ns == at.checkpoint_ns
-        )
-    ).scalar()
+    params = {"thread_id": at.thread_id, "checkpoint_ns": at.checkpoint_ns}
+    rows = _latest_id_statement(conn.dialect).rows(conn, params)
+    return rows[0].checkpoint_id if rows else None
+
+
+@cache
+def _parent_statement(dialect: Dialect) -> Prepared:
+    return Prepared(
+        select(C.c.parent_checkpoint_id).where(
+            C.c.thread_id == bindparam("thread_id"),
+            C.c.checkpoint_ns == bindparam("checkpoint_ns"),
+            C.c.checkpoint_id == bindparam("checkpoint_id"),
+        ),
+        dialect,
+    )
+
+
+def _parent_id(conn: Connection, at: Address, checkpoint_id: str) -> str | None:
+    params = {
+        "thread_id": at.thread_id,
+        "checkpoint_ns": at.checkpoint_ns,
+        "checkpoint_id": checkpoint_id,
+    }
+    rows = _parent_statement(conn.dialect).rows(conn, params)
+    return rows[0].parent_checkpoint_id if rows else None
 
 
 # -- reads -------------------------------------------------------------------
 
 
+def _with_writes(chosen: Select[Any], order: Sequence[Any] = ()) -> Select[Any]:
+    """The checkpoints ``chosen`` selects, each joined with its writes: one
+    row per write, or one row for a checkpoint without writes."""
+    c = chosen.subquery("c")
+    return (
+        select(c, *(col.label(f"write_{col.name}") for col in WRITE_COLUMNS))
+        .select_from(
+            c.outerjoin(
+                W,
+                and_(
+                    W.c.thread_id == c.c.thread_id,
+                    W.c.checkpoint_ns == c.c.checkpoint_ns,
+                    W.c.checkpoint_id == c.c.checkpoint_id,
+                ),
+            )
+        )
+        .order_by(*(c.c[col.name].desc() for col in order))
+    )
+
+
+def _group_writes(
+    serde: SerializerProtocol, rows: Sequence[Row]
+) -> tuple[list[Row], dict[tuple[str, str, str], list[PendingWrite]]]:
+    """Rows of a `_with_writes` statement: the checkpoints, in order, and
+    the writes of each."""
+    checkpoints: list[Row] = []
+    found: dict[tuple[str, str, str], list[Sequence[Any]]] = {}
+    for r in rows:
+        key = (r.thread_id, r.checkpoint_ns, r.checkpoint_id)
+        if key not in found:
+            checkpoints.append(r)
+            found[key] = []
+        if r.write_task_id is not None:
+            found[key].append(r[-len(WRITE_COLUMNS) :])
+    return checkpoints, {k: codec.pending_writes(serde, w) for k, w in found.items() if w}
+
+
 @cache
-def _checkpoint_with_writes(dialect: Dialect, by_id: bool, visibility: Visibility) -> Select[Any]:
-    """One checkpoint (by id, or the latest) joined with its writes: one
-    round trip, one row per write (or one row with no write)."""
+def _checkpoint_with_writes(dialect: Dialect, by_id: bool, visibility: Visibility) -> Prepared:
+    """One checkpoint (by id, or the latest) joined with its writes."""
     chosen = select(*CHECKPOINT_COLUMNS).where(
         C.c.thread_id == bindparam("thread_id"), C.c.checkpoint_ns == bindparam("checkpoint_ns")
     )
@@ -231,17 +319,7 @@ def _checkpoint_with_writes(dialect: Dialect, by_id: bool, visibility: Visibilit
         chosen = chosen.order_by(C.c.checkpoint_id.desc()).limit(1)
     if (shown := policies.visible(visibility, dialect)) is not None:
         chosen = chosen.where(shown)
-    c = chosen.subquery("c")
-    return select(c, *(col.label(f"write_{col.name}") for col in WRITE_COLUMNS)).select_from(
-        c.outerjoin(
-            W,
-            and_(
-                W.c.thread_id == c.c.thread_id,
-                W.c.checkpoint_ns == c.c.checkpoint_ns,
-                W.c.checkpoint_id == c.c.checkpoint_id,
-            ),
-        )
-    )
+    return Prepared(_with_writes(chosen), dialect)
 
 
 def get_tuple(conn: Connection, opts: Options, config: RunnableConfig) -> CheckpointTuple | None:
@@ -253,14 +331,13 @@ def get_tuple(conn: Connection, opts: Options, config: RunnableConfig) -> Checkp
     params.update(opts.policies.params())
     if at.checkpoint_id:
         params["checkpoint_id"] = at.checkpoint_id
-    rows = conn.execute(stmt, params).all()
+    rows = stmt.rows(conn, params)
     if not rows:
         return None
     if opts.policies.refreshes_on_read:
         policies.touch(conn, opts.policies, at.thread_id)
-    key = (at.thread_id, at.checkpoint_ns, rows[0].checkpoint_id)
-    found = [r[-len(WRITE_COLUMNS) :] for r in rows if r.write_task_id is not None]
-    return _assemble(conn, opts.serde, rows[:1], {key: codec.pending_writes(opts.serde, found)})[0]
+    checkpoints, writes = _group_writes(opts.serde, rows)
+    return _assemble(conn, opts.serde, checkpoints, writes)[0]
 
 
 @dataclass(frozen=True)
@@ -301,40 +378,93 @@ class ListQuery:
         return self.remaining is not None and self.remaining <= 0
 
 
+@cache
+def _list_statement(
+    dialect: Dialect,
+    pinned: tuple[bool, bool, bool],
+    before: bool,
+    after: bool,
+    filters: tuple[bool, ...],
+    visibility: Visibility,
+) -> Prepared:
+    """A `list` page: the statement for one shape of query, built once.
+
+    ``pinned``: whether thread, namespace and checkpoint id are given;
+    ``filters``: per metadata filter, whether its value is None.
+    """
+    where = [
+        dialects.metadata_matches(dialect, C.c.metadata_json, f"filter_{i}", none)
+        for i, none in enumerate(filters)
+    ]
+    if (shown := policies.visible(visibility, dialect)) is not None:
+        where.append(shown)
+    for column, given in zip(_checkpoint_key(C), pinned, strict=True):
+        if given:
+            where.append(column == bindparam(column.name, type_=column.type))
+    if before:
+        where.append(C.c.checkpoint_id < bindparam("before_id", type_=C.c.checkpoint_id.type))
+    order = _page_order(pinned)
+    if after:
+        where.append(
+            tuple_(*order) < tuple_(*(bindparam(f"after_{c.name}", type_=c.type) for c in order))
+        )
+    chosen = (
+        select(*CHECKPOINT_COLUMNS)
+        .where(*where)
+        .order_by(*(c.desc() for c in order))
+        .limit(bindparam("page_size", type_=Integer))
+    )
+    return Prepared(_with_writes(chosen, order), dialect)
+
+
+def _page_order(pinned: tuple[bool, bool, bool]) -> list[Any]:
+    """Newest first; ties (equal ids in several threads or namespaces) are
+    broken by the key columns that the query does not pin down."""
+    thread_given, ns_given, _ = pinned
+    order = [C.c.checkpoint_id]
+    if not thread_given:
+        order.append(C.c.thread_id)
+    if not ns_given:
+        order.append(C.c.checkpoint_ns)
+    return order
+
+
 def list_page(
     conn: Connection, opts: Options, query: ListQuery
 ) -> tuple[list[CheckpointTuple], ListQuery | None]:
-    """One page of a `list`, newest first, and the query for the next page."""
+    """One page of a `list`, newest first, and the query for the next page:
+    two statements (the checkpoints with their writes, then their values)."""
     if query.done:
         return [], None
-    where = [
-        dialects.metadata_matches(conn.dialect, C.c.metadata_json, k, v) for k, v in query.filter
-    ]
-    if (shown := policies.visible(opts.policies.visibility, conn.dialect)) is not None:
-        where.append(shown)
-    # Newest first; ties (equal ids in several threads or namespaces) are
-    # broken by the key columns that the query does not pin down.
-    order = [C.c.checkpoint_id]
-    if query.thread_id is None:
-        order.append(C.c.thread_id)
-    else:
-        where.append(C.c.thread_id == query.thread_id)
-    if query.checkpoint_ns is None:
-        order.append(C.c.checkpoint_ns)
-    else:
-        where.append(C.c.checkpoint_ns == query.checkpoint_ns)
-    if query.checkpoint_id is not None:
-        where.append(C.c.checkpoint_id == query.checkpoint_id)
-    if query.before_id is not None:
-        where.append(C.c.checkpoint_id < query.before_id)
-    if query.after is not None:
-        where.append(tuple_(*order) < tuple_(*query.after))
-    size = PAGE_SIZE if query.remaining is None else min(PAGE_SIZE, query.remaining)
-    stmt = (
-        select(*CHECKPOINT_COLUMNS).where(*where).order_by(*(c.desc() for c in order)).limit(size)
+    pinned = (
+        query.thread_id is not None,
+        query.checkpoint_ns is not None,
+        query.checkpoint_id is not None,
     )
-    rows = conn.execute(stmt, opts.policies.params()).all()
-    page = _assemble(conn, opts.serde, rows)
+    params: dict[str, Any] = {
+        "thread_id": query.thread_id,
+        "checkpoint_ns": query.checkpoint_ns,
+        "checkpoint_id": query.checkpoint_id,
+        "before_id": query.before_id,
+        **opts.policies.params(),
+    }
+    for i, (key, value) in enumerate(query.filter):
+        params.update(dialects.metadata_params(conn.dialect, f"filter_{i}", key, value))
+    order = _page_order(pinned)
+    if query.after is not None:
+        params.update({f"after_{c.name}": v for c, v in zip(order, query.after, strict=True)})
+    size = PAGE_SIZE if query.remaining is None else min(PAGE_SIZE, query.remaining)
+    params["page_size"] = size
+    stmt = _list_statement(
+        conn.dialect,
+        pinned,
+        query.before_id is not None,
+        query.after is not None,
+        tuple(value is None for _, value in query.filter),
+        opts.policies.visibility,
+    )
+    rows, writes = _group_writes(opts.serde, stmt.rows(conn, params))
+    page = _assemble(conn, opts.serde, rows, writes)
     if len(rows) < size:
         return page, None
     last = rows[-1]
@@ -346,7 +476,7 @@ def list_page(
 
 
 @cache
-def _ancestors_statement() -> Select[Any]:
+def _ancestors_statement(dialect: Dialect) -> Prepared:
     # The chain carries the whole primary key, so that each step is a lookup
     # of one key (planners otherwise scan the thread's rows at every step).
     key = (C.c.thread_id, C.c.checkpoint_ns)
@@ -374,14 +504,17 @@ def _ancestors_statement() -> Select[Any]:
         C.c.checkpoint_ns == chain.c.checkpoint_ns,
         C.c.checkpoint_id == chain.c.checkpoint_id,
     )
-    return select(*CHECKPOINT_COLUMNS).select_from(chain.join(C, same)).order_by(chain.c.depth)
+    return Prepared(
+        select(*CHECKPOINT_COLUMNS).select_from(chain.join(C, same)).order_by(chain.c.depth),
+        dialect,
+    )
 
 
 def _ancestors(conn: Connection, at: Address, start_id: str) -> list[Row]:
     """Up to `WALK_STEP` checkpoints of the parent chain from `start_id` on,
     nearest first: one recursive CTE (built once), index lookups all the way."""
     params = {"thread_id": at.thread_id, "checkpoint_ns": at.checkpoint_ns, "start_id": start_id}
-    return list(conn.execute(_ancestors_statement(), params).all())
+    return _ancestors_statement(conn.dialect).rows(conn, params)
 
 
 def _walk_to_seeds(
@@ -434,25 +567,16 @@ def get_delta_channel_history(
         return {}
     at = Address.of(config)
     target_id = at.checkpoint_id or _latest_id(conn, at)
-    parent_id = None
-    if target_id is not None:
-        parent_id = conn.execute(
-            select(C.c.parent_checkpoint_id).where(
-                C.c.thread_id == at.thread_id,
-                C.c.checkpoint_ns == at.checkpoint_ns,
-                C.c.checkpoint_id == target_id,
-            )
-        ).scalar()
+    parent_id = None if target_id is None else _parent_id(conn, at, target_id)
     chain, seeds = _walk_to_seeds(conn, opts, at, parent_id, channels)
-    keys = [(at.thread_id, at.checkpoint_ns, cid) for cid in chain]
-    writes = _load_writes(conn, opts.serde, keys, channels) if keys else {}
+    writes = _load_chain_writes(conn, opts.serde, at, chain, channels) if chain else {}
     history: dict[str, DeltaChannelHistory] = {}
     for ch in channels:
         # The seed ancestor's own writes come after its value, so they count.
         depth = seeds[ch][0] + 1 if ch in seeds else len(chain)
         entry: DeltaChannelHistory = {
             "writes": [
-                w for key in reversed(keys[:depth]) for w in writes.get(key, ()) if w[1] == ch
+                w for cid in reversed(chain[:depth]) for w in writes.get(cid, ()) if w[1] == ch
             ]
         }
         if ch in seeds:
@@ -462,6 +586,15 @@ def get_delta_channel_history(
 
 
 # -- writes ------------------------------------------------------------------
+
+
+@cache
+def _insert(dialect: Dialect, table: Table, update: tuple[str, ...] | None = None) -> Prepared:
+    """INSERT of whole rows that keeps a stored row with the same key, or
+    (``update``) replaces those of its columns."""
+    if update is None:
+        return Prepared(dialects.insert_ignore(dialect, table), dialect)
+    return Prepared(dialects.upsert(dialect, table, update), dialect)
 
 
 def put(
@@ -478,8 +611,8 @@ def put(
     row = codec.checkpoint_row(opts.serde, config, checkpoint, metadata)
     values = codec.blob_rows(opts.serde, config, checkpoint["channel_values"], new_versions)
     if values:
-        conn.execute(dialects.insert_ignore(conn.dialect, B), values)
-    conn.execute(dialects.upsert(conn.dialect, C, CHECKPOINT_UPDATE), row)
+        _insert(conn.dialect, B).run_many(conn, values)
+    _insert(conn.dialect, C, CHECKPOINT_UPDATE).run(conn, row)
     if opts.policies.shallow:
         prune_keep_latest(conn, opts, row["thread_id"])
     policies.touch(conn, opts.policies, row["thread_id"])
@@ -500,9 +633,9 @@ def put_writes(
     replacing = [r for r in rows if codec.replaces(r["channel"])]
     keeping = [r for r in rows if not codec.replaces(r["channel"])]
     if replacing:
-        conn.execute(dialects.upsert(conn.dialect, W, WRITE_UPDATE), replacing)
+        _insert(conn.dialect, W, WRITE_UPDATE).run_many(conn, replacing)
     if keeping:
-        conn.execute(dialects.insert_ignore(conn.dialect, W), keeping)
+        _insert(conn.dialect, W).run_many(conn, keeping)
     if rows:
         policies.touch(conn, opts.policies, rows[0]["thread_id"])
 
@@ -603,13 +736,7 @@ def prune_keep_latest(conn: Connection, opts: Options, thread_id: str) -> None:
         counters = json.loads(head.metadata_json.get(COUNTERS_KEY, "{}")) or {}
         if counters:
             at = Address(thread_id, ns)
-            parent = conn.execute(
-                select(C.c.parent_checkpoint_id).where(
-                    C.c.thread_id == thread_id,
-                    C.c.checkpoint_ns == ns,
-                    C.c.checkpoint_id == head.checkpoint_id,
-                )
-            ).scalar()
+            parent = _parent_id(conn, at, head.checkpoint_id)
             chain, _ = _walk_to_seeds(conn, opts, at, parent, counters)
             kept |= {(ns, cid) for cid in chain}
     # A call's root is its parents[""]; it is finished once the root graph has

@@ -1,0 +1,155 @@
+"""Hot statements, compiled once and run straight on the driver's cursor.
+
+The operations a graph calls at every step (`get_tuple`, `list`, `put`,
+`put_writes`, the delta-history walk) run a handful of fixed statements.
+`Connection.execute` spends 15-40 us of Python per statement building an
+execution context, which is most of a SQLite read and a good part of a
+PostgreSQL one. A `Prepared` statement is still a SQLAlchemy Core construct,
+compiled by SQLAlchemy for the connection's dialect, but compiled once: each
+run is one call on the DBAPI cursor plus the type conversions SQLAlchemy
+would apply (`TypeEngine.bind_processor` / `result_processor`, e.g. UTF-8
+keys on MySQL). That works on the sync drivers and, under
+`AsyncConnection.run_sync`, on the async drivers' adapted cursors alike.
+
+What is given up: engine events and echo logging for these statements.
+Errors still arrive as SQLAlchemy's `DBAPIError` subclasses, and a dropped
+connection is invalidated as `Connection.execute` would do it.
+
+Statements must have no expanding ``IN`` parameters; `padded` builds fixed
+``IN`` lists instead.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, cast
+
+from sqlalchemy import BindParameter, Connection, Dialect, bindparam
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+
+Processor = Callable[[Any], Any]
+
+
+class Prepared:
+    """A Core statement compiled for one dialect, run on the raw cursor."""
+
+    __slots__ = ("sql", "_positional", "_order", "_binds", "_defaults", "_row", "_results")
+
+    def __init__(self, stmt: ClauseElement, dialect: Dialect) -> None:
+        compiled = cast(SQLCompiler, stmt.compile(dialect=dialect))
+        self.sql = compiled.string
+        names = {bp: compiled.bind_names[bp] for bp in compiled.binds.values()}
+        self._positional = compiled.positional
+        self._order = tuple(compiled.positiontup or ()) if compiled.positional else ()
+        # Values fixed in the statement (literals), overridable by name.
+        self._defaults = {n: bp.effective_value for bp, n in names.items() if not bp.required}
+        self._binds: dict[str, Processor] = {}
+        for bp, name in names.items():
+            process = bp.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                self._binds[name] = process
+        columns = list(getattr(stmt, "selected_columns", ()))
+        self._row: Callable[..., Any] | None = None
+        self._results: tuple[Processor | None, ...] | None = None
+        if columns:
+            row_type: Any = namedtuple("Row", [c.key for c in columns])  # type: ignore[misc]
+            self._row = row_type._make
+            results = tuple(
+                c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
+            )
+            self._results = results if any(results) else None
+
+    def _params(self, params: Mapping[str, Any]) -> Any:
+        values = {**self._defaults, **params} if self._defaults else params
+        if self._binds:
+            values = dict(values)
+            for name, process in self._binds.items():
+                values[name] = process(values[name])
+        if self._positional:
+            return tuple(values[name] for name in self._order)
+        return values
+
+    def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
+        """Run a SELECT and return its rows (named tuples)."""
+        raw = _run(conn, self, self._params(params))
+        assert self._row is not None, "rows() of a statement that selects nothing"
+        if self._results is None:
+            return [self._row(r) for r in raw]
+        processors = self._results
+        return [
+            self._row([v if p is None else p(v) for v, p in zip(r, processors, strict=True)])
+            for r in raw
+        ]
+
+    def run(self, conn: Connection, params: Mapping[str, Any]) -> None:
+        """Run a statement that returns no rows."""
+        _run(conn, self, self._params(params))
+
+    def run_many(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> None:
+        """Run a statement once per parameter set, as one driver call."""
+        if len(params) == 1:
+            self.run(conn, params[0])
+            return
+        _run(conn, self, [self._params(p) for p in params], many=True)
+
+
+def _observed(conn: Connection) -> bool:
+    """Whether anyone watches this connection's statements: cursor-execute
+    listeners (tracing, such as OpenTelemetry's) or ``echo``."""
+    dispatch = conn.dispatch
+    return bool(
+        dispatch.before_cursor_execute or dispatch.after_cursor_execute or conn.engine.echo
+    )
+
+
+def _run(conn: Connection, stmt: Prepared, params: Any, many: bool = False) -> list[Any]:
+    """Run the statement on the connection's DBAPI cursor and fetch what it
+    selected, with driver errors turned into SQLAlchemy's, as `execute`
+    does. A connection someone watches takes `exec_driver_sql` instead, so
+    that its listeners and logging see the statement as usual."""
+    if _observed(conn):
+        result = conn.exec_driver_sql(stmt.sql, params)
+        return list(result.fetchall()) if result.returns_rows else []
+    dbapi_conn = conn.connection.dbapi_connection
+    assert dbapi_conn is not None
+    cursor = dbapi_conn.cursor()
+    try:
+        if many:
+            cursor.executemany(stmt.sql, params)
+        else:
+            cursor.execute(stmt.sql, params)
+        return list(cursor.fetchall()) if cursor.description is not None else []
+    except conn.dialect.loaded_dbapi.Error as error:
+        disconnect = conn.dialect.is_disconnect(error, dbapi_conn, cursor)
+        if disconnect and not conn.invalidated:
+            conn.invalidate(error)
+        raise DBAPIError.instance(
+            stmt.sql,
+            None,
+            error,
+            conn.dialect.loaded_dbapi.Error,
+            dialect=conn.dialect,
+            connection_invalidated=disconnect,
+        ) from error
+    finally:
+        cursor.close()
+
+
+def padded(name: str, values: Iterable[Any]) -> tuple[int, dict[str, Any]]:
+    """Values for ``column IN (...)``, their count rounded up to a power of
+    two (the last value repeated) so that a few compiled statements serve
+    every length: the count, and the values by parameter name (`slots`)."""
+    items = sorted(set(values))
+    size = 1
+    while size < len(items):
+        size *= 2
+    items += items[-1:] * (size - len(items))
+    return size, {f"{name}_{i}": v for i, v in enumerate(items)}
+
+
+def slots(name: str, count: int, type_: Any) -> list[BindParameter[Any]]:
+    """``count`` bind parameters ``<name>_<i>`` of a column's type (`padded`)."""
+    return [bindparam(f"{name}_{i}", type_=type_) for i in range(count)]
