@@ -21,13 +21,13 @@ from langgraph.checkpoint.base import (
     CheckpointTuple,
     DeltaChannelHistory,
 )
-from sqlalchemy import URL
+from sqlalchemy import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import Unpack
 
-from sqlsaver import migrate, ops
-from sqlsaver.base import SaverBase, SaverOptions, Sweep, async_engine, check_prune
-from sqlsaver.bind import AsyncBind, AsyncTarget
+from sqlsaver import dialects, migrate, ops
+from sqlsaver.base import SaverBase, SaverOptions, Sweep, async_engine, check_prune, sync_engine
+from sqlsaver.bind import AsyncBind, AsyncTarget, SyncBind, ThreadedBind
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -64,8 +64,9 @@ class AsyncSQLSaver(SaverBase):
                 ``check_schema`` (see `SaverOptions`).
         """
         super().__init__(**options)
-        self._bind = AsyncBind(bind, self._check_schema)
+        self._bind: AsyncBind | ThreadedBind = AsyncBind(bind, self._check_schema)
         self._owned_engine: AsyncEngine | None = None
+        self._threaded_engine: Engine | None = None
         self._sweeper: asyncio.Task[None] | None = None
         try:
             self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -101,6 +102,11 @@ class AsyncSQLSaver(SaverBase):
         engine = async_engine(url, engine_kwargs)
         saver = cls(engine, **options)
         saver._owned_engine = engine
+        if (threaded := dialects.threaded_sync_url(engine.url)) is not None:
+            # aiosqlite is a thread around sqlite3: run each operation whole
+            # on sqlite3 in a worker thread instead (see `ThreadedBind`).
+            saver._threaded_engine = sync_engine(threaded, engine_kwargs)
+            saver._bind = ThreadedBind(SyncBind(saver._threaded_engine, saver._check_schema))
         return saver
 
     async def aclose(self) -> None:
@@ -109,6 +115,8 @@ class AsyncSQLSaver(SaverBase):
         await self.stop_ttl_sweeper()
         if self._owned_engine is not None:
             await self._owned_engine.dispose()
+        if self._threaded_engine is not None:
+            self._threaded_engine.dispose()
 
     async def __aenter__(self) -> AsyncSQLSaver:
         self.loop = asyncio.get_running_loop()
@@ -166,9 +174,10 @@ class AsyncSQLSaver(SaverBase):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Store a checkpoint and its changed channel values atomically."""
-        return await self._bind.write(
-            ops.put, self._opts, config, checkpoint, metadata, new_versions
-        )
+        opts = self._opts
+        alone = ops.one_statement(self._bind.dialect, opts, len(new_versions) + 1)
+        write = self._bind.write_statement if alone else self._bind.write
+        return await write(ops.put, opts, config, checkpoint, metadata, new_versions)
 
     async def aput_writes(
         self,
@@ -178,7 +187,10 @@ class AsyncSQLSaver(SaverBase):
         task_path: str = "",
     ) -> None:
         """Store a task's pending writes atomically."""
-        await self._bind.write(ops.put_writes, self._opts, config, writes, task_id, task_path)
+        opts = self._opts
+        alone = ops.one_statement(self._bind.dialect, opts, len(writes))
+        write = self._bind.write_statement if alone else self._bind.write
+        await write(ops.put_writes, opts, config, writes, task_id, task_path)
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Delete every checkpoint, write and value of a thread."""

@@ -1,7 +1,12 @@
 """What a saver was given (Engine, Connection or Session; sync or async),
 turned into one thing: "run this operation in the right transaction".
 
-- An Engine: each operation is its own transaction, on a pooled connection.
+- An Engine: each write is its own transaction, on a pooled connection;
+  reads run on a pooled connection without BEGIN/COMMIT where the database
+  allows (`dialects.read_options`). On SQLite, writes of one saver queue on
+  a lock of the process before they take the database's: SQLite has one
+  writer, and waiting on its busy timeout means sleeping in steps of
+  milliseconds, where a lock hands over at once.
 - A Connection or Session: the operation joins the caller's transaction and
   never commits it. Writes run inside a SAVEPOINT, so a failed write leaves
   nothing behind while the caller's transaction goes on. Calls are
@@ -17,6 +22,8 @@ sqlsaver's tables are at the revision this sqlsaver needs
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import random
 import threading
 import time
@@ -103,9 +110,12 @@ class SyncBind(_Bind):
         self.target = target
         self.dialect = target.get_bind().dialect if isinstance(target, Session) else target.dialect
         self._lock = threading.RLock()
+        self._writer: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if isinstance(target, Engine):
             self._write_engine = target.execution_options(**{dialects.WRITE_OPTION: True})
             self._read_engine = target.execution_options(**dialects.read_options(target.dialect))
+            if dialects.single_writer(target.dialect):
+                self._writer = threading.Lock()
 
     def read(
         self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
@@ -121,18 +131,29 @@ class SyncBind(_Bind):
         atomic = None if isinstance(self.target, Engine) else True
         return cast(T, self._run(True, self._invoke, atomic, op, *args, **kwargs))
 
+    def write_statement(
+        self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run a writing ``op`` that the database runs as one statement,
+        atomic on its own: on an autocommit engine, no transaction around it."""
+        if isinstance(self.target, Engine) and dialects.autocommit_reads(self.dialect):
+            return cast(T, self._run(False, self._invoke, False, op, *args, **kwargs))
+        return self.write(op, *args, **kwargs)
+
     def migrate(self, op: Callable[[Connection], None]) -> None:
         """Run a schema migration ``op(connection)`` (no schema check first)."""
         self._run(True, self._migrate, op)
 
-    def _run(self, write: bool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def _run(self, begin: bool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             if isinstance(self.target, Engine):
-                engine = self._write_engine if write else self._read_engine
                 attempt = 1
                 while True:
                     try:
-                        with engine.begin() as conn:
+                        if not begin:
+                            with self._read_engine.connect() as conn:
+                                return fn(conn, *args, **kwargs)
+                        with self._writer, self._write_engine.begin() as conn:
                             return fn(conn, *args, **kwargs)
                     except DBAPIError as error:
                         if attempt == ATTEMPTS or not _retryable(error):
@@ -167,9 +188,12 @@ class AsyncBind(_Bind):
             raise TypeError("AsyncSQLSaver needs an AsyncSession bound to an AsyncEngine")
         self.dialect = bind.dialect
         self._lock = asyncio.Lock()
+        self._writer: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
         if isinstance(target, AsyncEngine):
             self._write_engine = target.execution_options(**{dialects.WRITE_OPTION: True})
             self._read_engine = target.execution_options(**dialects.read_options(target.dialect))
+            if dialects.single_writer(target.dialect):
+                self._writer = asyncio.Lock()
 
     async def read(
         self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
@@ -184,18 +208,28 @@ class AsyncBind(_Bind):
         atomic = None if isinstance(self.target, AsyncEngine) else True
         return await self._run(True, self._invoke, atomic, op, *args, **kwargs)
 
+    async def write_statement(
+        self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Await a writing ``op`` that is one statement (see `SyncBind`)."""
+        if isinstance(self.target, AsyncEngine) and dialects.autocommit_reads(self.dialect):
+            return await self._run(False, self._invoke, False, op, *args, **kwargs)
+        return await self.write(op, *args, **kwargs)
+
     async def migrate(self, op: Callable[[Connection], None]) -> None:
         """Await a schema migration ``op(connection)`` (no schema check first)."""
         await self._run(True, self._migrate, op)
 
-    async def _run(self, write: bool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _run(self, begin: bool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             if isinstance(self.target, AsyncEngine):
-                engine = self._write_engine if write else self._read_engine
                 attempt = 1
                 while True:
                     try:
-                        async with engine.begin() as conn:
+                        if not begin:
+                            async with self._read_engine.connect() as conn:
+                                return await conn.run_sync(fn, *args, **kwargs)
+                        async with self._writer, self._write_engine.begin() as conn:
                             return await conn.run_sync(fn, *args, **kwargs)
                     except DBAPIError as error:
                         if attempt == ATTEMPTS or not _retryable(error):
@@ -212,3 +246,41 @@ class AsyncBind(_Bind):
             if dialects.is_missing_table(error):
                 raise _not_ready(error) from error
             raise
+
+
+class ThreadedBind:
+    """The async face of a `SyncBind`: each operation runs whole in a worker
+    thread, one hop per operation.
+
+    `AsyncSQLSaver.from_url` uses it for SQLite: aiosqlite runs every driver
+    call (cursor, execute, fetch, close, commit) in a thread of its own, so
+    an operation on it costs a dozen hops between the loop and that thread,
+    where one suffices.
+    """
+
+    def __init__(self, sync: SyncBind) -> None:
+        self.sync = sync
+        self.dialect = sync.dialect
+
+    async def read(
+        self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Await a reading ``op(connection, *args)`` in a transaction."""
+        return await asyncio.to_thread(functools.partial(self.sync.read, op, *args, **kwargs))
+
+    async def write(
+        self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Await a writing ``op(connection, *args)`` atomically."""
+        return await asyncio.to_thread(functools.partial(self.sync.write, op, *args, **kwargs))
+
+    async def write_statement(
+        self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Await a writing ``op`` that is one statement (see `SyncBind`)."""
+        call = functools.partial(self.sync.write_statement, op, *args, **kwargs)
+        return await asyncio.to_thread(call)
+
+    async def migrate(self, op: Callable[[Connection], None]) -> None:
+        """Await a schema migration ``op(connection)``."""
+        await asyncio.to_thread(self.sync.migrate, op)

@@ -143,6 +143,20 @@ def insert_ignore(dialect: Dialect, table: Table) -> Insert:
     return cast(Insert, stmt.on_conflict_do_nothing(index_elements=_key_columns(table)))
 
 
+def chains_inserts(dialect: Dialect) -> bool:
+    """Whether `chain` can make one statement of several inserts."""
+    return dialect.name == "postgresql"
+
+
+def chain(dialect: Dialect, inserts: list[Insert]) -> Insert:
+    """Several inserts as one statement: PostgreSQL runs data-modifying
+    ``WITH`` clauses exactly once, whether or not the main statement reads
+    them, so ``WITH a AS (INSERT ...) INSERT ...`` stores both."""
+    assert chains_inserts(dialect), dialect.name
+    *before, last = inserts
+    return last.add_cte(*(stmt.cte(f"insert_{n}") for n, stmt in enumerate(before)))
+
+
 def upsert_expressions(
     dialect: Dialect,
     table: Table,
@@ -294,9 +308,35 @@ def read_options(dialect: Dialect) -> dict[str, Any]:
     PostgreSQL reads run in autocommit: no BEGIN and COMMIT round trips (its
     default READ COMMITTED gives each statement its own snapshot anyway, so
     a transaction buys a read nothing). psycopg and asyncpg switch it on the
-    client, without a round trip of their own.
+    client, without a round trip of their own. A write that is a single
+    statement (`ops.one_statement`) takes the same connections: it needs no
+    transaction around it.
+
+    SQLite reads need no option: sqlsaver's engines emit BEGIN themselves
+    (`configure_engine`), and a read begins none.
     """
-    return {"isolation_level": "AUTOCOMMIT"} if dialect.name == "postgresql" else {}
+    return {"isolation_level": "AUTOCOMMIT"} if autocommit_reads(dialect) else {}
+
+
+def autocommit_reads(dialect: Dialect) -> bool:
+    """Whether a saver's reads (and single-statement writes) run on
+    autocommit connections (see `read_options`)."""
+    return dialect.name == "postgresql"
+
+
+def threaded_sync_url(url: URL) -> URL | None:
+    """For an async URL whose driver is a thread around a sync one
+    (aiosqlite), the sync URL that `AsyncSQLSaver` runs in a worker thread
+    instead; None for truly async drivers."""
+    if url.get_backend_name() == "sqlite" and url.get_driver_name() == "aiosqlite":
+        return url.set(drivername="sqlite")
+    return None
+
+
+def single_writer(dialect: Dialect) -> bool:
+    """Whether the database takes one writer at a time (SQLite), so that a
+    saver does better to queue its own writes in the process."""
+    return dialect.name == "sqlite"
 
 
 def configure_engine(engine: Engine) -> None:
@@ -368,6 +408,8 @@ def atomic(conn: Connection) -> Iterator[None]:
         conn.exec_driver_sql("COMMIT")
         return
     if conn.dialect.name == "sqlite":
+        if not conn.in_transaction():
+            conn.begin()  # on sqlsaver's own engines, this emits the BEGIN
         driver_conn = conn.connection.driver_connection
         if not getattr(driver_conn, "in_transaction", True):
             conn.exec_driver_sql("BEGIN")

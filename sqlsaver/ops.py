@@ -588,13 +588,69 @@ def get_delta_channel_history(
 # -- writes ------------------------------------------------------------------
 
 
+# Rows one chained insert takes at most (PostgreSQL binds at most 65535
+# parameters per statement); larger batches take one statement per table.
+CHAIN_ROWS = 1000
+# An insert: the table, the columns a key conflict replaces (None: keep the
+# stored row), and the rows.
+Batch = tuple[Table, tuple[str, ...] | None, list[dict[str, Any]]]
+
+
+def _insert_statement(dialect: Dialect, table: Table, updated: tuple[str, ...] | None) -> Any:
+    """INSERT that keeps a stored row with the same key, or (``updated``)
+    replaces those of its columns."""
+    if updated is None:
+        return dialects.insert_ignore(dialect, table)
+    return dialects.upsert(dialect, table, updated)
+
+
 @cache
-def _insert(dialect: Dialect, table: Table, update: tuple[str, ...] | None = None) -> Prepared:
-    """INSERT of whole rows that keeps a stored row with the same key, or
-    (``update``) replaces those of its columns."""
-    if update is None:
-        return Prepared(dialects.insert_ignore(dialect, table), dialect)
-    return Prepared(dialects.upsert(dialect, table, update), dialect)
+def _insert(dialect: Dialect, table: Table, updated: tuple[str, ...] | None = None) -> Prepared:
+    """`_insert_statement` of whole rows, one row per parameter set."""
+    return Prepared(_insert_statement(dialect, table, updated), dialect)
+
+
+@cache
+def _chained_insert(
+    dialect: Dialect, shape: tuple[tuple[Table, tuple[str, ...] | None, int], ...]
+) -> Prepared:
+    """The inserts of `shape` (table, update, row count) as one statement;
+    row ``i`` of insert ``n`` binds its columns as ``<n>_<i>_<column>``."""
+    inserts = []
+    for n, (table, updated, count) in enumerate(shape):
+        rows = [
+            {c.name: bindparam(f"{n}_{i}_{c.name}", type_=c.type) for c in table.columns}
+            for i in range(count)
+        ]
+        inserts.append(_insert_statement(dialect, table, updated).values(rows))
+    return Prepared(dialects.chain(dialect, inserts), dialect)
+
+
+def insert_all(conn: Connection, batches: Sequence[Batch]) -> None:
+    """Run these inserts. On PostgreSQL, up to `CHAIN_ROWS` rows go as one
+    statement (see `dialects.chain`): one round trip, atomic on its own;
+    elsewhere each table's rows go as one driver call."""
+    batches = [b for b in batches if b[2]]
+    rows_in_all = sum(len(rows) for _, _, rows in batches)
+    if dialects.chains_inserts(conn.dialect) and 1 < rows_in_all <= CHAIN_ROWS:
+        shape = tuple((table, updated, len(rows)) for table, updated, rows in batches)
+        params = {
+            f"{n}_{i}_{column}": value
+            for n, (_, _, rows) in enumerate(batches)
+            for i, row in enumerate(rows)
+            for column, value in row.items()
+        }
+        _chained_insert(conn.dialect, shape).run(conn, params)
+        return
+    for table, updated, rows in batches:
+        _insert(conn.dialect, table, updated).run_many(conn, rows)
+
+
+def one_statement(dialect: Dialect, opts: Options, rows: int) -> bool:
+    """Whether a `put` or `put_writes` of ``rows`` rows in all runs as one
+    statement, atomic without a transaction around it (see `insert_all`)."""
+    plain = not opts.policies.shallow and opts.policies.ttl is None
+    return plain and dialects.chains_inserts(dialect) and rows <= CHAIN_ROWS
 
 
 def put(
@@ -605,14 +661,12 @@ def put(
     metadata: CheckpointMetadata,
     new_versions: ChannelVersions,
 ) -> RunnableConfig:
-    """Store a checkpoint: its changed channel values (one multi-row insert
-    that keeps values already stored), then the checkpoint row (an upsert: a
-    re-put replaces it but keeps its original parent)."""
+    """Store a checkpoint: its changed channel values (rows that keep values
+    already stored), then the checkpoint row (an upsert: a re-put replaces
+    it but keeps its original parent)."""
     row = codec.checkpoint_row(opts.serde, config, checkpoint, metadata)
     values = codec.blob_rows(opts.serde, config, checkpoint["channel_values"], new_versions)
-    if values:
-        _insert(conn.dialect, B).run_many(conn, values)
-    _insert(conn.dialect, C, CHECKPOINT_UPDATE).run(conn, row)
+    insert_all(conn, [(B, None, values), (C, CHECKPOINT_UPDATE, [row])])
     if opts.policies.shallow:
         prune_keep_latest(conn, opts, row["thread_id"])
     policies.touch(conn, opts.policies, row["thread_id"])
@@ -627,15 +681,12 @@ def put_writes(
     task_id: str,
     task_path: str,
 ) -> None:
-    """Store a task's writes: one statement (two if the batch mixes special
-    and ordinary channels, see `codec.replaces`)."""
+    """Store a task's writes. Writes to special channels replace a stored
+    one of the task; others keep it (see `codec.replaces`)."""
     rows = codec.write_rows(opts.serde, config, writes, task_id, task_path)
     replacing = [r for r in rows if codec.replaces(r["channel"])]
     keeping = [r for r in rows if not codec.replaces(r["channel"])]
-    if replacing:
-        _insert(conn.dialect, W, WRITE_UPDATE).run_many(conn, replacing)
-    if keeping:
-        _insert(conn.dialect, W).run_many(conn, keeping)
+    insert_all(conn, [(W, WRITE_UPDATE, replacing), (W, None, keeping)])
     if rows:
         policies.touch(conn, opts.policies, rows[0]["thread_id"])
 

@@ -100,9 +100,7 @@ def _observed(conn: Connection) -> bool:
     """Whether anyone watches this connection's statements: cursor-execute
     listeners (tracing, such as OpenTelemetry's) or ``echo``."""
     dispatch = conn.dispatch
-    return bool(
-        dispatch.before_cursor_execute or dispatch.after_cursor_execute or conn.engine.echo
-    )
+    return bool(dispatch.before_cursor_execute or dispatch.after_cursor_execute or conn.engine.echo)
 
 
 def _run(conn: Connection, stmt: Prepared, params: Any, many: bool = False) -> list[Any]:

@@ -161,7 +161,10 @@ class SQLSaver(SaverBase):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Store a checkpoint and its changed channel values atomically."""
-        return self._bind.write(ops.put, self._opts, config, checkpoint, metadata, new_versions)
+        opts = self._opts
+        alone = ops.one_statement(self._bind.dialect, opts, len(new_versions) + 1)
+        write = self._bind.write_statement if alone else self._bind.write
+        return write(ops.put, opts, config, checkpoint, metadata, new_versions)
 
     def put_writes(
         self,
@@ -171,7 +174,10 @@ class SQLSaver(SaverBase):
         task_path: str = "",
     ) -> None:
         """Store a task's pending writes atomically."""
-        self._bind.write(ops.put_writes, self._opts, config, writes, task_id, task_path)
+        opts = self._opts
+        alone = ops.one_statement(self._bind.dialect, opts, len(writes))
+        write = self._bind.write_statement if alone else self._bind.write
+        write(ops.put_writes, opts, config, writes, task_id, task_path)
 
     def delete_thread(self, thread_id: str) -> None:
         """Delete every checkpoint, write and value of a thread."""
