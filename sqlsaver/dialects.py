@@ -381,8 +381,10 @@ def configure_engine(engine: Engine) -> None:
     def _begin(conn: Any) -> None:
         if autocommit(conn):
             return  # no transaction; `atomic` opens one for a write
-        write = conn.get_execution_options().get(WRITE_OPTION, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        # Reads begin nothing: each of their statements reads a committed
+        # state on its own, as on PostgreSQL (`read_options`).
+        if conn.get_execution_options().get(WRITE_OPTION, False):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 @contextmanager

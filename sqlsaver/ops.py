@@ -517,6 +517,18 @@ def _ancestors(conn: Connection, at: Address, start_id: str) -> list[Row]:
     return _ancestors_statement(conn.dialect).rows(conn, params)
 
 
+@cache
+def _stored_versions_statement(dialect: Dialect, channels: int) -> Prepared:
+    return Prepared(
+        select(B.c.channel, B.c.version).where(
+            B.c.thread_id == bindparam("thread_id"),
+            B.c.checkpoint_ns == bindparam("checkpoint_ns"),
+            B.c.channel.in_(slots("channel", channels, B.c.channel.type)),
+        ),
+        dialect,
+    )
+
+
 def _walk_to_seeds(
     conn: Connection, opts: Options, at: Address, start_id: str | None, channels: Iterable[str]
 ) -> tuple[list[str], dict[str, tuple[int, Any]]]:
@@ -525,32 +537,36 @@ def _walk_to_seeds(
     A seed is the nearest ancestor that stores a value for the channel (a
     `_DeltaSnapshot`, or a plain value). Returns the chain walked (ids,
     nearest first) and, per seeded channel, its seed's chain index and value.
+
+    Which versions have a stored value is one keys-only query up front, so
+    the walk decodes ancestors only until every channel is seeded, and only
+    the seeds' values are loaded.
     """
     remaining = set(channels)
     chain: list[str] = []
-    seeds: dict[str, tuple[int, Any]] = {}
+    found: dict[str, tuple[int, str]] = {}
+    stored: set[tuple[str, str]] = set()
+    if remaining:
+        count, params = padded("channel", remaining)
+        params.update(thread_id=at.thread_id, checkpoint_ns=at.checkpoint_ns)
+        rows = _stored_versions_statement(conn.dialect, count).rows(conn, params)
+        stored = {(r.channel, r.version) for r in rows}
     cursor = start_id
     while cursor is not None and remaining:
         rows = _ancestors(conn, at, cursor)
-        stored = [codec.stored_checkpoint(opts.serde, r) for r in rows]
-        wanted = {
-            (at.thread_id, at.checkpoint_ns, ch, str(s["channel_versions"][ch]))
-            for s in stored
-            for ch in remaining
-            if ch in s["channel_versions"]
-        }
-        values = _load_blobs(conn, opts.serde, wanted) if wanted else {}
-        for row, s in zip(rows, stored, strict=True):
+        for row in rows:
             chain.append(row.checkpoint_id)
-            for ch in list(remaining):
-                key = (at.thread_id, at.checkpoint_ns, ch, str(s["channel_versions"].get(ch)))
-                if key in values:
-                    seeds[ch] = (len(chain) - 1, values[key])
+            versions = codec.stored_checkpoint(opts.serde, row)["channel_versions"]
+            for ch in [ch for ch in remaining if ch in versions]:
+                if (ch, str(versions[ch])) in stored:
+                    found[ch] = (len(chain) - 1, str(versions[ch]))
                     remaining.discard(ch)
             if not remaining:
                 break
         cursor = rows[-1].parent_checkpoint_id if len(rows) == WALK_STEP else None
-    return chain, seeds
+    keys = {ch: (at.thread_id, at.checkpoint_ns, ch, version) for ch, (_, version) in found.items()}
+    values = _load_blobs(conn, opts.serde, keys.values())
+    return chain, {ch: (found[ch][0], values[key]) for ch, key in keys.items() if key in values}
 
 
 def get_delta_channel_history(

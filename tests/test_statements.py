@@ -1,0 +1,131 @@
+"""What the hot operations send to the database, on every backend.
+
+Speed is the benchmark's business (``nox -s bench``), never a timed assert;
+what the tests pin down is its cause: the number of statements and
+transactions each operation costs.
+
+- `get_tuple` and a `list` page: two statements, whatever the page size
+  (the checkpoints joined with their writes, then their channel values),
+  and no BEGIN or COMMIT statement.
+- `put` and `put_writes` on PostgreSQL: one statement and no transaction
+  (a chained insert is atomic on its own); elsewhere one statement per
+  table, in a transaction.
+
+Statements are recorded with a ``before_cursor_execute`` listener, which
+also proves that listeners (tracing, logging) still see every statement
+sqlsaver runs on its fast path.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from conftest import Backend
+from helpers import call
+from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
+from sqlalchemy import Engine, event
+
+
+def sent(seen: list[str]) -> list[str]:
+    """The statements sent, without SQLAlchemy's transaction markers."""
+    return [s for s in seen if not s.startswith("<")]
+
+
+@contextmanager
+def recorded() -> Iterator[list[str]]:
+    """Each statement's first words, and BEGIN/COMMIT of any transaction
+    SQLAlchemy opens, on every engine, in order."""
+    seen: list[str] = []
+
+    def statement(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        words = " ".join(sql.split()).upper()
+        seen.append(re.sub(r"\s*\(.*", "", words)[:40])
+
+    def begin(conn: Any) -> None:
+        seen.append("<begin>")
+
+    def commit(conn: Any) -> None:
+        seen.append("<commit>")
+
+    listeners = [("before_cursor_execute", statement), ("begin", begin), ("commit", commit)]
+    for name, fn in listeners:
+        event.listen(Engine, name, fn)
+    try:
+        yield seen
+    finally:
+        for name, fn in listeners:
+            event.remove(Engine, name, fn)
+
+
+async def _thread(aio: bool, saver: Any, thread_id: str, steps: int) -> dict[str, Any]:
+    config: dict[str, Any] = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    checkpoint = empty_checkpoint()
+    for step in range(steps):
+        checkpoint = create_checkpoint(checkpoint, None, step)
+        checkpoint["channel_values"] = {"messages": ["m"] * step, "step": step}
+        checkpoint["channel_versions"] = {"messages": f"{step + 1:032}.1", "step": f"{step + 1}"}
+        new = dict(checkpoint["channel_versions"])
+        config = await call(aio, saver, "put", config, checkpoint, {"step": step}, new)
+        await call(aio, saver, "put_writes", config, [("messages", ["w"])], str(uuid.uuid4()))
+    return config
+
+
+async def test_reads_are_two_statements_without_a_transaction(
+    backend: Backend, saver: Any, aio: bool, thread_id: str
+) -> None:
+    await _thread(aio, saver, thread_id, 30)
+    config = {"configurable": {"thread_id": thread_id}}
+    await call(aio, saver, "get_tuple", config)  # the schema check is behind us
+
+    with recorded() as seen:
+        found = await call(aio, saver, "get_tuple", config)
+    assert found.metadata["step"] == 29 and found.pending_writes
+    assert len(sent(seen)) == 2 and all(s.startswith("SELECT") for s in sent(seen)), seen
+
+    with recorded() as seen:
+        page = await call(aio, saver, "list", config, limit=25)
+    assert [t.metadata["step"] for t in page] == list(range(29, 4, -1))
+    assert all(t.pending_writes for t in page)
+    assert all(t.checkpoint["channel_values"]["step"] == t.metadata["step"] for t in page)
+    assert len(sent(seen)) == 2 and all(s.startswith("SELECT") for s in sent(seen)), seen
+
+
+async def test_writes_are_one_statement_per_table_and_one_on_postgres(
+    backend: Backend, saver: Any, aio: bool, thread_id: str
+) -> None:
+    config = await _thread(aio, saver, thread_id, 1)
+    checkpoint = create_checkpoint(empty_checkpoint(), None, 1)
+    checkpoint["channel_values"] = {"messages": ["a", "b"], "step": 1}
+    checkpoint["channel_versions"] = {"messages": "2", "step": "2"}
+
+    with recorded() as seen:
+        config = await call(
+            aio, saver, "put", config, checkpoint, {}, {"messages": "2", "step": "2"}
+        )
+    inserts = [s for s in seen if s.startswith("INSERT") or s.startswith("WITH")]
+    if backend.name == "postgres":
+        # One chained statement (blobs, then the checkpoint), no transaction.
+        assert sent(seen) == ["WITH INSERT_0 AS"] and "<commit>" not in seen, seen
+    else:
+        assert len(inserts) == 2 and "<begin>" in seen and seen[-1] == "<commit>", seen
+
+    with recorded() as seen:
+        writes = [("messages", ["x"]), ("step", 2), ("__interrupt__", "stop")]
+        await call(aio, saver, "put_writes", config, writes, "task-1")
+    if backend.name == "postgres":
+        assert sent(seen) == ["WITH INSERT_0 AS"] and "<commit>" not in seen, seen
+    else:
+        inserts = [s for s in seen if s.startswith("INSERT")]
+        assert len(inserts) == 2 and "<begin>" in seen and seen[-1] == "<commit>", seen
+
+    stored = await call(aio, saver, "get_tuple", config)
+    assert stored.checkpoint["channel_values"] == {"messages": ["a", "b"], "step": 1}
+    assert [(t, c, v) for t, c, v in stored.pending_writes] == [
+        ("task-1", "__interrupt__", "stop"),
+        ("task-1", "messages", ["x"]),
+        ("task-1", "step", 2),
+    ]
