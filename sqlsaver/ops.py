@@ -123,15 +123,16 @@ WRITE_COLUMNS = (W.c.task_id, W.c.idx, W.c.task_path, W.c.channel, W.c.type, W.c
 
 
 @cache
-def _blobs_of_one_namespace(dialect: Dialect, channels: int, versions: int) -> Prepared:
-    # Channels and versions matched apart (two plain IN lists, cheaper than a
-    # row-value IN); the exact (channel, version) pairs are picked in Python.
+def _in_namespace(
+    dialect: Dialect, table: Table, columns: tuple[str, ...], lists: tuple[tuple[str, int], ...]
+) -> Prepared:
+    """SELECT ``columns`` of ``table``'s rows in one namespace whose columns
+    named in ``lists`` are among that many `slots` (fill them with `padded`)."""
     return Prepared(
-        select(B.c.channel, B.c.version, B.c.type, B.c.blob).where(
-            B.c.thread_id == bindparam("thread_id"),
-            B.c.checkpoint_ns == bindparam("checkpoint_ns"),
-            B.c.channel.in_(slots("channel", channels, B.c.channel.type)),
-            B.c.version.in_(slots("version", versions, B.c.version.type)),
+        select(*(table.c[name] for name in columns)).where(
+            table.c.thread_id == bindparam("thread_id"),
+            table.c.checkpoint_ns == bindparam("checkpoint_ns"),
+            *(table.c[name].in_(slots(name, count, table.c[name].type)) for name, count in lists),
         ),
         dialect,
     )
@@ -150,7 +151,14 @@ def _load_blobs(
         channels, channel_params = padded("channel", (k[2] for k in keys))
         versions, version_params = padded("version", (k[3] for k in keys))
         params = {"thread_id": thread_id, "checkpoint_ns": ns, **channel_params, **version_params}
-        found = _blobs_of_one_namespace(conn.dialect, channels, versions).rows(conn, params)
+        # Channels and versions matched apart (two plain IN lists, cheaper than
+        # a row-value IN); the exact (channel, version) pairs are picked here.
+        found = _in_namespace(
+            conn.dialect,
+            B,
+            ("channel", "version", "type", "blob"),
+            (("channel", channels), ("version", versions)),
+        ).rows(conn, params)
         for channel, version, type_, blob in found:
             if (key := (thread_id, ns, channel, version)) in keys:
                 values[key] = codec.load(serde, type_, blob)
@@ -163,19 +171,6 @@ def _load_blobs(
                 serde, r.type, r.blob
             )
     return values
-
-
-@cache
-def _writes_along_chain(dialect: Dialect, ids: int, channels: int) -> Prepared:
-    return Prepared(
-        select(W.c.checkpoint_id, *WRITE_COLUMNS).where(
-            W.c.thread_id == bindparam("thread_id"),
-            W.c.checkpoint_ns == bindparam("checkpoint_ns"),
-            W.c.checkpoint_id.in_(slots("checkpoint_id", ids, W.c.checkpoint_id.type)),
-            W.c.channel.in_(slots("channel", channels, W.c.channel.type)),
-        ),
-        dialect,
-    )
 
 
 def _load_chain_writes(
@@ -191,7 +186,12 @@ def _load_chain_writes(
     channel_count, channel_params = padded("channel", channels)
     for chunk in _chunks(ids):
         id_count, id_params = padded("checkpoint_id", chunk)
-        stmt = _writes_along_chain(conn.dialect, id_count, channel_count)
+        stmt = _in_namespace(
+            conn.dialect,
+            W,
+            ("checkpoint_id", *(c.name for c in WRITE_COLUMNS)),
+            (("checkpoint_id", id_count), ("channel", channel_count)),
+        )
         params = {"thread_id": at.thread_id, "checkpoint_ns": at.checkpoint_ns}
         for r in stmt.rows(conn, {**params, **id_params, **channel_params}):
             rows[r[0]].append(r[1:])
@@ -517,18 +517,6 @@ def _ancestors(conn: Connection, at: Address, start_id: str) -> list[Row]:
     return _ancestors_statement(conn.dialect).rows(conn, params)
 
 
-@cache
-def _stored_versions_statement(dialect: Dialect, channels: int) -> Prepared:
-    return Prepared(
-        select(B.c.channel, B.c.version).where(
-            B.c.thread_id == bindparam("thread_id"),
-            B.c.checkpoint_ns == bindparam("checkpoint_ns"),
-            B.c.channel.in_(slots("channel", channels, B.c.channel.type)),
-        ),
-        dialect,
-    )
-
-
 def _walk_to_seeds(
     conn: Connection, opts: Options, at: Address, start_id: str | None, channels: Iterable[str]
 ) -> tuple[list[str], dict[str, tuple[int, Any]]]:
@@ -549,7 +537,8 @@ def _walk_to_seeds(
     if remaining:
         count, params = padded("channel", remaining)
         params.update(thread_id=at.thread_id, checkpoint_ns=at.checkpoint_ns)
-        rows = _stored_versions_statement(conn.dialect, count).rows(conn, params)
+        stmt = _in_namespace(conn.dialect, B, ("channel", "version"), (("channel", count),))
+        rows = stmt.rows(conn, params)
         stored = {(r.channel, r.version) for r in rows}
     cursor = start_id
     while cursor is not None and remaining:
