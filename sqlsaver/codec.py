@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -25,7 +25,7 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
-from sqlsaver.dialects import filter_document
+from sqlsaver.dialects import filter_document, json_safe
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +74,14 @@ def checkpoint_row(
     checkpoint: Checkpoint,
     metadata: CheckpointMetadata,
 ) -> dict[str, Any]:
-    """The checkpoints-table row of a `put` (channel values go to blobs)."""
+    """The checkpoints-table row of a `put` (channel values go to blobs;
+    channel versions to their own column, where `columnar` allows)."""
     at = Address.of(config)
     stored = {k: v for k, v in checkpoint.items() if k != "channel_values"}
+    versions = checkpoint["channel_versions"]
+    versions_column = dict(versions) if columnar(versions) else None
+    if versions_column is not None:
+        del stored["channel_versions"]
     full_metadata = get_serializable_checkpoint_metadata(config, metadata)
     checkpoint_type, checkpoint_bytes = serde.dumps_typed(stored)
     metadata_type, metadata_bytes = serde.dumps_typed(full_metadata)
@@ -92,7 +97,19 @@ def checkpoint_row(
         "metadata_type": metadata_type,
         "metadata_blob": metadata_bytes,
         "metadata_json": filter_document(dict(full_metadata)),
+        "channel_versions": versions_column,
     }
+
+
+def columnar(versions: ChannelVersions) -> bool:
+    """Whether channel versions go to their own column: when each is a
+    string (LangGraph's own are), which the column gives back as it is and
+    which SQL compares with the blob keys, and every string is `json_safe`.
+    Others stay inside the checkpoint bytes, as exact as the serde is."""
+    return all(
+        type(version) is str and json_safe(version) and json_safe(channel)
+        for channel, version in versions.items()
+    )
 
 
 def blob_rows(
@@ -186,18 +203,28 @@ def pending_writes(serde: SerializerProtocol, rows: Iterable[Sequence[Any]]) -> 
 
 
 def stored_checkpoint(serde: SerializerProtocol, row: Any) -> dict[str, Any]:
-    """The stored checkpoint dict of a checkpoints row (no channel values)."""
+    """The stored checkpoint dict of a checkpoints row, with its channel
+    versions (from their column, or inside) and without channel values."""
     stored: dict[str, Any] = load(serde, row.checkpoint_type, row.checkpoint)
+    if row.channel_versions is not None:
+        stored["channel_versions"] = dict(row.channel_versions)
     return stored
 
 
+def channel_versions(serde: SerializerProtocol, row: Any) -> Mapping[str, Any]:
+    """A checkpoints row's channel versions, decoding the checkpoint only
+    when they are not in their column."""
+    if row.channel_versions is not None:
+        return cast(Mapping[str, Any], row.channel_versions)
+    return cast(Mapping[str, Any], stored_checkpoint(serde, row)["channel_versions"])
+
+
 def blob_keys(
-    thread_id: str, checkpoint_ns: str, stored: Mapping[str, Any]
+    thread_id: str, checkpoint_ns: str, versions: Mapping[str, Any]
 ) -> set[tuple[str, str, str, str]]:
-    """The blob keys a stored checkpoint's channel values live under."""
+    """The blob keys channel values of these versions live under."""
     return {
-        (thread_id, checkpoint_ns, channel, str(version))
-        for channel, version in stored["channel_versions"].items()
+        (thread_id, checkpoint_ns, channel, str(version)) for channel, version in versions.items()
     }
 
 

@@ -42,6 +42,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.selectable import TableValuedAlias
 
 MYSQL = ("mysql", "mariadb")
 # Execution option set on connections that run a write operation.
@@ -84,8 +85,40 @@ def key_string(mysql_bytes: int) -> Any:
 BINARY = LargeBinary().with_variant(mysql.LONGBLOB(), *MYSQL)
 # Unbounded text that is never part of a key (task paths).
 LONG_TEXT = Text().with_variant(mysql.LONGTEXT(), *MYSQL)
-# JSONB on PostgreSQL so the metadata filter is a containment test.
-METADATA_JSON = JSON().with_variant(postgresql.JSONB(), "postgresql")
+# A JSON object: JSONB on PostgreSQL, so that the metadata filter is a
+# containment test and `json_entries` can expand channel versions.
+# None is SQL NULL, not JSON's null.
+JSON_OBJECT = JSON(none_as_null=True).with_variant(
+    postgresql.JSONB(none_as_null=True), "postgresql"
+)
+
+
+def json_safe(text: str) -> bool:
+    """Whether a string can live in every database's JSON as itself:
+    PostgreSQL's JSONB cannot hold NUL, and lone surrogates are not UTF-8."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def expands_json(dialect: Dialect) -> bool:
+    """Whether `json_entries` works: SQLite and PostgreSQL. Not MySQL and
+    MariaDB: ``JSON_TABLE`` cannot list an object's keys, and its strings
+    compare under a collation where our binary key columns compare bytes."""
+    return dialect.name in ("postgresql", "sqlite")
+
+
+def json_entries(dialect: Dialect, column: ColumnElement[Any]) -> TableValuedAlias:
+    """The (key, value) rows of a JSON object of strings in ``column``, as
+    a table that a FROM clause joins beside the row holding it: SQLite's
+    ``json_each``, PostgreSQL's ``jsonb_each_text`` (see `expands_json`)."""
+    assert expands_json(dialect), dialect.name
+    function = func.jsonb_each_text if dialect.name == "postgresql" else func.json_each
+    return function(column).table_valued("key", "value")
 
 
 # --------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from langgraph.checkpoint.serde.base import SerializerProtocol
 from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, select
 from sqlalchemy.exc import DBAPIError
 
@@ -34,7 +35,7 @@ VERSION_TABLE = "sqlsaver_alembic_version"
 # Every revision this sqlsaver knows, oldest first (a test holds this equal to
 # the scripts in migrations/versions): a database at another revision was
 # migrated by a newer sqlsaver.
-REVISIONS = ("0001", "0002", "0003")
+REVISIONS = ("0001", "0002", "0003", "0004")
 HEAD = REVISIONS[-1]
 
 Status = Literal["current", "behind", "ahead", "missing"]
@@ -162,13 +163,17 @@ def require_current(conn: Connection) -> None:
 # -- changing the schema -----------------------------------------------------
 
 
-def _run_alembic(conn: Connection, command_name: str, revision: str) -> None:
+def _run_alembic(
+    conn: Connection, command_name: str, revision: str, serde: SerializerProtocol | None = None
+) -> None:
     from alembic import command
 
     with dialects.migration_lock(conn):
         if _status(_current(conn, locking=True)) == "ahead":
             require_current(conn)  # raises SchemaTooNewError, not Alembic's riddle
-        getattr(command, command_name)(alembic_config(conn), revision)
+        config = alembic_config(conn)
+        config.attributes["serde"] = serde
+        getattr(command, command_name)(config, revision)
 
 
 def setup(conn: Connection) -> None:
@@ -197,9 +202,16 @@ def upgrade(bind: Engine | Connection, revision: str = "head") -> None:
     _on(bind, lambda conn: _run_alembic(conn, "upgrade", revision))
 
 
-def downgrade(bind: Engine | Connection, revision: str) -> None:
-    """Downgrade sqlsaver's tables to ``revision`` (``"base"`` drops them)."""
-    _on(bind, lambda conn: _run_alembic(conn, "downgrade", revision))
+def downgrade(
+    bind: Engine | Connection, revision: str, serde: SerializerProtocol | None = None
+) -> None:
+    """Downgrade sqlsaver's tables to ``revision`` (``"base"`` drops them).
+
+    Below revision 0004 stored checkpoints are re-encoded (their channel
+    versions move back inside them), with ``serde``: pass the saver's own
+    (``saver.serde``) if it is not LangGraph's default, e.g. encrypted.
+    """
+    _on(bind, lambda conn: _run_alembic(conn, "downgrade", revision, serde))
 
 
 # -- living beside an application's own Alembic --------------------------------

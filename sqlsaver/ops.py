@@ -29,6 +29,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from sqlalchemy import (
     ColumnElement,
+    CompoundSelect,
     Connection,
     Dialect,
     Integer,
@@ -39,8 +40,12 @@ from sqlalchemy import (
     delete,
     func,
     literal,
+    null,
     select,
+    true,
     tuple_,
+    type_coerce,
+    union_all,
     update,
 )
 
@@ -69,6 +74,7 @@ CHECKPOINT_COLUMNS = (
     C.c.checkpoint,
     C.c.metadata_type,
     C.c.metadata_blob,
+    C.c.channel_versions,
 )
 CHECKPOINT_UPDATE = (
     "checkpoint_type",
@@ -77,6 +83,7 @@ CHECKPOINT_UPDATE = (
     "metadata_blob",
     "metadata_json",
     "run_id",
+    "channel_versions",
 )
 # A result row of `CHECKPOINT_COLUMNS` (or a subset), read by attribute.
 Row = Any
@@ -120,6 +127,7 @@ def _checkpoint_key(table: Any) -> tuple[Any, Any, Any]:
 
 
 WRITE_COLUMNS = (W.c.task_id, W.c.idx, W.c.task_path, W.c.channel, W.c.type, W.c.blob)
+VALUE_COLUMNS = (B.c.channel, B.c.version, B.c.type, B.c.blob)
 
 
 @cache
@@ -198,24 +206,27 @@ def _load_chain_writes(
     return {key: codec.pending_writes(serde, group) for key, group in rows.items()}
 
 
-def _assemble(
-    conn: Connection,
-    serde: SerializerProtocol,
-    rows: Sequence[Row],
-    writes: dict[tuple[str, str, str], list[PendingWrite]],
-) -> list[CheckpointTuple]:
-    """Checkpoint rows and their writes to tuples: one statement for their
-    channel values."""
+def _assemble(conn: Connection, serde: SerializerProtocol, found: Found) -> list[CheckpointTuple]:
+    """The tuples of what a `_tuples_statement` found. Checkpoints whose
+    channel values it could not join (see `_tuples_statement`) take one
+    more statement for them."""
+    rows, writes, blob_values = found
     if not rows:
         return []
     stored = [codec.stored_checkpoint(serde, r) for r in rows]
-    blob_keys = set().union(
-        *(
-            codec.blob_keys(r.thread_id, r.checkpoint_ns, s)
-            for r, s in zip(rows, stored, strict=True)
+    joined = dialects.expands_json(conn.dialect)
+    missing = (
+        set().union(
+            *(
+                codec.blob_keys(r.thread_id, r.checkpoint_ns, s["channel_versions"])
+                for r, s in zip(rows, stored, strict=True)
+                if not joined or r.channel_versions is None
+            )
         )
+        - blob_values.keys()
     )
-    blob_values = _load_blobs(conn, serde, blob_keys)
+    if missing:
+        blob_values = {**blob_values, **_load_blobs(conn, serde, missing)}
     return [
         codec.checkpoint_tuple(
             serde,
@@ -270,46 +281,84 @@ def _parent_id(conn: Connection, at: Address, checkpoint_id: str) -> str | None:
 # -- reads -------------------------------------------------------------------
 
 
-def _with_writes(chosen: Select[Any], order: Sequence[Any] = ()) -> Select[Any]:
-    """The checkpoints ``chosen`` selects, each joined with its writes: one
-    row per write, or one row for a checkpoint without writes."""
-    c = chosen.subquery("c")
-    return (
-        select(c, *(col.label(f"write_{col.name}") for col in WRITE_COLUMNS))
-        .select_from(
-            c.outerjoin(
-                W,
-                and_(
-                    W.c.thread_id == c.c.thread_id,
-                    W.c.checkpoint_ns == c.c.checkpoint_ns,
-                    W.c.checkpoint_id == c.c.checkpoint_id,
-                ),
-            )
-        )
-        .order_by(*(c.c[col.name].desc() for col in order))
+def _tuples_statement(
+    dialect: Dialect, chosen: Select[Any], order: Sequence[Any] = ()
+) -> Select[Any] | CompoundSelect[Any]:
+    """What the tuples of the checkpoints ``chosen`` selects need, in one
+    statement: each checkpoint joined with its writes (one row per write,
+    or one row for a checkpoint without writes) and, where the database
+    can expand the channel-versions column (`dialects.json_entries`), one
+    row per channel value they reference (`VALUE_COLUMNS`; the others
+    NULL). `_found` splits the rows up again."""
+    c = chosen.cte("c")
+    same_checkpoint = and_(
+        W.c.thread_id == c.c.thread_id,
+        W.c.checkpoint_ns == c.c.checkpoint_ns,
+        W.c.checkpoint_id == c.c.checkpoint_id,
     )
+    stmt: Select[Any] | CompoundSelect[Any] = select(
+        # Labelled: a compound's ORDER BY names its columns (SQLite).
+        *(column.label(column.name) for column in c.c),
+        *(col.label(f"write_{col.name}") for col in WRITE_COLUMNS),
+        *(type_coerce(null(), col.type).label(f"value_{col.name}") for col in VALUE_COLUMNS),
+    ).select_from(c.outerjoin(W, same_checkpoint))
+    if dialects.expands_json(dialect):
+        entries = dialects.json_entries(dialect, c.c.channel_versions)
+        # Each value once, however many of the checkpoints reference it.
+        referenced = (
+            select(c.c.thread_id, c.c.checkpoint_ns, entries.c.key, entries.c.value)
+            .select_from(c)
+            .join(entries, true())
+            .distinct()
+            .subquery("referenced")
+        )
+        blobs_of = and_(
+            B.c.thread_id == referenced.c.thread_id,
+            B.c.checkpoint_ns == referenced.c.checkpoint_ns,
+            B.c.channel == referenced.c.key,
+            B.c.version == referenced.c.value,
+        )
+        unused = len(CHECKPOINT_COLUMNS) - 2 + len(WRITE_COLUMNS)
+        values = select(
+            referenced.c.thread_id, referenced.c.checkpoint_ns, *[null()] * unused, *VALUE_COLUMNS
+        ).select_from(referenced.join(B, blobs_of))
+        stmt = union_all(stmt, values)
+    return stmt.order_by(*(stmt.selected_columns[col.name].desc() for col in order))
 
 
-def _group_writes(
-    serde: SerializerProtocol, rows: Sequence[Row]
-) -> tuple[list[Row], dict[tuple[str, str, str], list[PendingWrite]]]:
-    """Rows of a `_with_writes` statement: the checkpoints, in order, and
-    the writes of each."""
+# A `_tuples_statement`'s rows split up: the checkpoint rows in order, the
+# writes of each, and the channel values it joined, by blob key.
+Found = tuple[
+    list[Row],
+    dict[tuple[str, str, str], list[PendingWrite]],
+    dict[tuple[str, str, str, str], Any],
+]
+_WRITES = slice(len(CHECKPOINT_COLUMNS), len(CHECKPOINT_COLUMNS) + len(WRITE_COLUMNS))
+
+
+def _found(serde: SerializerProtocol, rows: Sequence[Row]) -> Found:
+    """Split the rows of a `_tuples_statement`."""
     checkpoints: list[Row] = []
-    found: dict[tuple[str, str, str], list[Sequence[Any]]] = {}
+    writes: dict[tuple[str, str, str], list[Sequence[Any]]] = {}
+    values: dict[tuple[str, str, str, str], Any] = {}
     for r in rows:
+        if r.value_channel is not None:
+            blob_key = (r.thread_id, r.checkpoint_ns, r.value_channel, r.value_version)
+            values[blob_key] = codec.load(serde, r.value_type, r.value_blob)
+            continue
         key = (r.thread_id, r.checkpoint_ns, r.checkpoint_id)
-        if key not in found:
+        if key not in writes:
             checkpoints.append(r)
-            found[key] = []
+            writes[key] = []
         if r.write_task_id is not None:
-            found[key].append(r[-len(WRITE_COLUMNS) :])
-    return checkpoints, {k: codec.pending_writes(serde, w) for k, w in found.items() if w}
+            writes[key].append(r[_WRITES])
+    pending = {k: codec.pending_writes(serde, w) for k, w in writes.items() if w}
+    return checkpoints, pending, values
 
 
 @cache
 def _checkpoint_with_writes(dialect: Dialect, by_id: bool, visibility: Visibility) -> Prepared:
-    """One checkpoint (by id, or the latest) joined with its writes."""
+    """One checkpoint (by id, or the latest), with what its tuple needs."""
     chosen = select(*CHECKPOINT_COLUMNS).where(
         C.c.thread_id == bindparam("thread_id"), C.c.checkpoint_ns == bindparam("checkpoint_ns")
     )
@@ -319,12 +368,12 @@ def _checkpoint_with_writes(dialect: Dialect, by_id: bool, visibility: Visibilit
         chosen = chosen.order_by(C.c.checkpoint_id.desc()).limit(1)
     if (shown := policies.visible(visibility, dialect)) is not None:
         chosen = chosen.where(shown)
-    return Prepared(_with_writes(chosen), dialect)
+    return Prepared(_tuples_statement(dialect, chosen), dialect)
 
 
 def get_tuple(conn: Connection, opts: Options, config: RunnableConfig) -> CheckpointTuple | None:
     """The checkpoint `config` names, or the latest of its thread/namespace:
-    two statements (the checkpoint with its writes, then its values)."""
+    one statement (see `_tuples_statement`)."""
     at = Address.of(config)
     stmt = _checkpoint_with_writes(conn.dialect, bool(at.checkpoint_id), opts.policies.visibility)
     params: dict[str, Any] = {"thread_id": at.thread_id, "checkpoint_ns": at.checkpoint_ns}
@@ -336,8 +385,7 @@ def get_tuple(conn: Connection, opts: Options, config: RunnableConfig) -> Checkp
         return None
     if opts.policies.refreshes_on_read:
         policies.touch(conn, opts.policies, at.thread_id)
-    checkpoints, writes = _group_writes(opts.serde, rows)
-    return _assemble(conn, opts.serde, checkpoints, writes)[0]
+    return _assemble(conn, opts.serde, _found(opts.serde, rows))[0]
 
 
 @dataclass(frozen=True)
@@ -414,7 +462,7 @@ def _list_statement(
         .order_by(*(c.desc() for c in order))
         .limit(bindparam("page_size", type_=Integer))
     )
-    return Prepared(_with_writes(chosen, order), dialect)
+    return Prepared(_tuples_statement(dialect, chosen, order), dialect)
 
 
 def _page_order(pinned: tuple[bool, bool, bool]) -> list[Any]:
@@ -433,7 +481,7 @@ def list_page(
     conn: Connection, opts: Options, query: ListQuery
 ) -> tuple[list[CheckpointTuple], ListQuery | None]:
     """One page of a `list`, newest first, and the query for the next page:
-    two statements (the checkpoints with their writes, then their values)."""
+    one statement (see `_tuples_statement`)."""
     if query.done:
         return [], None
     pinned = (
@@ -463,8 +511,9 @@ def list_page(
         tuple(value is None for _, value in query.filter),
         opts.policies.visibility,
     )
-    rows, writes = _group_writes(opts.serde, stmt.rows(conn, params))
-    page = _assemble(conn, opts.serde, rows, writes)
+    found = _found(opts.serde, stmt.rows(conn, params))
+    page = _assemble(conn, opts.serde, found)
+    rows = found[0]
     if len(rows) < size:
         return page, None
     last = rows[-1]
@@ -545,7 +594,7 @@ def _walk_to_seeds(
         rows = _ancestors(conn, at, cursor)
         for row in rows:
             chain.append(row.checkpoint_id)
-            versions = codec.stored_checkpoint(opts.serde, row)["channel_versions"]
+            versions = codec.channel_versions(opts.serde, row)
             for ch in [ch for ch in remaining if ch in versions]:
                 if (ch, str(versions[ch])) in stored:
                     found[ch] = (len(chain) - 1, str(versions[ch]))
@@ -713,7 +762,7 @@ def _delete_checkpoints(
         stmt = select(*CHECKPOINT_COLUMNS).where(_keys_in(_checkpoint_key(C), chunk))
         for r in conn.execute(stmt):
             freed |= codec.blob_keys(
-                r.thread_id, r.checkpoint_ns, codec.stored_checkpoint(opts.serde, r)
+                r.thread_id, r.checkpoint_ns, codec.channel_versions(opts.serde, r)
             )
         for table in (W, C):
             conn.execute(delete(table).where(_keys_in(_checkpoint_key(table), chunk)))
@@ -729,7 +778,7 @@ def _delete_checkpoints(
                 .values(parent_checkpoint_id=None)
             )
         for r in conn.execute(select(*CHECKPOINT_COLUMNS).where(*same_ns)):
-            freed -= codec.blob_keys(thread_id, ns, codec.stored_checkpoint(opts.serde, r))
+            freed -= codec.blob_keys(thread_id, ns, codec.channel_versions(opts.serde, r))
     blob_key = (B.c.thread_id, B.c.checkpoint_ns, B.c.channel, B.c.version)
     for chunk in _chunks(freed):
         conn.execute(delete(B).where(_keys_in(blob_key, chunk)))

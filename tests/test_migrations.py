@@ -7,8 +7,9 @@ backend's server, or a new SQLite file), dropped afterwards. Covered:
    autogenerate finds no difference from `sqlsaver.models` (and does at every
    older revision); at base only the empty version table is left.
 2. `migrate.REVISIONS` / `HEAD` are the scripts on disk.
-3. Upgrading from 0001 keeps every checkpoint, write and namespace (stored by
-   a saver and by a real LangGraph graph); savers refuse a database that is
+3. Downgrading to 0001 and upgrading again keep every checkpoint, write and
+   namespace (stored by a saver and by a real LangGraph graph), with the
+   default serializer and a saver's own; savers refuse a database that is
    behind (`SchemaNotReadyError`, naming the upgrade command) or ahead
    (`SchemaTooNewError`, and `setup()` changes nothing), sync and async.
 4. `setup()` at head is one SELECT of the version table, without Alembic.
@@ -50,6 +51,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from conftest import Backend
 from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph import END, START, StateGraph
 from sqlalchemy import (
     Column,
@@ -277,28 +279,69 @@ def everything(saver: SQLSaver) -> dict[Any, Any]:
     return found
 
 
-def test_upgrade_from_0001_keeps_everything(fresh: Backend) -> None:
-    with engine_on(fresh.sync_url) as engine:
-        migrate.upgrade(engine, REVISIONS[0])
-    with SQLSaver.from_url(fresh.sync_url, check_schema=False) as old:
-        for thread, ns in NAMESPACES[:3]:
-            saved, version = config(thread, ns), None
-            for step in range(3):
-                checkpoint = empty_checkpoint()
-                version = old.get_next_version(version, None)
-                checkpoint["channel_values"] = {"x": [thread, ns, step]}
-                checkpoint["channel_versions"] = {"x": version}
-                metadata = {"source": "loop", "step": step, "run_id": f"run-{step}"}
-                saved = old.put(saved, checkpoint, metadata, {"x": version})
-                old.put_writes(saved, [("x", step), ("y", {"n": step})], f"task-{step}", "p")
-        graph = small_graph(old)
-        graph.invoke({"items": ["one"]}, config("graph"))
-        graph.invoke({"items": ["two"]}, config("graph"))
-        before = everything(old)
+class Reversed(JsonPlusSerializer):
+    """A serializer of its own kind (as an encrypting one is): LangGraph's
+    default one cannot read what it writes."""
+
+    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
+        type_, data = super().dumps_typed(obj)
+        return f"reversed+{type_}", data[::-1]
+
+    def loads_typed(self, data: tuple[str, bytes]) -> Any:
+        type_, blob = data
+        if not type_.startswith("reversed+"):
+            raise ValueError(f"not reversed: {type_}")
+        return super().loads_typed((type_.removeprefix("reversed+"), blob[::-1]))
+
+
+def store_everything(saver: SQLSaver) -> None:
+    """Checkpoints, writes and namespaces from a saver and a real graph."""
+    for thread, ns in NAMESPACES[:3]:
+        saved, version = config(thread, ns), None
+        for step in range(3):
+            checkpoint = empty_checkpoint()
+            version = saver.get_next_version(version, None)
+            checkpoint["channel_values"] = {"x": [thread, ns, step]}
+            checkpoint["channel_versions"] = {"x": version}
+            metadata = {"source": "loop", "step": step, "run_id": f"run-{step}"}
+            saved = saver.put(saved, checkpoint, metadata, {"x": version})
+            saver.put_writes(saved, [("x", step), ("y", {"n": step})], f"task-{step}", "p")
+    graph = small_graph(saver)
+    graph.invoke({"items": ["one"]}, config("graph"))
+    graph.invoke({"items": ["two"]}, config("graph"))
+
+
+@pytest.mark.parametrize("serde", [None, Reversed()], ids=["default serde", "own serde"])
+def test_downgrade_to_0001_and_upgrade_again_keep_everything(
+    fresh: Backend, serde: Reversed | None
+) -> None:
+    """Revision 0004 moved channel versions out of the checkpoint bytes:
+    a downgrade puts them back (with the saver's serializer) so that an
+    older sqlsaver reads every checkpoint whole, and sqlsaver reads rows
+    in that older form after upgrading again."""
+    with SQLSaver.from_url(fresh.sync_url, serde=serde) as saver:
+        saver.setup()
+        store_everything(saver)
+        before = everything(saver)
     assert len(before["all"]) == 9 + len(before["graph"])
     assert before["graph"][0][1] == {"items": ["one", "a", "b", "two", "a", "b"]}
 
-    with SQLSaver.from_url(fresh.sync_url) as saver:
+    with engine_on(fresh.sync_url) as engine:
+        if serde is not None:  # the default one cannot read these: nothing changes
+            with pytest.raises(RuntimeError, match=r"serde=saver\.serde"):
+                migrate.downgrade(engine, REVISIONS[0])
+            assert migrate.current(engine) == HEAD
+        migrate.downgrade(engine, REVISIONS[0], serde=serde)
+        assert migrate.current(engine) == REVISIONS[0]
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT * FROM sqlsaver_checkpoints")).mappings().all()
+        assert len(rows) == len(before["all"]) and "channel_versions" not in rows[0]
+        decode = serde or JsonPlusSerializer()
+        for row in rows:
+            stored = decode.loads_typed((row["checkpoint_type"], bytes(row["checkpoint"])))
+            assert isinstance(stored["channel_versions"], dict)
+
+    with SQLSaver.from_url(fresh.sync_url, serde=serde) as saver:
         saver.setup()
         with engine_on(fresh.sync_url) as engine:
             assert migrate.current(engine) == HEAD and schema_diff(engine) == []
@@ -309,6 +352,12 @@ def test_upgrade_from_0001_keeps_everything(fresh: Backend) -> None:
             "a",
             "b",
         ]
+
+
+def test_offline_downgrade_below_0004_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="re-encodes stored checkpoints"):
+        config_ = migrate.alembic_config(url="sqlite:///offline.db")
+        alembic.command.downgrade(config_, "0004:0003", sql=True)
 
 
 async def test_savers_refuse_a_database_behind_or_missing(fresh: Backend) -> None:
@@ -464,6 +513,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 INSTALLED_SCRIPT = """
 import sqlsaver, sqlsaver.migrate
 from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from sqlsaver import SQLSaver
 print(sqlsaver.__file__)
 print(sqlsaver.migrate.migrations_dir())

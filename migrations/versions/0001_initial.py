@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from sqlsaver.dialects import BINARY, LONG_TEXT, METADATA_JSON, key_string
+from sqlsaver.dialects import BINARY, JSON_OBJECT, LONG_TEXT, key_string
 
 revision = "0001"
 down_revision = None
@@ -35,7 +35,7 @@ def upgrade() -> None:
         sa.Column("checkpoint", BINARY, nullable=False),
         sa.Column("metadata_type", sa.String(64), nullable=False),
         sa.Column("metadata_blob", BINARY, nullable=False),
-        sa.Column("metadata_json", METADATA_JSON, nullable=False),
+        sa.Column("metadata_json", JSON_OBJECT, nullable=False),
         sa.PrimaryKeyConstraint(
             "thread_id", "checkpoint_ns", "checkpoint_id", name="pk_sqlsaver_checkpoints"
         ),

@@ -1,0 +1,103 @@
+"""Channel versions in a column of their own
+
+A checkpoint's channel versions name the blobs that hold its channel
+values. Kept in a JSON column rather than inside the serialized checkpoint,
+they let a read join those blobs in its first statement (SQLite, PostgreSQL)
+and let the delta-history walk read them without decoding checkpoints.
+
+Upgrading touches no rows: rows written before keep their versions inside
+the checkpoint bytes, and sqlsaver reads them from there (with one more
+statement). Downgrading puts the versions back into the checkpoint bytes
+of rows that moved them out, so that an older sqlsaver reads them whole.
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-28
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import context, op
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+from sqlsaver.dialects import BINARY, JSON_OBJECT, key_string
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+# Rows re-encoded per round when downgrading.
+BATCH = 500
+
+# The columns this revision reads and writes, as they are at this revision.
+checkpoints = sa.Table(
+    "sqlsaver_checkpoints",
+    sa.MetaData(),
+    sa.Column("thread_id", key_string(1020), primary_key=True),
+    sa.Column("checkpoint_ns", key_string(1536), primary_key=True),
+    sa.Column("checkpoint_id", key_string(150), primary_key=True),
+    sa.Column("checkpoint_type", sa.String(64)),
+    sa.Column("checkpoint", BINARY),
+    sa.Column("channel_versions", JSON_OBJECT),
+)
+
+
+def upgrade() -> None:
+    op.add_column("sqlsaver_checkpoints", sa.Column("channel_versions", JSON_OBJECT, nullable=True))
+
+
+def _versions_back_into_checkpoints() -> None:
+    """Re-encode the checkpoint bytes of rows whose versions are in the
+    column, with the versions inside. The serializer is the one the saver
+    used: ``sqlsaver.migrate.downgrade(..., serde=...)`` passes it here;
+    LangGraph's default one otherwise."""
+    serde = context.config.attributes.get("serde") or JsonPlusSerializer()
+    conn = op.get_bind()
+    key = (checkpoints.c.thread_id, checkpoints.c.checkpoint_ns, checkpoints.c.checkpoint_id)
+    moved = checkpoints.c.channel_versions.is_not(None)
+    while True:
+        rows = conn.execute(
+            sa.select(
+                *key,
+                checkpoints.c.checkpoint_type,
+                checkpoints.c.checkpoint,
+                checkpoints.c.channel_versions,
+            )
+            .where(moved)
+            .limit(BATCH)
+        ).all()
+        if not rows:
+            return
+        for row in rows:
+            try:
+                stored = serde.loads_typed((row.checkpoint_type, bytes(row.checkpoint)))
+            except Exception as error:
+                raise RuntimeError(
+                    "sqlsaver cannot downgrade below revision 0004: checkpoint "
+                    f"{row.checkpoint_id!r} of thread {row.thread_id!r} is stored as "
+                    f"{row.checkpoint_type!r}, which this serializer cannot read. Downgrade "
+                    "from Python with the saver's serializer: "
+                    "sqlsaver.migrate.downgrade(engine, revision, serde=saver.serde)"
+                ) from error
+            stored["channel_versions"] = dict(row.channel_versions)
+            checkpoint_type, checkpoint = serde.dumps_typed(stored)
+            conn.execute(
+                sa.update(checkpoints)
+                .where(*(column == value for column, value in zip(key, row[:3], strict=True)))
+                .values(
+                    checkpoint_type=checkpoint_type, checkpoint=checkpoint, channel_versions=None
+                )
+            )
+
+
+def downgrade() -> None:
+    if context.is_offline_mode():
+        raise RuntimeError(
+            "sqlsaver's downgrade below revision 0004 re-encodes stored checkpoints, "
+            "which an SQL script cannot do: run it against the database"
+        )
+    _versions_back_into_checkpoints()
+    with op.batch_alter_table("sqlsaver_checkpoints") as batch:
+        batch.drop_column("channel_versions")
