@@ -321,12 +321,18 @@ def engine_options(url: URL) -> dict[str, Any]:
     # No pool_pre_ping (a round trip per operation): a dead connection fails
     # its transaction, the pool drops it, and the saver runs it again.
     options: dict[str, Any] = {}
+    # The most recently used connection first: its statements are already
+    # prepared (psycopg prepares a statement on its fifth run on a
+    # connection; asyncpg's cache is per connection), and the connections
+    # a quiet app does not need sit idle until the server closes them.
+    options["pool_use_lifo"] = True
     if url.get_backend_name() == "sqlite":
         # Other writers wait for the lock instead of failing at once.
         options["connect_args"] = {"timeout": 30}
         if url.database in (None, "", ":memory:") or "mode=memory" in str(url):
             # One in-memory database shared by every thread of this engine.
             options["poolclass"] = StaticPool
+            del options["pool_use_lifo"]
             options["connect_args"]["check_same_thread"] = False
     if url.get_backend_name() in MYSQL:
         options["pool_recycle"] = 3600  # below MySQL's wait_timeout

@@ -9,6 +9,7 @@ does the I/O). There is no second copy of any SQL.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -37,9 +38,11 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     delete,
     func,
     literal,
+    literal_column,
     null,
     select,
     true,
@@ -62,8 +65,10 @@ from sqlsaver.prepared import Prepared, padded, slots
 PAGE_SIZE = 100
 # Key tuples per `IN (...)`: well under every driver's bind-parameter cap.
 CHUNK = 500
-# Ancestors fetched per step of a parent-chain walk.
-WALK_STEP = 128
+# Ancestors fetched by the steps of a parent-chain walk: few first (a
+# `DeltaChannel` is seeded every `snapshot_frequency` updates, 100 by
+# default, so its seed is often near), more at each further step.
+WALK_STEPS = (32, 128, 512)
 
 CHECKPOINT_COLUMNS = (
     C.c.thread_id,
@@ -256,28 +261,6 @@ def _latest_id(conn: Connection, at: Address) -> str | None:
     return rows[0].checkpoint_id if rows else None
 
 
-@cache
-def _parent_statement(dialect: Dialect) -> Prepared:
-    return Prepared(
-        select(C.c.parent_checkpoint_id).where(
-            C.c.thread_id == bindparam("thread_id"),
-            C.c.checkpoint_ns == bindparam("checkpoint_ns"),
-            C.c.checkpoint_id == bindparam("checkpoint_id"),
-        ),
-        dialect,
-    )
-
-
-def _parent_id(conn: Connection, at: Address, checkpoint_id: str) -> str | None:
-    params = {
-        "thread_id": at.thread_id,
-        "checkpoint_ns": at.checkpoint_ns,
-        "checkpoint_id": checkpoint_id,
-    }
-    rows = _parent_statement(conn.dialect).rows(conn, params)
-    return rows[0].parent_checkpoint_id if rows else None
-
-
 # -- reads -------------------------------------------------------------------
 
 
@@ -312,16 +295,30 @@ def _tuples_statement(
             .distinct()
             .subquery("referenced")
         )
-        blobs_of = and_(
+        same_blob = (
             B.c.thread_id == referenced.c.thread_id,
             B.c.checkpoint_ns == referenced.c.checkpoint_ns,
             B.c.channel == referenced.c.key,
             B.c.version == referenced.c.value,
         )
+
+        def looked_up(column: Any) -> Any:
+            # A subquery per column, not a join: planners then look each
+            # value up by its key (PostgreSQL, guessing 100 entries per
+            # JSON object, would rather hash the whole blobs table). A
+            # version without a stored value looks up NULL.
+            return select(column).where(*same_blob).scalar_subquery()
+
         unused = len(CHECKPOINT_COLUMNS) - 2 + len(WRITE_COLUMNS)
         values = select(
-            referenced.c.thread_id, referenced.c.checkpoint_ns, *[null()] * unused, *VALUE_COLUMNS
-        ).select_from(referenced.join(B, blobs_of))
+            referenced.c.thread_id,
+            referenced.c.checkpoint_ns,
+            *[null()] * unused,
+            referenced.c.key,
+            referenced.c.value,
+            looked_up(B.c.type),
+            looked_up(B.c.blob),
+        )
         stmt = union_all(stmt, values)
     return stmt.order_by(*(stmt.selected_columns[col.name].desc() for col in order))
 
@@ -343,8 +340,9 @@ def _found(serde: SerializerProtocol, rows: Sequence[Row]) -> Found:
     values: dict[tuple[str, str, str, str], Any] = {}
     for r in rows:
         if r.value_channel is not None:
-            blob_key = (r.thread_id, r.checkpoint_ns, r.value_channel, r.value_version)
-            values[blob_key] = codec.load(serde, r.value_type, r.value_blob)
+            if r.value_type is not None:  # else: that version has no value
+                blob_key = (r.thread_id, r.checkpoint_ns, r.value_channel, r.value_version)
+                values[blob_key] = codec.load(serde, r.value_type, r.value_blob)
             continue
         key = (r.thread_id, r.checkpoint_ns, r.checkpoint_id)
         if key not in writes:
@@ -526,11 +524,11 @@ def list_page(
 
 @cache
 def _ancestors_statement(dialect: Dialect) -> Prepared:
-    # The chain carries the whole primary key, so that each step is a lookup
-    # of one key (planners otherwise scan the thread's rows at every step).
     key = (C.c.thread_id, C.c.checkpoint_ns)
     chain = (
-        select(*key, C.c.checkpoint_id, C.c.parent_checkpoint_id, literal(0).label("depth"))
+        select(
+            *key, C.c.checkpoint_id, C.c.parent_checkpoint_id, literal_column("0").label("depth")
+        )
         .where(
             C.c.thread_id == bindparam("thread_id"),
             C.c.checkpoint_ns == bindparam("checkpoint_ns"),
@@ -538,38 +536,67 @@ def _ancestors_statement(dialect: Dialect) -> Prepared:
         )
         .cte("chain", recursive=True)
     )
-    step = and_(
-        C.c.thread_id == chain.c.thread_id,
-        C.c.checkpoint_ns == chain.c.checkpoint_ns,
-        C.c.checkpoint_id == chain.c.parent_checkpoint_id,
+    # Each step looks its parent's parent up by the whole primary key, in a
+    # subquery: planners cannot turn that into a join, which PostgreSQL, on
+    # a table it has no statistics of yet, would run as a scan of the whole
+    # table per step.
+    grandparent = (
+        select(C.c.parent_checkpoint_id)
+        .where(
+            C.c.thread_id == chain.c.thread_id,
+            C.c.checkpoint_ns == chain.c.checkpoint_ns,
+            C.c.checkpoint_id == chain.c.parent_checkpoint_id,
+        )
+        .scalar_subquery()
     )
     chain = chain.union_all(
-        select(*key, C.c.checkpoint_id, C.c.parent_checkpoint_id, chain.c.depth + 1)
-        .select_from(chain.join(C, step))
-        .where(chain.c.depth < WALK_STEP - 1)
+        select(
+            chain.c.thread_id,
+            chain.c.checkpoint_ns,
+            chain.c.parent_checkpoint_id,
+            grandparent,
+            chain.c.depth + literal_column("1"),
+        ).where(
+            chain.c.parent_checkpoint_id.is_not(None),
+            chain.c.depth < bindparam("steps", type_=Integer) - literal_column("1"),
+        )
     )
     same = and_(
         C.c.thread_id == chain.c.thread_id,
         C.c.checkpoint_ns == chain.c.checkpoint_ns,
         C.c.checkpoint_id == chain.c.checkpoint_id,
     )
+    # What the walk reads of each: the checkpoint bytes only where the
+    # channel versions are not in their column.
+    walked = (
+        C.c.checkpoint_id,
+        C.c.parent_checkpoint_id,
+        C.c.channel_versions,
+        C.c.checkpoint_type,
+        case((C.c.channel_versions.is_(None), C.c.checkpoint)).label("checkpoint"),
+    )
     return Prepared(
-        select(*CHECKPOINT_COLUMNS).select_from(chain.join(C, same)).order_by(chain.c.depth),
-        dialect,
+        select(*walked).select_from(chain.join(C, same)).order_by(chain.c.depth), dialect
     )
 
 
-def _ancestors(conn: Connection, at: Address, start_id: str) -> list[Row]:
-    """Up to `WALK_STEP` checkpoints of the parent chain from `start_id` on,
-    nearest first: one recursive CTE (built once), index lookups all the way."""
-    params = {"thread_id": at.thread_id, "checkpoint_ns": at.checkpoint_ns, "start_id": start_id}
+def _ancestors(conn: Connection, at: Address, start_id: str, steps: int) -> list[Row]:
+    """Up to ``steps`` checkpoints of the parent chain from `start_id` on
+    (itself first), nearest first: one recursive CTE (built once), index
+    lookups all the way."""
+    params = {
+        "thread_id": at.thread_id,
+        "checkpoint_ns": at.checkpoint_ns,
+        "start_id": start_id,
+        "steps": steps,
+    }
     return _ancestors_statement(conn.dialect).rows(conn, params)
 
 
 def _walk_to_seeds(
-    conn: Connection, opts: Options, at: Address, start_id: str | None, channels: Iterable[str]
+    conn: Connection, opts: Options, at: Address, below: str, channels: Iterable[str]
 ) -> tuple[list[str], dict[str, tuple[int, Any]]]:
-    """Walk the parent chain from `start_id` until every channel has a seed.
+    """Walk the ancestors of checkpoint `below` until every channel has a seed.
 
     A seed is the nearest ancestor that stores a value for the channel (a
     `_DeltaSnapshot`, or a plain value). Returns the chain walked (ids,
@@ -589,10 +616,15 @@ def _walk_to_seeds(
         stmt = _in_namespace(conn.dialect, B, ("channel", "version"), (("channel", count),))
         rows = stmt.rows(conn, params)
         stored = {(r.channel, r.version) for r in rows}
-    cursor = start_id
-    while cursor is not None and remaining:
-        rows = _ancestors(conn, at, cursor)
-        for row in rows:
+    # The first step starts at `below` itself, which is no ancestor.
+    cursor: str | None = below
+    skip = 1
+    for step in itertools.count():
+        if cursor is None or not remaining:
+            break
+        steps = WALK_STEPS[min(step, len(WALK_STEPS) - 1)]
+        rows = _ancestors(conn, at, cursor, steps)
+        for row in rows[skip:]:
             chain.append(row.checkpoint_id)
             versions = codec.channel_versions(opts.serde, row)
             for ch in [ch for ch in remaining if ch in versions]:
@@ -601,7 +633,8 @@ def _walk_to_seeds(
                     remaining.discard(ch)
             if not remaining:
                 break
-        cursor = rows[-1].parent_checkpoint_id if len(rows) == WALK_STEP else None
+        cursor = rows[-1].parent_checkpoint_id if len(rows) == steps else None
+        skip = 0
     keys = {ch: (at.thread_id, at.checkpoint_ns, ch, version) for ch, (_, version) in found.items()}
     values = _load_blobs(conn, opts.serde, keys.values())
     return chain, {ch: (found[ch][0], values[key]) for ch, key in keys.items() if key in values}
@@ -614,15 +647,16 @@ def get_delta_channel_history(
 
     Same result as `BaseCheckpointSaver.get_delta_channel_history` (which
     reads one whole checkpoint per ancestor), from a few set-based queries:
-    a recursive CTE per `WALK_STEP` ancestors, the blobs that could seed,
+    a recursive CTE per step of `WALK_STEPS` ancestors, the blobs that could seed,
     and the requested channels' writes along the chain.
     """
     if not channels:
         return {}
     at = Address.of(config)
     target_id = at.checkpoint_id or _latest_id(conn, at)
-    parent_id = None if target_id is None else _parent_id(conn, at, target_id)
-    chain, seeds = _walk_to_seeds(conn, opts, at, parent_id, channels)
+    if target_id is None:
+        return {ch: {"writes": []} for ch in channels}
+    chain, seeds = _walk_to_seeds(conn, opts, at, target_id, channels)
     writes = _load_chain_writes(conn, opts.serde, at, chain, channels) if chain else {}
     history: dict[str, DeltaChannelHistory] = {}
     for ch in channels:
@@ -841,8 +875,7 @@ def prune_keep_latest(conn: Connection, opts: Options, thread_id: str) -> None:
         counters = json.loads(head.metadata_json.get(COUNTERS_KEY, "{}")) or {}
         if counters:
             at = Address(thread_id, ns)
-            parent = _parent_id(conn, at, head.checkpoint_id)
-            chain, _ = _walk_to_seeds(conn, opts, at, parent, counters)
+            chain, _ = _walk_to_seeds(conn, opts, at, head.checkpoint_id, counters)
             kept |= {(ns, cid) for cid in chain}
     # A call's root is its parents[""]; it is finished once the root graph has
     # moved past it. (A root newer than the root head is not saved yet: runs

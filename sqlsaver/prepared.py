@@ -53,14 +53,15 @@ class Prepared:
                 self._binds[name] = process
         columns = list(getattr(stmt, "selected_columns", ()))
         self._row: Callable[..., Any] | None = None
-        self._results: tuple[Processor | None, ...] | None = None
+        self._results: tuple[tuple[int, Processor], ...] = ()
         if columns:
             row_type: Any = namedtuple("Row", [c.key for c in columns])  # type: ignore[misc]
             self._row = row_type._make
-            results = tuple(
+            processors = (
                 c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
             )
-            self._results = results if any(results) else None
+            # Only the columns that have one: most columns need none.
+            self._results = tuple((i, p) for i, p in enumerate(processors) if p is not None)
 
     def _params(self, params: Mapping[str, Any]) -> Any:
         values = {**self._defaults, **params} if self._defaults else params
@@ -76,13 +77,16 @@ class Prepared:
         """Run a SELECT and return its rows (named tuples)."""
         raw = _run(conn, self, self._params(params))
         assert self._row is not None, "rows() of a statement that selects nothing"
-        if self._results is None:
+        if not self._results:
             return [self._row(r) for r in raw]
-        processors = self._results
-        return [
-            self._row([v if p is None else p(v) for v, p in zip(r, processors, strict=True)])
-            for r in raw
-        ]
+        rows = []
+        for r in raw:
+            values = list(r)
+            for i, process in self._results:
+                if values[i] is not None:  # NULL stays None (processors agree)
+                    values[i] = process(values[i])
+            rows.append(self._row(values))
+        return rows
 
     def run(self, conn: Connection, params: Mapping[str, Any]) -> None:
         """Run a statement that returns no rows."""

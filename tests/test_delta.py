@@ -11,7 +11,7 @@ Covered:
   every namespace (subgraph calls included), forks (``update_state`` on an
   older checkpoint, ``invoke`` from a ``checkpoint_id``), plain channels,
   unknown channels and checkpoints, and an empty channel list; and on a
-  260-step thread, where the walk spans several ``ops.WALK_STEP`` chunks;
+  260-step thread, where the walk spans several ``ops.WALK_STEPS`` steps;
 * the state LangGraph rebuilds from it, at every checkpoint of the thread,
   equals the same graph's on `InMemorySaver`;
 * ``prune(strategy="keep_latest")`` keeps delta state rebuildable (also
@@ -258,8 +258,8 @@ async def test_long_walk_over_many_chunks(
     sync_saver: Any, async_saver: Any, thread_id: str
 ) -> None:
     """A snapshot at the root (``update_state`` on a new thread), then 260
-    steps without one: walks of up to 260 ancestors, across `ops.WALK_STEP`
-    (128) chunk boundaries, by the sync and the async saver."""
+    steps without one: walks of up to 260 ancestors, across the boundaries
+    of `ops.WALK_STEPS` (32, then 128 more), by the sync and the async saver."""
     config = {**cfg(thread_id), "recursion_limit": 1000}
     values = []
     for checkpointer in (sync_saver, InMemorySaver()):
@@ -270,10 +270,10 @@ async def test_long_walk_over_many_chunks(
     assert values[0] == values[1] and values[0]["items"] == ["start", *range(260)]
 
     history = list(sync_saver.list(cfg(thread_id)))
-    assert len(history) == 261 and ops.WALK_STEP == 128
+    assert len(history) == 261 and ops.WALK_STEPS[:2] == (32, 128)
     channels = ["items", "n", "nope"]
-    # Chains of exactly one and two chunks, one more, and the whole thread.
-    for ancestors in (1, 128, 129, 256, 260):
+    # Chains that end at each step's boundary, one past it, and the whole thread.
+    for ancestors in (1, 31, 32, 33, 159, 160, 161, 260):
         at = history[len(history) - 1 - ancestors].config
         expected = BaseCheckpointSaver.get_delta_channel_history(
             sync_saver, config=at, channels=channels
