@@ -39,6 +39,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    cast,
     delete,
     func,
     literal,
@@ -266,25 +267,39 @@ def _latest_id(conn: Connection, at: Address) -> str | None:
 
 def _tuples_statement(
     dialect: Dialect, chosen: Select[Any], order: Sequence[Any] = ()
-) -> Select[Any] | CompoundSelect[Any]:
+) -> CompoundSelect[Any]:
     """What the tuples of the checkpoints ``chosen`` selects need, in one
-    statement: each checkpoint joined with its writes (one row per write,
-    or one row for a checkpoint without writes) and, where the database
-    can expand the channel-versions column (`dialects.json_entries`), one
-    row per channel value they reference (`VALUE_COLUMNS`; the others
-    NULL). `_found` splits the rows up again."""
+    statement of rows of three kinds (the columns of the others NULL): each
+    checkpoint, each of their writes (`WRITE_COLUMNS`), and, where the
+    database can expand the channel-versions column
+    (`dialects.json_entries`), each channel value they reference
+    (`VALUE_COLUMNS`). `_found` splits them up again."""
     c = chosen.cte("c")
-    same_checkpoint = and_(
-        W.c.thread_id == c.c.thread_id,
-        W.c.checkpoint_ns == c.c.checkpoint_ns,
-        W.c.checkpoint_id == c.c.checkpoint_id,
+    no_writes = [type_coerce(null(), col.type).label(f"write_{col.name}") for col in WRITE_COLUMNS]
+    # Cast: PostgreSQL types a union's columns branch by branch, and NULLs
+    # in the first two branches would be text where the third has bytea.
+    no_values = [cast(null(), col.type).label(f"value_{col.name}") for col in VALUE_COLUMNS]
+    # Labelled: a compound's ORDER BY names its columns (SQLite).
+    checkpoints = select(*(col.label(col.name) for col in c.c), *no_writes, *no_values)
+    unused = len(c.c) - 3
+    writes = select(
+        c.c.thread_id,
+        c.c.checkpoint_ns,
+        c.c.checkpoint_id,
+        *[null()] * unused,
+        *WRITE_COLUMNS,
+        *no_values,
+    ).select_from(
+        c.join(
+            W,
+            and_(
+                W.c.thread_id == c.c.thread_id,
+                W.c.checkpoint_ns == c.c.checkpoint_ns,
+                W.c.checkpoint_id == c.c.checkpoint_id,
+            ),
+        )
     )
-    stmt: Select[Any] | CompoundSelect[Any] = select(
-        # Labelled: a compound's ORDER BY names its columns (SQLite).
-        *(column.label(column.name) for column in c.c),
-        *(col.label(f"write_{col.name}") for col in WRITE_COLUMNS),
-        *(type_coerce(null(), col.type).label(f"value_{col.name}") for col in VALUE_COLUMNS),
-    ).select_from(c.outerjoin(W, same_checkpoint))
+    stmt: CompoundSelect[Any] = union_all(checkpoints, writes)
     if dialects.expands_json(dialect):
         entries = dialects.json_entries(dialect, c.c.channel_versions)
         # Each value once, however many of the checkpoints reference it.
@@ -309,17 +324,16 @@ def _tuples_statement(
             # version without a stored value looks up NULL.
             return select(column).where(*same_blob).scalar_subquery()
 
-        unused = len(CHECKPOINT_COLUMNS) - 2 + len(WRITE_COLUMNS)
         values = select(
             referenced.c.thread_id,
             referenced.c.checkpoint_ns,
-            *[null()] * unused,
+            *[null()] * (len(c.c) - 2 + len(WRITE_COLUMNS)),
             referenced.c.key,
             referenced.c.value,
             looked_up(B.c.type),
             looked_up(B.c.blob),
         )
-        stmt = union_all(stmt, values)
+        stmt = union_all(checkpoints, writes, values)
     return stmt.order_by(*(stmt.selected_columns[col.name].desc() for col in order))
 
 
@@ -336,20 +350,17 @@ _WRITES = slice(len(CHECKPOINT_COLUMNS), len(CHECKPOINT_COLUMNS) + len(WRITE_COL
 def _found(serde: SerializerProtocol, rows: Sequence[Row]) -> Found:
     """Split the rows of a `_tuples_statement`."""
     checkpoints: list[Row] = []
-    writes: dict[tuple[str, str, str], list[Sequence[Any]]] = {}
+    writes: dict[tuple[str, str, str], list[Sequence[Any]]] = defaultdict(list)
     values: dict[tuple[str, str, str, str], Any] = {}
     for r in rows:
         if r.value_channel is not None:
             if r.value_type is not None:  # else: that version has no value
                 blob_key = (r.thread_id, r.checkpoint_ns, r.value_channel, r.value_version)
                 values[blob_key] = codec.load(serde, r.value_type, r.value_blob)
-            continue
-        key = (r.thread_id, r.checkpoint_ns, r.checkpoint_id)
-        if key not in writes:
+        elif r.write_task_id is not None:
+            writes[(r.thread_id, r.checkpoint_ns, r.checkpoint_id)].append(r[_WRITES])
+        else:
             checkpoints.append(r)
-            writes[key] = []
-        if r.write_task_id is not None:
-            writes[key].append(r[_WRITES])
     pending = {k: codec.pending_writes(serde, w) for k, w in writes.items() if w}
     return checkpoints, pending, values
 
