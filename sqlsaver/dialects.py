@@ -316,6 +316,10 @@ def metadata_params(dialect: Dialect, slot: str, key: str, value: Any) -> dict[s
 # --------------------------------------------------------------------------
 
 
+# Connections a saver's own engine keeps (`engine_options`).
+POOL_SIZE = 10
+
+
 def engine_options(url: URL) -> dict[str, Any]:
     """`create_engine` keyword arguments that suit a checkpointer."""
     # No pool_pre_ping (a round trip per operation): a dead connection fails
@@ -326,13 +330,20 @@ def engine_options(url: URL) -> dict[str, Any]:
     # connection; asyncpg's cache is per connection), and the connections
     # a quiet app does not need sit idle until the server closes them.
     options["pool_use_lifo"] = True
+    # A fixed pool. SQLAlchemy's default lets 10 connections beyond the 5 it
+    # keeps open for a burst, and closes them when given back: concurrent
+    # graphs would log in (and have statements prepared) anew all the time.
+    # Waiting a moment for one of the pool's is cheaper.
+    options["pool_size"] = POOL_SIZE
+    options["max_overflow"] = 0
     if url.get_backend_name() == "sqlite":
         # Other writers wait for the lock instead of failing at once.
         options["connect_args"] = {"timeout": 30}
         if url.database in (None, "", ":memory:") or "mode=memory" in str(url):
             # One in-memory database shared by every thread of this engine.
             options["poolclass"] = StaticPool
-            del options["pool_use_lifo"]
+            for pool_option in ("pool_use_lifo", "pool_size", "max_overflow"):
+                del options[pool_option]
             options["connect_args"]["check_same_thread"] = False
     if url.get_backend_name() in MYSQL:
         options["pool_recycle"] = 3600  # below MySQL's wait_timeout

@@ -45,6 +45,7 @@ from sqlalchemy import (
     String,
     Table,
     create_engine,
+    event,
     func,
     select,
     text,
@@ -52,8 +53,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import Pool
 
-from sqlsaver import AsyncSQLSaver, SQLSaver
+from sqlsaver import AsyncSQLSaver, SQLSaver, dialects
 from sqlsaver.models import blobs, checkpoints, writes
 
 # A table of the application's own, written in the same transactions.
@@ -630,6 +632,33 @@ async def test_async_from_url_saver_returns_every_connection(
             with pytest.raises(DBAPIError, match="refused") as failed:  # as above
                 await saver.aput(*put_args(REFUSED + thread_id))
             assert saver._owned_engine.sync_engine.pool.checkedout() == 0, failed
+
+
+async def test_from_url_savers_log_in_at_most_pool_size_times(backend: Any, thread_id: str) -> None:
+    """A burst of more concurrent operations than the pool holds waits for
+    pooled connections: none is opened beyond the pool and closed again
+    (each would be a login, with statements prepared anew)."""
+    logins: list[object] = []
+
+    def login(dbapi_connection: Any, record: Any) -> None:
+        logins.append(record)
+
+    event.listen(Pool, "connect", login)
+    try:
+        burst = 4 * dialects.POOL_SIZE
+        async with AsyncSQLSaver.from_url(backend.async_url) as saver:
+            await saver.setup()
+            configs = await asyncio.gather(
+                *(saver.aput(*put_args(f"{thread_id}-{i}", i)) for i in range(burst))
+            )
+            found = await asyncio.gather(*(saver.aget_tuple(c) for c in configs))
+        assert [t.checkpoint["channel_values"]["x"] for t in found] == list(range(burst))
+        with SQLSaver.from_url(backend.sync_url) as sync_saver, ThreadPoolExecutor(burst) as pool:
+            found = list(pool.map(sync_saver.get_tuple, configs))
+        assert [t.checkpoint["channel_values"]["x"] for t in found] == list(range(burst))
+    finally:
+        event.remove(Pool, "connect", login)
+    assert 2 <= len(logins) <= 2 * dialects.POOL_SIZE, len(logins)
 
 
 # -- 11. a connection that died in the pool -----------------------------------------
