@@ -533,8 +533,18 @@ def list_page(
     )
 
 
+# What a walk step tells of stored values: their keys in a namespace.
+_STORED_COLUMNS = (B.c.channel, B.c.version)
+
+
 @cache
-def _ancestors_statement(dialect: Dialect) -> Prepared:
+def _walk_statement(dialect: Dialect, stored_of: int) -> Prepared:
+    """A step of a parent-chain walk: up to ``steps`` checkpoints of the
+    chain from ``start_id`` on (itself first), with their ``depth``, by one
+    recursive CTE that looks every parent up by its key. With ``stored_of``
+    channels (`slots` ``channel_<i>``), the same statement also returns
+    which versions of theirs have a stored value (`_STORED_COLUMNS`, keys
+    only; the other columns NULL)."""
     key = (C.c.thread_id, C.c.checkpoint_ns)
     chain = (
         select(
@@ -580,28 +590,41 @@ def _ancestors_statement(dialect: Dialect) -> Prepared:
     # What the walk reads of each: the checkpoint bytes only where the
     # channel versions are not in their column.
     walked = (
+        chain.c.depth,
         C.c.checkpoint_id,
         C.c.parent_checkpoint_id,
         C.c.channel_versions,
         C.c.checkpoint_type,
         case((C.c.channel_versions.is_(None), C.c.checkpoint)).label("checkpoint"),
     )
-    return Prepared(
-        select(*walked).select_from(chain.join(C, same)).order_by(chain.c.depth), dialect
+    no_stored = [cast(null(), col.type).label(f"stored_{col.name}") for col in _STORED_COLUMNS]
+    ancestors = select(*walked, *no_stored).select_from(chain.join(C, same))
+    if not stored_of:
+        return Prepared(ancestors, dialect)
+    stored = select(*[null()] * len(walked), *_STORED_COLUMNS).where(
+        B.c.thread_id == bindparam("thread_id"),
+        B.c.checkpoint_ns == bindparam("checkpoint_ns"),
+        B.c.channel.in_(slots("channel", stored_of, B.c.channel.type)),
     )
+    return Prepared(union_all(ancestors, stored), dialect)
 
 
-def _ancestors(conn: Connection, at: Address, start_id: str, steps: int) -> list[Row]:
-    """Up to ``steps`` checkpoints of the parent chain from `start_id` on
-    (itself first), nearest first: one recursive CTE (built once), index
-    lookups all the way."""
+def _walk_step(
+    conn: Connection, at: Address, start_id: str, steps: int, stored_of: Iterable[str] = ()
+) -> tuple[list[Row], set[tuple[str, str]]]:
+    """One `_walk_statement`: the checkpoints, nearest first, and the
+    (channel, version) pairs of ``stored_of`` that have a stored value."""
     params = {
         "thread_id": at.thread_id,
         "checkpoint_ns": at.checkpoint_ns,
         "start_id": start_id,
         "steps": steps,
     }
-    return _ancestors_statement(conn.dialect).rows(conn, params)
+    count, channel_params = padded("channel", stored_of) if stored_of else (0, {})
+    rows = _walk_statement(conn.dialect, count).rows(conn, {**params, **channel_params})
+    ancestors = sorted((r for r in rows if r.depth is not None), key=lambda r: int(r.depth))
+    stored = {(r.stored_channel, r.stored_version) for r in rows if r.depth is None}
+    return ancestors, stored
 
 
 def _walk_to_seeds(
@@ -613,20 +636,14 @@ def _walk_to_seeds(
     `_DeltaSnapshot`, or a plain value). Returns the chain walked (ids,
     nearest first) and, per seeded channel, its seed's chain index and value.
 
-    Which versions have a stored value is one keys-only query up front, so
-    the walk decodes ancestors only until every channel is seeded, and only
-    the seeds' values are loaded.
+    Which versions have a stored value comes with the first step (keys
+    only), so the walk decodes ancestors only until every channel is
+    seeded, and only the seeds' values are loaded.
     """
     remaining = set(channels)
     chain: list[str] = []
     found: dict[str, tuple[int, str]] = {}
     stored: set[tuple[str, str]] = set()
-    if remaining:
-        count, params = padded("channel", remaining)
-        params.update(thread_id=at.thread_id, checkpoint_ns=at.checkpoint_ns)
-        stmt = _in_namespace(conn.dialect, B, ("channel", "version"), (("channel", count),))
-        rows = stmt.rows(conn, params)
-        stored = {(r.channel, r.version) for r in rows}
     # The first step starts at `below` itself, which is no ancestor.
     cursor: str | None = below
     skip = 1
@@ -634,7 +651,8 @@ def _walk_to_seeds(
         if cursor is None or not remaining:
             break
         steps = WALK_STEPS[min(step, len(WALK_STEPS) - 1)]
-        rows = _ancestors(conn, at, cursor, steps)
+        rows, stored_now = _walk_step(conn, at, cursor, steps, remaining if step == 0 else ())
+        stored |= stored_now
         for row in rows[skip:]:
             chain.append(row.checkpoint_id)
             versions = codec.channel_versions(opts.serde, row)
