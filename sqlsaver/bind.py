@@ -93,7 +93,10 @@ class _Bind:
         return op(conn, *args, **kwargs)
 
     def _migrate(self, conn: Connection, op: Callable[[Connection], None]) -> None:
-        op(conn)
+        # On an AUTOCOMMIT engine, in a transaction all the same: DDL all or
+        # nothing, and PostgreSQL's migration lock held until it commits.
+        with dialects.atomic(conn) if dialects.autocommit(conn) else contextlib.nullcontext():
+            op(conn)
         self.schema_checked = True
 
 

@@ -349,6 +349,10 @@ def engine_options(url: URL) -> dict[str, Any]:
         options["pool_recycle"] = 3600  # below MySQL's wait_timeout
     if url.get_backend_name() == "postgresql":
         options["pool_recycle"] = 1800  # before proxies and load balancers drop idle ones
+        # Reads and one-statement writes need no transaction (`read_options`);
+        # the writes that do open one themselves (`atomic`). Set on the
+        # engine, not switched on each checkout and back on each return.
+        options["isolation_level"] = "AUTOCOMMIT"
     return options
 
 
@@ -365,7 +369,15 @@ def read_options(dialect: Dialect) -> dict[str, Any]:
     SQLite reads need no option: sqlsaver's engines emit BEGIN themselves
     (`configure_engine`), and a read begins none.
     """
-    return {"isolation_level": "AUTOCOMMIT"} if autocommit_reads(dialect) else {}
+    if not autocommit_reads(dialect) or _engine_isolation(dialect) == "AUTOCOMMIT":
+        return {}
+    return {"isolation_level": "AUTOCOMMIT"}
+
+
+def _engine_isolation(dialect: Dialect) -> str | None:
+    """The isolation level an engine was created with (``create_engine(...,
+    isolation_level=...)``), if any."""
+    return cast(str | None, getattr(dialect, "_on_connect_isolation_level", None))
 
 
 def autocommit_reads(dialect: Dialect) -> bool:
@@ -437,6 +449,11 @@ def configure_engine(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+# Set in `Connection.info` while `atomic` holds a transaction it began on an
+# AUTOCOMMIT connection.
+_OWN_TRANSACTION = "sqlsaver_own_transaction"
+
+
 @contextmanager
 def atomic(conn: Connection) -> Iterator[None]:
     """Make statements on a connection all-or-nothing without ending the
@@ -445,18 +462,22 @@ def atomic(conn: Connection) -> Iterator[None]:
     Normally a SAVEPOINT. Two cases need care:
 
     - an AUTOCOMMIT connection has no transaction to join, and would commit
-      each statement on its own: wrap the write in a transaction of its own;
+      each statement on its own: wrap the write in a transaction of its own
+      (and within that, a SAVEPOINT as usual);
     - pysqlite (in its default mode) only opens a transaction before DML,
       and a SAVEPOINT outside a transaction is a transaction of its own whose
       RELEASE commits behind the caller's back: open the real one first.
     """
-    if autocommit(conn):
+    if autocommit(conn) and not conn.info.get(_OWN_TRANSACTION):
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.dialect.name == "sqlite" else "BEGIN")
+        conn.info[_OWN_TRANSACTION] = True
         try:
             yield
         except BaseException:
             conn.exec_driver_sql("ROLLBACK")
             raise
+        finally:
+            del conn.info[_OWN_TRANSACTION]
         conn.exec_driver_sql("COMMIT")
         return
     if conn.dialect.name == "sqlite":
@@ -471,9 +492,7 @@ def atomic(conn: Connection) -> Iterator[None]:
 
 def autocommit(conn: Connection) -> bool:
     """Whether the connection commits each statement (no transaction)."""
-    level = conn.get_execution_options().get("isolation_level") or getattr(
-        conn.dialect, "_on_connect_isolation_level", None
-    )
+    level = conn.get_execution_options().get("isolation_level") or _engine_isolation(conn.dialect)
     return level == "AUTOCOMMIT"
 
 

@@ -442,15 +442,18 @@ async def test_setup_at_head_is_one_select_without_alembic(
         saver.setup()
 
     # SQLite: the saver's engine begins write transactions with BEGIN
-    # IMMEDIATE through the cursor; elsewhere the driver begins them. The
-    # version read runs in a SAVEPOINT (a missing table must not abort a
-    # caller's PostgreSQL transaction). Nothing else: no lock, no Alembic.
-    begin = ["BEGIN IMMEDIATE"] if fresh.name == "sqlite" else []
+    # IMMEDIATE through the cursor; PostgreSQL: its engine is AUTOCOMMIT and
+    # the saver begins and commits the transaction itself; MySQL: the driver
+    # does. The version read runs in a SAVEPOINT (a missing table must not
+    # abort a caller's PostgreSQL transaction). Nothing else: no lock, no
+    # Alembic.
+    begin = {"sqlite": ["BEGIN IMMEDIATE"], "postgres": ["BEGIN"]}.get(fresh.name, [])
     expected = [
         *begin,
         "SAVEPOINT sp",
         f"SELECT {VERSION_TABLE}.version_num FROM {VERSION_TABLE}",
         "RELEASE SAVEPOINT sp",
+        *(["COMMIT"] if fresh.name == "postgres" else []),
     ]
     with no_alembic(), SQLSaver.from_url(fresh.sync_url) as saver:
         with statements() as seen:
@@ -463,7 +466,7 @@ async def test_setup_at_head_is_one_select_without_alembic(
         async with AsyncSQLSaver.from_url(fresh.async_url) as asaver:
             with statements() as seen:
                 await asaver.setup()
-    selects = [s for s in seen if not re.match(r"(BEGIN|SAVEPOINT|RELEASE SAVEPOINT)\b", s)]
+    selects = [s for s in seen if not re.match(r"(BEGIN|COMMIT|SAVEPOINT|RELEASE SAVEPOINT)\b", s)]
     assert selects == [expected[len(begin) + 1]]
 
 
@@ -590,6 +593,36 @@ def test_concurrent_setup_on_an_empty_database(fresh: Backend, tmp_path: Path) -
         assert set(schema(engine)) == SQLSAVER_TABLES
         assert version_rows(engine) == [(HEAD,)]
         assert schema_diff(engine) == []
+
+
+def test_setup_on_an_autocommit_engine_is_one_transaction(fresh: Backend) -> None:
+    """An AUTOCOMMIT engine has no transaction of its own to migrate in:
+    setup() opens one, so that the DDL is all or nothing and PostgreSQL's
+    migration lock (transaction-scoped) is held to the end. (MySQL commits
+    each DDL statement; its migration lock is the session's.)"""
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        statements.append(" ".join(sql.split()).upper())
+
+    with engine_on(fresh.sync_url) as engine:
+        autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        event.listen(engine, "before_cursor_execute", seen)
+        SQLSaver(autocommit).setup()
+        event.remove(engine, "before_cursor_execute", seen)
+        assert set(schema(engine)) == SQLSAVER_TABLES and version_rows(engine) == [(HEAD,)]
+    ddl = [i for i, sql in enumerate(statements) if sql.startswith("CREATE TABLE")]
+    assert len(ddl) == len(SQLSAVER_TABLES), statements
+    if fresh.name == "mysql":
+        lock = [i for i, sql in enumerate(statements) if "GET_LOCK" in sql]
+        assert lock and lock[0] < ddl[0], statements
+        return
+    begins = [i for i, sql in enumerate(statements) if sql.startswith("BEGIN")]
+    commits = [i for i, sql in enumerate(statements) if sql == "COMMIT"]
+    assert begins and begins[0] < ddl[0] and commits and commits[-1] > ddl[-1], statements
+    if fresh.name == "postgres":
+        lock = [i for i, sql in enumerate(statements) if "PG_ADVISORY_XACT_LOCK" in sql]
+        assert lock and begins[0] < lock[0] < ddl[0], statements
 
 
 def test_sqlite_setup_waits_for_another_writer(tmp_path: Path) -> None:
