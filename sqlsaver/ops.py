@@ -629,16 +629,17 @@ def _walk_step(
 
 def _walk_to_seeds(
     conn: Connection, opts: Options, at: Address, below: str, channels: Iterable[str]
-) -> tuple[list[str], dict[str, tuple[int, Any]]]:
+) -> tuple[list[str], dict[str, tuple[int, str]]]:
     """Walk the ancestors of checkpoint `below` until every channel has a seed.
 
     A seed is the nearest ancestor that stores a value for the channel (a
     `_DeltaSnapshot`, or a plain value). Returns the chain walked (ids,
-    nearest first) and, per seeded channel, its seed's chain index and value.
+    nearest first) and, per seeded channel, its seed's chain index and the
+    version its value is stored under.
 
     Which versions have a stored value comes with the first step (keys
     only), so the walk decodes ancestors only until every channel is
-    seeded, and only the seeds' values are loaded.
+    seeded, and loads no value.
     """
     remaining = set(channels)
     chain: list[str] = []
@@ -664,9 +665,82 @@ def _walk_to_seeds(
                 break
         cursor = rows[-1].parent_checkpoint_id if len(rows) == steps else None
         skip = 0
-    keys = {ch: (at.thread_id, at.checkpoint_ns, ch, version) for ch, (_, version) in found.items()}
-    values = _load_blobs(conn, opts.serde, keys.values())
-    return chain, {ch: (found[ch][0], values[key]) for ch, key in keys.items() if key in values}
+    return chain, found
+
+
+_SEED_COLUMNS = (B.c.channel, B.c.version, B.c.type, B.c.blob)
+
+
+@cache
+def _seeds_and_writes_statement(
+    dialect: Dialect, seed_channels: int, seed_versions: int, ids: int, channels: int
+) -> Prepared:
+    """In one namespace, the values of seeds (`slots` ``seed_channel_<i>``
+    and ``seed_version_<i>``; the exact pairs are picked from the rows) and
+    the writes to channels ``channel_<i>`` of checkpoints
+    ``checkpoint_id_<i>``: one statement, rows of two kinds (the other
+    kind's columns NULL)."""
+    in_namespace = (
+        W.c.thread_id == bindparam("thread_id"),
+        W.c.checkpoint_ns == bindparam("checkpoint_ns"),
+    )
+    writes = select(*[null()] * len(_SEED_COLUMNS), W.c.checkpoint_id, *WRITE_COLUMNS).where(
+        *in_namespace,
+        W.c.checkpoint_id.in_(slots("checkpoint_id", ids, W.c.checkpoint_id.type)),
+        W.c.channel.in_(slots("channel", channels, W.c.channel.type)),
+    )
+    seed_values = select(
+        *(col.label(f"seed_{col.name}") for col in _SEED_COLUMNS),
+        *(
+            type_coerce(null(), col.type).label(col.name)
+            for col in (W.c.checkpoint_id, *WRITE_COLUMNS)
+        ),
+    ).where(
+        B.c.thread_id == bindparam("thread_id"),
+        B.c.checkpoint_ns == bindparam("checkpoint_ns"),
+        B.c.channel.in_(slots("seed_channel", seed_channels, B.c.channel.type)),
+        B.c.version.in_(slots("seed_version", seed_versions, B.c.version.type)),
+    )
+    return Prepared(union_all(seed_values, writes), dialect)
+
+
+def _seeds_and_writes(
+    conn: Connection,
+    serde: SerializerProtocol,
+    at: Address,
+    seeds: dict[str, str],
+    chain: Sequence[str],
+    channels: Sequence[str],
+) -> tuple[dict[str, Any], dict[str, list[PendingWrite]]]:
+    """The values of the seeds (channel -> version) and the writes to
+    ``channels`` of the checkpoints of ``chain``, each list in
+    `writes_sort_key` order: one statement for up to `CHUNK` checkpoints."""
+    if not seeds:  # no value to load: the writes alone
+        return {}, _load_chain_writes(conn, serde, at, chain, channels) if chain else {}
+    # The seeds are in the chain, so it has a first chunk.
+    first, rest = chain[:CHUNK], chain[CHUNK:]
+    writes = _load_chain_writes(conn, serde, at, rest, channels) if rest else {}
+    id_count, params = padded("checkpoint_id", first)
+    channel_count, channel_params = padded("channel", channels)
+    seed_channel_count, seed_channels = padded("seed_channel", seeds)
+    seed_version_count, seed_versions = padded("seed_version", seeds.values())
+    params.update(channel_params, **seed_channels, **seed_versions)
+    params.update(thread_id=at.thread_id, checkpoint_ns=at.checkpoint_ns)
+    stmt = _seeds_and_writes_statement(
+        conn.dialect, seed_channel_count, seed_version_count, id_count, channel_count
+    )
+    rows = stmt.rows(conn, params)
+    values = {
+        r.seed_channel: codec.load(serde, r.seed_type, r.seed_blob)
+        for r in rows
+        if r.seed_channel is not None and seeds.get(r.seed_channel) == r.seed_version
+    }
+    found: dict[str, list[Sequence[Any]]] = defaultdict(list)
+    for r in rows:
+        if r.seed_channel is None:
+            found[r.checkpoint_id].append(r[len(_SEED_COLUMNS) + 1 :])
+    writes.update((key, codec.pending_writes(serde, group)) for key, group in found.items())
+    return values, writes
 
 
 def get_delta_channel_history(
@@ -686,18 +760,19 @@ def get_delta_channel_history(
     if target_id is None:
         return {ch: {"writes": []} for ch in channels}
     chain, seeds = _walk_to_seeds(conn, opts, at, target_id, channels)
-    writes = _load_chain_writes(conn, opts.serde, at, chain, channels) if chain else {}
+    versions = {ch: version for ch, (_, version) in seeds.items()}
+    values, writes = _seeds_and_writes(conn, opts.serde, at, versions, chain, channels)
     history: dict[str, DeltaChannelHistory] = {}
     for ch in channels:
         # The seed ancestor's own writes come after its value, so they count.
-        depth = seeds[ch][0] + 1 if ch in seeds else len(chain)
+        depth = seeds[ch][0] + 1 if ch in values else len(chain)
         entry: DeltaChannelHistory = {
             "writes": [
                 w for cid in reversed(chain[:depth]) for w in writes.get(cid, ()) if w[1] == ch
             ]
         }
-        if ch in seeds:
-            entry["seed"] = seeds[ch][1]
+        if ch in values:
+            entry["seed"] = values[ch]
         history[ch] = entry
     return history
 

@@ -285,6 +285,11 @@ async def test_long_walk_over_many_chunks(
         assert (
             await async_saver.aget_delta_channel_history(config=at, channels=channels) == expected
         )
+        # Chains longer than one IN list (`ops.CHUNK` checkpoints) load
+        # their writes in chunks, the seeds with the first one.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(ops, "CHUNK", 7)
+            assert sync_saver.get_delta_channel_history(config=at, channels=channels) == expected
 
 
 @pytest.mark.parametrize("delta", [True, False], ids=["delta", "plain"])
