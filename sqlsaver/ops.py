@@ -267,13 +267,19 @@ def _latest_id(conn: Connection, at: Address) -> str | None:
 
 def _tuples_statement(
     dialect: Dialect, chosen: Select[Any], order: Sequence[Any] = ()
-) -> CompoundSelect[Any]:
+) -> Select[Any] | CompoundSelect[Any]:
     """What the tuples of the checkpoints ``chosen`` selects need, in one
     statement of rows of three kinds (the columns of the others NULL): each
-    checkpoint, each of their writes (`WRITE_COLUMNS`), and, where the
-    database can expand the channel-versions column
-    (`dialects.json_entries`), each channel value they reference
-    (`VALUE_COLUMNS`). `_found` splits them up again."""
+    checkpoint, each of their writes (`WRITE_COLUMNS`), and each channel
+    value they reference (`VALUE_COLUMNS`). `_found` splits them up again.
+
+    Where the database cannot expand the channel-versions column (see
+    `dialects.expands_json`), there are no value rows, and the checkpoints
+    are joined with their writes instead: MySQL and MariaDB would run the
+    checkpoints' query (a metadata filter, say) once per use in a union.
+    """
+    if not dialects.expands_json(dialect):
+        return _joined_with_writes(chosen, order)
     c = chosen.cte("c")
     no_writes = [type_coerce(null(), col.type).label(f"write_{col.name}") for col in WRITE_COLUMNS]
     # Cast: PostgreSQL types a union's columns branch by branch, and NULLs
@@ -337,6 +343,23 @@ def _tuples_statement(
     return stmt.order_by(*(stmt.selected_columns[col.name].desc() for col in order))
 
 
+def _joined_with_writes(chosen: Select[Any], order: Sequence[Any]) -> Select[Any]:
+    """`_tuples_statement` without value rows: each checkpoint joined with
+    its writes, one row per write (or one for a checkpoint without)."""
+    c = chosen.subquery("c")
+    no_values = [type_coerce(null(), col.type).label(f"value_{col.name}") for col in VALUE_COLUMNS]
+    same_checkpoint = and_(
+        W.c.thread_id == c.c.thread_id,
+        W.c.checkpoint_ns == c.c.checkpoint_ns,
+        W.c.checkpoint_id == c.c.checkpoint_id,
+    )
+    return (
+        select(c, *(col.label(f"write_{col.name}") for col in WRITE_COLUMNS), *no_values)
+        .select_from(c.outerjoin(W, same_checkpoint))
+        .order_by(*(c.c[col.name].desc() for col in order))
+    )
+
+
 # A `_tuples_statement`'s rows split up: the checkpoint rows in order, the
 # writes of each, and the channel values it joined, by blob key.
 Found = tuple[
@@ -352,15 +375,21 @@ def _found(serde: SerializerProtocol, rows: Sequence[Row]) -> Found:
     checkpoints: list[Row] = []
     writes: dict[tuple[str, str, str], list[Sequence[Any]]] = defaultdict(list)
     values: dict[tuple[str, str, str, str], Any] = {}
+    seen: set[tuple[str, str, str]] = set()
     for r in rows:
         if r.value_channel is not None:
             if r.value_type is not None:  # else: that version has no value
                 blob_key = (r.thread_id, r.checkpoint_ns, r.value_channel, r.value_version)
                 values[blob_key] = codec.load(serde, r.value_type, r.value_blob)
-        elif r.write_task_id is not None:
-            writes[(r.thread_id, r.checkpoint_ns, r.checkpoint_id)].append(r[_WRITES])
-        else:
+            continue
+        key = (r.thread_id, r.checkpoint_ns, r.checkpoint_id)
+        # A row of a checkpoint (joined with one of its writes, or not), or
+        # of a write alone.
+        if r.checkpoint_type is not None and key not in seen:
+            seen.add(key)
             checkpoints.append(r)
+        if r.write_task_id is not None:
+            writes[key].append(r[_WRITES])
     pending = {k: codec.pending_writes(serde, w) for k, w in writes.items() if w}
     return checkpoints, pending, values
 
