@@ -74,14 +74,22 @@ def checkpoint_row(
     checkpoint: Checkpoint,
     metadata: CheckpointMetadata,
 ) -> dict[str, Any]:
-    """The checkpoints-table row of a `put` (channel values go to blobs;
-    channel versions to their own column, where `columnar` allows)."""
+    """The checkpoints-table row of a `put`.
+
+    Where `columnar` allows, the versions of channels with a value in a
+    blob row go to their own column, and the small values (`inline`) stay
+    in the checkpoint's own serde bytes, with their versions. Otherwise the
+    bytes hold every version and the blobs every value.
+    """
     at = Address.of(config)
     stored = {k: v for k, v in checkpoint.items() if k != "channel_values"}
     versions = checkpoint["channel_versions"]
-    versions_column = dict(versions) if columnar(versions) else None
-    if versions_column is not None:
-        del stored["channel_versions"]
+    versions_column = None
+    if columnar(versions):
+        inline = inline_values(checkpoint)
+        versions_column = {ch: v for ch, v in versions.items() if ch not in inline}
+        stored["channel_versions"] = {ch: versions[ch] for ch in inline}
+        stored["channel_values"] = inline
     full_metadata = get_serializable_checkpoint_metadata(config, metadata)
     checkpoint_type, checkpoint_bytes = serde.dumps_typed(stored)
     metadata_type, metadata_bytes = serde.dumps_typed(full_metadata)
@@ -112,22 +120,51 @@ def columnar(versions: ChannelVersions) -> bool:
     )
 
 
+# Strings up to this many characters are small values (`small`).
+SMALL_STRING = 64
+
+
+def small(value: Any) -> bool:
+    """Whether a channel value is kept in its checkpoint's own serde bytes
+    rather than in a blob row: None, a bool or number, a short string (a
+    step counter, a branch marker, a route). A blob row costs ~250 bytes of
+    row and index, far more than such a value; and unlike the official
+    PostgreSQL saver's inline JSON, the bytes are the serde's (encrypted
+    with `EncryptedSerializer`, NUL characters kept)."""
+    return (
+        value is None
+        or type(value) in (bool, int, float)
+        or (type(value) is str and len(value) <= SMALL_STRING)
+    )
+
+
+def inline_values(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The small values of a checkpoint that has its versions in their
+    column (`checkpoint_row`): every checkpoint keeps all of its own."""
+    if not columnar(checkpoint["channel_versions"]):
+        return {}
+    versions = checkpoint["channel_versions"]
+    return {ch: v for ch, v in checkpoint["channel_values"].items() if ch in versions and small(v)}
+
+
 def blob_rows(
     serde: SerializerProtocol,
     config: RunnableConfig,
-    values: Mapping[str, Any],
+    checkpoint: Checkpoint,
     new_versions: ChannelVersions,
 ) -> list[dict[str, Any]]:
     """Blob rows for the channels that changed in this checkpoint.
 
     A channel whose new version carries no value (a `DeltaChannel` between
     snapshots, a channel that was emptied) gets no row: absence is how a
-    missing value is recorded.
+    missing value is recorded. Nor do `inline_values`.
     """
     at = Address.of(config)
+    values = checkpoint["channel_values"]
+    inline = inline_values(checkpoint)
     rows = []
     for channel, version in new_versions.items():
-        if channel in values:
+        if channel in values and channel not in inline:
             value_type, value_bytes = serde.dumps_typed(values[channel])
             rows.append(
                 {
@@ -203,20 +240,25 @@ def pending_writes(serde: SerializerProtocol, rows: Iterable[Sequence[Any]]) -> 
 
 
 def stored_checkpoint(serde: SerializerProtocol, row: Any) -> dict[str, Any]:
-    """The stored checkpoint dict of a checkpoints row, with its channel
-    versions (from their column, or inside) and without channel values."""
+    """The stored checkpoint dict of a checkpoints row, with all its channel
+    versions (those in their column and those inside) and its inline
+    values (``channel_values``; the others are in blob rows)."""
     stored: dict[str, Any] = load(serde, row.checkpoint_type, row.checkpoint)
     if row.channel_versions is not None:
-        stored["channel_versions"] = dict(row.channel_versions)
+        stored["channel_versions"] = {**stored.get("channel_versions", {}), **row.channel_versions}
+    stored.setdefault("channel_values", {})
     return stored
 
 
-def channel_versions(serde: SerializerProtocol, row: Any) -> Mapping[str, Any]:
-    """A checkpoints row's channel versions, decoding the checkpoint only
-    when they are not in their column."""
+def blob_versions(serde: SerializerProtocol, row: Any) -> Mapping[str, Any]:
+    """The versions of a checkpoints row's channels whose values are in
+    blob rows, decoding the checkpoint only when they are not in their
+    column."""
     if row.channel_versions is not None:
         return cast(Mapping[str, Any], row.channel_versions)
-    return cast(Mapping[str, Any], stored_checkpoint(serde, row)["channel_versions"])
+    stored = stored_checkpoint(serde, row)
+    inline = stored["channel_values"]
+    return {ch: v for ch, v in stored["channel_versions"].items() if ch not in inline}
 
 
 def blob_keys(
@@ -238,10 +280,10 @@ def checkpoint_tuple(
     """Assemble a `CheckpointTuple` from a checkpoints row, its decoded
     checkpoint, the loaded blobs it may reference, and its pending writes."""
     at = Address(row.thread_id, row.checkpoint_ns, row.checkpoint_id)
-    channel_values = {}
+    channel_values = dict(stored["channel_values"])
     for channel, version in stored["channel_versions"].items():
         key = (at.thread_id, at.checkpoint_ns, channel, str(version))
-        if key in blob_values:
+        if channel not in channel_values and key in blob_values:
             channel_values[channel] = blob_values[key]
     return CheckpointTuple(
         config=at.config(),

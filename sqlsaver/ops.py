@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any
@@ -38,7 +38,6 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
-    case,
     cast,
     delete,
     func,
@@ -224,7 +223,15 @@ def _assemble(conn: Connection, serde: SerializerProtocol, found: Found) -> list
     missing = (
         set().union(
             *(
-                codec.blob_keys(r.thread_id, r.checkpoint_ns, s["channel_versions"])
+                codec.blob_keys(
+                    r.thread_id,
+                    r.checkpoint_ns,
+                    {
+                        ch: v
+                        for ch, v in s["channel_versions"].items()
+                        if ch not in s["channel_values"]
+                    },
+                )
                 for r, s in zip(rows, stored, strict=True)
                 if not joined or r.channel_versions is None
             )
@@ -616,15 +623,14 @@ def _walk_statement(dialect: Dialect, stored_of: int) -> Prepared:
         C.c.checkpoint_ns == chain.c.checkpoint_ns,
         C.c.checkpoint_id == chain.c.checkpoint_id,
     )
-    # What the walk reads of each: the checkpoint bytes only where the
-    # channel versions are not in their column.
+    # What the walk reads of each.
     walked = (
         chain.c.depth,
         C.c.checkpoint_id,
         C.c.parent_checkpoint_id,
         C.c.channel_versions,
         C.c.checkpoint_type,
-        case((C.c.channel_versions.is_(None), C.c.checkpoint)).label("checkpoint"),
+        C.c.checkpoint,
     )
     no_stored = [cast(null(), col.type).label(f"stored_{col.name}") for col in _STORED_COLUMNS]
     ancestors = select(*walked, *no_stored).select_from(chain.join(C, same))
@@ -656,23 +662,34 @@ def _walk_step(
     return ancestors, stored
 
 
+@dataclass
+class Seeds:
+    """What a walk to the seeds found: per channel, the chain index of its
+    seed, and the version of its value in a blob row (`blob_versions`) or,
+    for a small value kept in its checkpoint, the value (`inline`)."""
+
+    index: dict[str, int] = field(default_factory=dict)
+    blob_versions: dict[str, str] = field(default_factory=dict)
+    inline: dict[str, Any] = field(default_factory=dict)
+
+
 def _walk_to_seeds(
     conn: Connection, opts: Options, at: Address, below: str, channels: Iterable[str]
-) -> tuple[list[str], dict[str, tuple[int, str]]]:
+) -> tuple[list[str], Seeds]:
     """Walk the ancestors of checkpoint `below` until every channel has a seed.
 
     A seed is the nearest ancestor that stores a value for the channel (a
     `_DeltaSnapshot`, or a plain value). Returns the chain walked (ids,
-    nearest first) and, per seeded channel, its seed's chain index and the
-    version its value is stored under.
+    nearest first) and the seeds.
 
-    Which versions have a stored value comes with the first step (keys
-    only), so the walk decodes ancestors only until every channel is
-    seeded, and loads no value.
+    Which versions have a value in a blob row comes with the first step
+    (keys only), so the walk decodes an ancestor only when a channel it
+    looks for has no version in the row's column (it may be a small value
+    kept inside), and loads no blob.
     """
     remaining = set(channels)
     chain: list[str] = []
-    found: dict[str, tuple[int, str]] = {}
+    seeds = Seeds()
     stored: set[tuple[str, str]] = set()
     # The first step starts at `below` itself, which is no ancestor.
     cursor: str | None = below
@@ -685,16 +702,24 @@ def _walk_to_seeds(
         stored |= stored_now
         for row in rows[skip:]:
             chain.append(row.checkpoint_id)
-            versions = codec.channel_versions(opts.serde, row)
-            for ch in [ch for ch in remaining if ch in versions]:
-                if (ch, str(versions[ch])) in stored:
-                    found[ch] = (len(chain) - 1, str(versions[ch]))
-                    remaining.discard(ch)
+            versions = codec.blob_versions(opts.serde, row)
+            inline: Mapping[str, Any] = {}
+            if row.channel_versions is not None and remaining - versions.keys():
+                inline = codec.stored_checkpoint(opts.serde, row)["channel_values"]
+            for ch in list(remaining):
+                if ch in inline:
+                    seeds.inline[ch] = inline[ch]
+                elif ch not in versions or (ch, str(versions[ch])) not in stored:
+                    continue
+                else:
+                    seeds.blob_versions[ch] = str(versions[ch])
+                seeds.index[ch] = len(chain) - 1
+                remaining.discard(ch)
             if not remaining:
                 break
         cursor = rows[-1].parent_checkpoint_id if len(rows) == steps else None
         skip = 0
-    return chain, found
+    return chain, seeds
 
 
 _SEED_COLUMNS = (B.c.channel, B.c.version, B.c.type, B.c.blob)
@@ -789,12 +814,12 @@ def get_delta_channel_history(
     if target_id is None:
         return {ch: {"writes": []} for ch in channels}
     chain, seeds = _walk_to_seeds(conn, opts, at, target_id, channels)
-    versions = {ch: version for ch, (_, version) in seeds.items()}
-    values, writes = _seeds_and_writes(conn, opts.serde, at, versions, chain, channels)
+    values, writes = _seeds_and_writes(conn, opts.serde, at, seeds.blob_versions, chain, channels)
+    values.update(seeds.inline)
     history: dict[str, DeltaChannelHistory] = {}
     for ch in channels:
         # The seed ancestor's own writes come after its value, so they count.
-        depth = seeds[ch][0] + 1 if ch in values else len(chain)
+        depth = seeds.index[ch] + 1 if ch in values else len(chain)
         entry: DeltaChannelHistory = {
             "writes": [
                 w for cid in reversed(chain[:depth]) for w in writes.get(cid, ()) if w[1] == ch
@@ -886,7 +911,7 @@ def put(
     already stored), then the checkpoint row (an upsert: a re-put replaces
     it but keeps its original parent)."""
     row = codec.checkpoint_row(opts.serde, config, checkpoint, metadata)
-    values = codec.blob_rows(opts.serde, config, checkpoint["channel_values"], new_versions)
+    values = codec.blob_rows(opts.serde, config, checkpoint, new_versions)
     insert_all(conn, [(B, None, values), (C, CHECKPOINT_UPDATE, [row])])
     if opts.policies.shallow:
         prune_keep_latest(conn, opts, row["thread_id"])
@@ -929,7 +954,7 @@ def _delete_checkpoints(
         stmt = select(*CHECKPOINT_COLUMNS).where(_keys_in(_checkpoint_key(C), chunk))
         for r in conn.execute(stmt):
             freed |= codec.blob_keys(
-                r.thread_id, r.checkpoint_ns, codec.channel_versions(opts.serde, r)
+                r.thread_id, r.checkpoint_ns, codec.blob_versions(opts.serde, r)
             )
         for table in (W, C):
             conn.execute(delete(table).where(_keys_in(_checkpoint_key(table), chunk)))
@@ -945,7 +970,7 @@ def _delete_checkpoints(
                 .values(parent_checkpoint_id=None)
             )
         for r in conn.execute(select(*CHECKPOINT_COLUMNS).where(*same_ns)):
-            freed -= codec.blob_keys(thread_id, ns, codec.channel_versions(opts.serde, r))
+            freed -= codec.blob_keys(thread_id, ns, codec.blob_versions(opts.serde, r))
     blob_key = (B.c.thread_id, B.c.checkpoint_ns, B.c.channel, B.c.version)
     for chunk in _chunks(freed):
         conn.execute(delete(B).where(_keys_in(blob_key, chunk)))

@@ -702,13 +702,14 @@ async def test_encrypted_serializer_leaves_no_plaintext(
         assert got.checkpoint["channel_values"] == {"c": value, "s": secret}
         assert got.pending_writes == [("task", ERROR, secret), ("task", "c", secret)]
         assert [t.config for t in await saver.list(cfg(thread_id), filter={"step": 1})] == [config]
-        assert len(rows(db, thread_id)["sqlsaver_blobs"]) == 2
+        # `s`, a short string, is kept in the (encrypted) checkpoint bytes.
+        assert len(rows(db, thread_id)["sqlsaver_blobs"]) == 1
         assert plaintext_in(db, thread_id, secret) == []
         assert plaintext_in(db, thread_id, "launch code") == []
     # the scan does see plaintext when the serde leaves it there
     async with open_saver(kind, backend) as plain:
         await put(plain, f"{thread_id}-plain", {"s": secret})
-    assert plaintext_in(db, f"{thread_id}-plain", secret) == ["sqlsaver_blobs.blob"]
+    assert plaintext_in(db, f"{thread_id}-plain", secret) == ["sqlsaver_checkpoints.checkpoint"]
 
 
 # -- 10: atomicity -----------------------------------------------------------

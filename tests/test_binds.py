@@ -78,13 +78,16 @@ def config_of(thread_id: str, checkpoint_id: str | None = None) -> dict[str, Any
 def put_args(
     thread_id: str, value: Any = "v", parent_id: str | None = None, run_id: str | None = None
 ) -> tuple[Any, ...]:
-    """``put``'s arguments for a new checkpoint storing ``value`` in channel "x"."""
+    """``put``'s arguments for a new checkpoint storing ``value`` in channel
+    "x" (kept in the checkpoint row when small) and ``[value]`` in channel
+    "log" (a list: one blob row)."""
     checkpoint = empty_checkpoint()
     version = f"{1:032}.{uuid.uuid4().hex[:16]}"
-    checkpoint["channel_values"] = {"x": value}
-    checkpoint["channel_versions"] = {"x": version}
+    checkpoint["channel_values"] = {"x": value, "log": [value]}
+    checkpoint["channel_versions"] = {"x": version, "log": version}
     metadata = {"source": "loop", "step": 0, **({"run_id": run_id} if run_id else {})}
-    return config_of(thread_id, parent_id), checkpoint, metadata, {"x": version}
+    new_versions = dict(checkpoint["channel_versions"])
+    return config_of(thread_id, parent_id), checkpoint, metadata, new_versions
 
 
 def counts(engine: Engine, thread_id: str) -> dict[str, int]:
@@ -387,7 +390,7 @@ async def test_async_saver_sync_methods_from_another_thread(
     config = await asyncio.to_thread(saver.put, *put_args(thread_id, "one"))
     await asyncio.to_thread(saver.put_writes, config, [("x", 2)], "task")
     got = await asyncio.to_thread(saver.get_tuple, config)
-    assert got.checkpoint["channel_values"] == {"x": "one"}
+    assert got.checkpoint["channel_values"] == {"x": "one", "log": ["one"]}
     assert got.pending_writes == [("task", "x", 2)]
     listed = await asyncio.to_thread(lambda: list(saver.list(config_of(thread_id))))
     assert [t.config for t in listed] == [config]
@@ -433,7 +436,7 @@ async def test_sync_saver_async_methods(app_engine: Engine, thread_id: str, kind
         await saver.aput_writes(second, [("x", 3)], "task")
         got = await saver.aget_tuple(config_of(thread_id))
         assert got.config == second and got.pending_writes == [("task", "x", 3)]
-        assert got.checkpoint["channel_values"] == {"x": "two"}
+        assert got.checkpoint["channel_values"] == {"x": "two", "log": ["two"]}
         assert [t.config async for t in saver.alist(config_of(thread_id))] == [second, first]
         history = await saver.aget_delta_channel_history(config=second, channels=["x"])
         assert set(history) == {"x"}

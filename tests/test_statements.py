@@ -13,6 +13,9 @@ transactions each operation costs.
   (a chained insert is atomic on its own); elsewhere one statement per
   table, in a transaction.
 
+Small values (None, bools, numbers, short strings) are kept in their
+checkpoint's row instead of a blob row each, and read back from there.
+
 Statements are recorded with a ``before_cursor_execute`` listener, which
 also proves that listeners (tracing, logging) still see every statement
 sqlsaver runs on its fast path.
@@ -30,9 +33,11 @@ import pytest
 from conftest import Backend
 from helpers import call
 from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.pool import NullPool
 
 from sqlsaver import codec
+from sqlsaver.models import blobs
 
 
 def sent(seen: list[str]) -> list[str]:
@@ -178,3 +183,48 @@ def test_only_exact_json_safe_string_versions_go_to_their_column() -> None:
     assert codec.columnar({})
     for versions in ({"a": 1}, {"a": 1.5}, {"a": "1\x00"}, {"a\x00": "1"}, {"\ud800": "1"}):
         assert not codec.columnar(versions), versions
+
+
+async def test_small_values_are_kept_in_the_checkpoint_row(
+    backend: Backend, saver: Any, aio: bool, thread_id: str
+) -> None:
+    """None, bools, numbers and strings of up to `codec.SMALL_STRING`
+    characters live in their checkpoint's own serde bytes, not in a blob
+    row each; every checkpoint keeps all of its own, so reads, lists and
+    the delta walk find them where they were written."""
+    small = {"none": None, "flag": True, "step": 3, "ratio": 0.5, "route": "r" * 64}
+    large = {"text": "t" * 65, "items": [1, 2]}
+    config: dict[str, Any] = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    first = create_checkpoint(empty_checkpoint(), None, 1)
+    first["channel_values"] = {**small, **large}
+    first["channel_versions"] = {ch: "1" for ch in first["channel_values"]}
+    config = await call(aio, saver, "put", config, first, {}, dict(first["channel_versions"]))
+    second = create_checkpoint(first, None, 2)  # only `step` changes
+    second["channel_values"] = {**small, **large, "step": 4}
+    second["channel_versions"] = {**first["channel_versions"], "step": "2"}
+    config = await call(aio, saver, "put", config, second, {}, {"step": "2"})
+
+    assert {channel for channel, _ in _blob_keys(backend, thread_id)} == set(large)
+    found = await call(aio, saver, "get_tuple", config)
+    assert found.checkpoint["channel_values"] == {**small, **large, "step": 4}
+    listed = await call(aio, saver, "list", {"configurable": {"thread_id": thread_id}})
+    assert [t.checkpoint["channel_values"]["step"] for t in listed] == [4, 3]
+    assert all(t.checkpoint["channel_values"]["route"] == "r" * 64 for t in listed)
+    history = await call(
+        aio, saver, "get_delta_channel_history", config=config, channels=["step", "items"]
+    )
+    assert history == {
+        "step": {"writes": [], "seed": 3},
+        "items": {"writes": [], "seed": [1, 2]},
+    }
+
+
+def _blob_keys(backend: Backend, thread_id: str) -> list[tuple[str, str]]:
+    """The (channel, version) keys of the thread's blob rows."""
+    engine = create_engine(backend.sync_url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            query = select(blobs.c.channel, blobs.c.version).where(blobs.c.thread_id == thread_id)
+            return [tuple(r) for r in conn.execute(query)]
+    finally:
+        engine.dispose()

@@ -4,11 +4,15 @@ A checkpoint's channel versions name the blobs that hold its channel
 values. Kept in a JSON column rather than inside the serialized checkpoint,
 they let a read join those blobs in its first statement (SQLite, PostgreSQL)
 and let the delta-history walk read them without decoding checkpoints.
+Rows written from this revision on also keep their small channel values
+(and those values' versions) inside the checkpoint bytes instead of a blob
+row each (`sqlsaver.codec.small`).
 
 Upgrading touches no rows: rows written before keep their versions inside
 the checkpoint bytes, and sqlsaver reads them from there (with one more
 statement). Downgrading puts the versions back into the checkpoint bytes
-of rows that moved them out, so that an older sqlsaver reads them whole.
+of rows that moved them out, and their small values into blob rows, so
+that an older sqlsaver reads them whole.
 
 Revision ID: 0004
 Revises: 0003
@@ -16,6 +20,8 @@ Create Date: 2026-11-28
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import context, op
@@ -42,6 +48,16 @@ checkpoints = sa.Table(
     sa.Column("checkpoint", BINARY),
     sa.Column("channel_versions", JSON_OBJECT),
 )
+blobs = sa.Table(
+    "sqlsaver_blobs",
+    sa.MetaData(),
+    sa.Column("thread_id", key_string(1020), primary_key=True),
+    sa.Column("checkpoint_ns", key_string(1536), primary_key=True),
+    sa.Column("channel", key_string(255), primary_key=True),
+    sa.Column("version", key_string(64), primary_key=True),
+    sa.Column("type", sa.String(64)),
+    sa.Column("blob", BINARY),
+)
 
 
 def upgrade() -> None:
@@ -50,8 +66,9 @@ def upgrade() -> None:
 
 def _versions_back_into_checkpoints() -> None:
     """Re-encode the checkpoint bytes of rows whose versions are in the
-    column, with the versions inside. The serializer is the one the saver
-    used: ``sqlsaver.migrate.downgrade(..., serde=...)`` passes it here;
+    column, with the versions inside, and store their small values as blob
+    rows. The serializer is the one the saver used:
+    ``sqlsaver.migrate.downgrade(..., serde=...)`` passes it here;
     LangGraph's default one otherwise."""
     serde = context.config.attributes.get("serde") or JsonPlusSerializer()
     conn = op.get_bind()
@@ -81,7 +98,10 @@ def _versions_back_into_checkpoints() -> None:
                     "from Python with the saver's serializer: "
                     "sqlsaver.migrate.downgrade(engine, revision, serde=saver.serde)"
                 ) from error
-            stored["channel_versions"] = dict(row.channel_versions)
+            versions = {**stored.get("channel_versions", {}), **row.channel_versions}
+            stored["channel_versions"] = versions
+            for channel, value in stored.pop("channel_values", {}).items():
+                _store_blob(conn, serde, row, channel, str(versions[channel]), value)
             checkpoint_type, checkpoint = serde.dumps_typed(stored)
             conn.execute(
                 sa.update(checkpoints)
@@ -90,6 +110,23 @@ def _versions_back_into_checkpoints() -> None:
                     checkpoint_type=checkpoint_type, checkpoint=checkpoint, channel_versions=None
                 )
             )
+
+
+def _store_blob(
+    conn: sa.Connection, serde: Any, row: Any, channel: str, version: str, value: Any
+) -> None:
+    """A blob row for a value, unless one is stored (values are stored
+    once per version)."""
+    key = {
+        "thread_id": row.thread_id,
+        "checkpoint_ns": row.checkpoint_ns,
+        "channel": channel,
+        "version": version,
+    }
+    exists = sa.select(sa.literal(1)).where(*(blobs.c[k] == v for k, v in key.items()))
+    if conn.execute(exists).first() is None:
+        value_type, value_bytes = serde.dumps_typed(value)
+        conn.execute(sa.insert(blobs).values(**key, type=value_type, blob=value_bytes))
 
 
 def downgrade() -> None:
