@@ -78,8 +78,9 @@ def checkpoint_row(
 
     Where `columnar` allows, the versions of channels with a value in a
     blob row go to their own column, and the small values (`inline`) stay
-    in the checkpoint's own serde bytes, with their versions. Otherwise the
-    bytes hold every version and the blobs every value.
+    in the checkpoint's own serde bytes, with their versions; the id is
+    only in its column. Otherwise the bytes hold every version and the id,
+    and the blobs every value.
     """
     at = Address.of(config)
     stored = {k: v for k, v in checkpoint.items() if k != "channel_values"}
@@ -90,6 +91,7 @@ def checkpoint_row(
         versions_column = {ch: v for ch, v in versions.items() if ch not in inline}
         stored["channel_versions"] = {ch: versions[ch] for ch in inline}
         stored["channel_values"] = inline
+        del stored["id"]
     full_metadata = get_serializable_checkpoint_metadata(config, metadata)
     checkpoint_type, checkpoint_bytes = serde.dumps_typed(stored)
     metadata_type, metadata_bytes = serde.dumps_typed(full_metadata)
@@ -244,6 +246,7 @@ def stored_checkpoint(serde: SerializerProtocol, row: Any) -> dict[str, Any]:
     versions (those in their column and those inside) and its inline
     values (``channel_values``; the others are in blob rows)."""
     stored: dict[str, Any] = load(serde, row.checkpoint_type, row.checkpoint)
+    stored.setdefault("id", row.checkpoint_id)
     if row.channel_versions is not None:
         stored["channel_versions"] = {**stored.get("channel_versions", {}), **row.channel_versions}
     stored.setdefault("channel_values", {})

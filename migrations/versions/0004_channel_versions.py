@@ -6,13 +6,13 @@ they let a read join those blobs in its first statement (SQLite, PostgreSQL)
 and let the delta-history walk read them without decoding checkpoints.
 Rows written from this revision on also keep their small channel values
 (and those values' versions) inside the checkpoint bytes instead of a blob
-row each (`sqlsaver.codec.small`).
+row each (`sqlsaver.codec.small`), and their id only in its column.
 
 Upgrading touches no rows: rows written before keep their versions inside
 the checkpoint bytes, and sqlsaver reads them from there (with one more
 statement). Downgrading puts the versions back into the checkpoint bytes
-of rows that moved them out, and their small values into blob rows, so
-that an older sqlsaver reads them whole.
+of rows that moved them out (with their ids), and their small values into
+blob rows, so that an older sqlsaver reads them whole.
 
 Revision ID: 0004
 Revises: 0003
@@ -100,6 +100,7 @@ def _versions_back_into_checkpoints() -> None:
                 ) from error
             versions = {**stored.get("channel_versions", {}), **row.channel_versions}
             stored["channel_versions"] = versions
+            stored.setdefault("id", row.checkpoint_id)
             for channel, value in stored.pop("channel_values", {}).items():
                 _store_blob(conn, serde, row, channel, str(versions[channel]), value)
             checkpoint_type, checkpoint = serde.dumps_typed(stored)
