@@ -229,9 +229,7 @@ class AsyncSQLSaver(SaverBase):
         ttl = self._ttl()
         sweep = Sweep(limit or ttl.sweep_limit, progress)
         for size in sweep:
-            sweep.done(
-                size, await self._bind.write(ops.sweep_expired, self._opts, size, ttl.strategy)
-            )
+            sweep.done(await self._bind.write(ops.sweep_expired, self._opts, size, ttl.strategy))
         return sweep.handled
 
     def start_ttl_sweeper(self, interval_minutes: float | None = None) -> asyncio.Task[None]:

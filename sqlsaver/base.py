@@ -112,8 +112,8 @@ class Sweep:
     """The bookkeeping of one TTL sweep, shared by both savers: which batch
     (transaction) sizes to run, how many threads were handled, when to stop.
 
-    Each saver only runs the batches: ``for size in sweep: sweep.done(size,
-    run(size))``, then ``sweep.handled``.
+    Each saver only runs the batches: ``for size in sweep:
+    sweep.done(run(size))``, then ``sweep.handled``.
     """
 
     def __init__(self, limit: int, progress: Callable[[int], None] | None) -> None:
@@ -125,10 +125,13 @@ class Sweep:
         while self.remaining > 0:
             yield min(SWEEP_BATCH, self.remaining)
 
-    def done(self, size: int, handled: int) -> None:
-        """Record a batch; a batch short of its size means nothing is left."""
+    def done(self, handled: int) -> None:
+        """Record a batch. Only an empty batch means nothing is left: a short
+        one may have skipped threads another sweeper had locked (MySQL's
+        InnoDB can lock more rows than a batch takes), which that sweeper
+        may then leave expired, to be taken by the next batch."""
         self.handled += handled
-        self.remaining = self.remaining - size if handled == size else 0
+        self.remaining = self.remaining - handled if handled else 0
         if self.progress is not None:
             self.progress(self.handled)
 

@@ -221,7 +221,7 @@ class SQLSaver(SaverBase):
         ttl = self._ttl()
         sweep = Sweep(limit or ttl.sweep_limit, progress)
         for size in sweep:
-            sweep.done(size, self._bind.write(ops.sweep_expired, self._opts, size, ttl.strategy))
+            sweep.done(self._bind.write(ops.sweep_expired, self._opts, size, ttl.strategy))
         return sweep.handled
 
     def start_ttl_sweeper(self, interval_minutes: float | None = None) -> threading.Thread:
