@@ -68,26 +68,42 @@ class Address:
 # -- writing -----------------------------------------------------------------
 
 
-def checkpoint_row(
+def put_rows(
     serde: SerializerProtocol,
     config: RunnableConfig,
     checkpoint: Checkpoint,
     metadata: CheckpointMetadata,
-) -> dict[str, Any]:
-    """The checkpoints-table row of a `put`.
+    new_versions: ChannelVersions,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The rows of a `put`: its checkpoints-table row, and the blob rows of
+    the channels that changed (`_blob_rows`).
 
     Where `columnar` allows, the versions of channels with a value in a
-    blob row go to their own column, and the small values (`inline`) stay
-    in the checkpoint's own serde bytes, with their versions; the id is
-    only in its column. Otherwise the bytes hold every version and the id,
-    and the blobs every value.
+    blob row go to their own column, and the small values
+    (`inline_values`) stay in the checkpoint's own serde bytes, with their
+    versions; the id is only in its column. Otherwise the bytes hold every
+    version and the id, and the blobs every value.
     """
+    inline = inline_values(checkpoint)
+    return (
+        _checkpoint_row(serde, config, checkpoint, metadata, inline),
+        _blob_rows(serde, config, checkpoint, new_versions, inline or {}),
+    )
+
+
+def _checkpoint_row(
+    serde: SerializerProtocol,
+    config: RunnableConfig,
+    checkpoint: Checkpoint,
+    metadata: CheckpointMetadata,
+    inline: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The checkpoints-table row of a `put` (see `put_rows`)."""
     at = Address.of(config)
     stored = {k: v for k, v in checkpoint.items() if k != "channel_values"}
     versions = checkpoint["channel_versions"]
     versions_column = None
-    if columnar(versions):
-        inline = inline_values(checkpoint)
+    if inline is not None:
         versions_column = {ch: v for ch, v in versions.items() if ch not in inline}
         stored["channel_versions"] = {ch: versions[ch] for ch in inline}
         stored["channel_values"] = inline
@@ -140,30 +156,31 @@ def small(value: Any) -> bool:
     )
 
 
-def inline_values(checkpoint: Checkpoint) -> dict[str, Any]:
-    """The small values of a checkpoint that has its versions in their
-    column (`checkpoint_row`): every checkpoint keeps all of its own."""
-    if not columnar(checkpoint["channel_versions"]):
-        return {}
+def inline_values(checkpoint: Checkpoint) -> dict[str, Any] | None:
+    """The small values a checkpoint keeps in its own bytes (every
+    checkpoint all of its own); None when its versions are not `columnar`,
+    and so stay in the bytes with every value in a blob row."""
     versions = checkpoint["channel_versions"]
+    if not columnar(versions):
+        return None
     return {ch: v for ch, v in checkpoint["channel_values"].items() if ch in versions and small(v)}
 
 
-def blob_rows(
+def _blob_rows(
     serde: SerializerProtocol,
     config: RunnableConfig,
     checkpoint: Checkpoint,
     new_versions: ChannelVersions,
+    inline: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """Blob rows for the channels that changed in this checkpoint.
 
     A channel whose new version carries no value (a `DeltaChannel` between
     snapshots, a channel that was emptied) gets no row: absence is how a
-    missing value is recorded. Nor do `inline_values`.
+    missing value is recorded. Nor do the ``inline`` values.
     """
     at = Address.of(config)
     values = checkpoint["channel_values"]
-    inline = inline_values(checkpoint)
     rows = []
     for channel, version in new_versions.items():
         if channel in values and channel not in inline:
@@ -259,7 +276,12 @@ def blob_versions(serde: SerializerProtocol, row: Any) -> Mapping[str, Any]:
     column."""
     if row.channel_versions is not None:
         return cast(Mapping[str, Any], row.channel_versions)
-    stored = stored_checkpoint(serde, row)
+    return stored_blob_versions(stored_checkpoint(serde, row))
+
+
+def stored_blob_versions(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """The versions of a `stored_checkpoint`'s channels whose values are in
+    blob rows (not kept inline)."""
     inline = stored["channel_values"]
     return {ch: v for ch, v in stored["channel_versions"].items() if ch not in inline}
 

@@ -223,15 +223,7 @@ def _assemble(conn: Connection, serde: SerializerProtocol, found: Found) -> list
     missing = (
         set().union(
             *(
-                codec.blob_keys(
-                    r.thread_id,
-                    r.checkpoint_ns,
-                    {
-                        ch: v
-                        for ch, v in s["channel_versions"].items()
-                        if ch not in s["channel_values"]
-                    },
-                )
+                codec.blob_keys(r.thread_id, r.checkpoint_ns, codec.stored_blob_versions(s))
                 for r, s in zip(rows, stored, strict=True)
                 if not joined or r.channel_versions is None
             )
@@ -910,8 +902,7 @@ def put(
     """Store a checkpoint: its changed channel values (rows that keep values
     already stored), then the checkpoint row (an upsert: a re-put replaces
     it but keeps its original parent)."""
-    row = codec.checkpoint_row(opts.serde, config, checkpoint, metadata)
-    values = codec.blob_rows(opts.serde, config, checkpoint, new_versions)
+    row, values = codec.put_rows(opts.serde, config, checkpoint, metadata, new_versions)
     insert_all(conn, [(B, None, values), (C, CHECKPOINT_UPDATE, [row])])
     if opts.policies.shallow:
         prune_keep_latest(conn, opts, row["thread_id"])
