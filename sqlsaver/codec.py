@@ -7,6 +7,7 @@ it); the only plaintext copy is the filterable metadata document.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -21,7 +22,6 @@ from langgraph.checkpoint.base import (
     PendingWrite,
     get_checkpoint_id,
     get_serializable_checkpoint_metadata,
-    writes_sort_key,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
@@ -245,16 +245,29 @@ def replaces(channel: str) -> bool:
 
 
 def load(serde: SerializerProtocol, type_: str, data: bytes | None) -> Any:
-    return serde.loads_typed((type_, bytes(data) if data is not None else b""))
+    return serde.loads_typed((type_, _bytes(data)))
+
+
+def _bytes(data: Any) -> bytes:
+    """A driver's binary value as bytes (some give memoryviews), NULL as
+    empty."""
+    return bytes(data) if data is not None else b""
+
+
+# `writes_sort_key(task_path, task_id, idx)` of a write row (task_id, idx,
+# task_path, ...), which is the tuple of those three: picked in C, not by a
+# Python call per write. tests/test_behaviour.py sorts by LangGraph's own
+# function and compares (test_pending_writes_come_back_in_..._order).
+WRITE_ORDER = operator.itemgetter(2, 0, 1)
 
 
 def pending_writes(serde: SerializerProtocol, rows: Iterable[Sequence[Any]]) -> list[PendingWrite]:
     """Writes as (task_id, idx, task_path, channel, type, blob) tuples, in the
     order LangGraph applies them: `writes_sort_key`."""
-    ordered = sorted(rows, key=lambda r: writes_sort_key(r[2], r[0], r[1]))
+    loads = serde.loads_typed
     return [
-        (task_id, channel, load(serde, type_, blob))
-        for task_id, _, _, channel, type_, blob in ordered
+        (task_id, channel, loads((type_, blob if type(blob) is bytes else _bytes(blob))))
+        for task_id, _, _, channel, type_, blob in sorted(rows, key=WRITE_ORDER)
     ]
 
 

@@ -112,6 +112,13 @@ def expands_json(dialect: Dialect) -> bool:
     return dialect.name in ("postgresql", "sqlite")
 
 
+def embedded(dialect: Dialect) -> bool:
+    """Whether the database runs inside this process (SQLite): a statement
+    is a function call, not a round trip to a server, so a read may take a
+    narrow statement per kind of row where a server is sent one union."""
+    return dialect.name == "sqlite"
+
+
 def json_entries(dialect: Dialect, column: ColumnElement[Any]) -> TableValuedAlias:
     """The (key, value) rows of a JSON object of strings in ``column``, as
     a table that a FROM clause joins beside the row holding it: SQLite's

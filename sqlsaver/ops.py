@@ -186,38 +186,61 @@ def _load_blobs(
     return values
 
 
-def _load_chain_writes(
+# What `_load_writes` selects: the checkpoint id, then `WRITE_COLUMNS`.
+_WRITES_BY_ID = ("checkpoint_id", *(c.name for c in WRITE_COLUMNS))
+
+
+def _load_writes(
     conn: Connection,
     serde: SerializerProtocol,
     at: Address,
     ids: Sequence[str],
-    channels: Sequence[str],
+    channels: Sequence[str] | None = None,
 ) -> dict[str, list[PendingWrite]]:
-    """The writes to ``channels`` of these checkpoints of one namespace, per
-    checkpoint id, each list in `writes_sort_key` order."""
+    """The writes (to ``channels``, or all) of these checkpoints of one
+    namespace, per checkpoint id, each list in `writes_sort_key` order."""
     rows: dict[str, list[Sequence[Any]]] = defaultdict(list)
-    channel_count, channel_params = padded("channel", channels)
+    params = {"thread_id": at.thread_id, "checkpoint_ns": at.checkpoint_ns}
+    lists: tuple[tuple[str, int], ...] = ()
+    if channels:
+        channel_count, channel_params = padded("channel", channels)
+        params.update(channel_params)
+        lists = (("channel", channel_count),)
     for chunk in _chunks(ids):
         id_count, id_params = padded("checkpoint_id", chunk)
-        stmt = _in_namespace(
-            conn.dialect,
-            W,
-            ("checkpoint_id", *(c.name for c in WRITE_COLUMNS)),
-            (("checkpoint_id", id_count), ("channel", channel_count)),
-        )
-        params = {"thread_id": at.thread_id, "checkpoint_ns": at.checkpoint_ns}
-        for r in stmt.rows(conn, {**params, **id_params, **channel_params}):
+        params.update(id_params)
+        stmt = _in_namespace(conn.dialect, W, _WRITES_BY_ID, (("checkpoint_id", id_count), *lists))
+        for r in stmt.rows(conn, params, named=False):
             rows[r[0]].append(r[1:])
     return {key: codec.pending_writes(serde, group) for key, group in rows.items()}
 
 
+def _writes_of(
+    conn: Connection, serde: SerializerProtocol, rows: Sequence[Row]
+) -> dict[tuple[str, str, str], list[PendingWrite]]:
+    """The writes of these checkpoints rows, by checkpoint key: a statement
+    per namespace among them."""
+    ids: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for r in rows:
+        ids[(r.thread_id, r.checkpoint_ns)].append(r.checkpoint_id)
+    return {
+        (thread_id, ns, checkpoint_id): writes
+        for (thread_id, ns), in_ns in ids.items()
+        for checkpoint_id, writes in _load_writes(
+            conn, serde, Address(thread_id, ns), in_ns
+        ).items()
+    }
+
+
 def _assemble(conn: Connection, serde: SerializerProtocol, found: Found) -> list[CheckpointTuple]:
     """The tuples of what a `_tuples_statement` found. Checkpoints whose
-    channel values it could not join (see `_tuples_statement`) take one
-    more statement for them."""
+    channel values it could not join, or writes it did not (see
+    `_tuples_statement`), take one more statement for them."""
     rows, writes, blob_values = found
     if not rows:
         return []
+    if dialects.embedded(conn.dialect):
+        writes = _writes_of(conn, serde, rows)
     stored = [codec.stored_checkpoint(serde, r) for r in rows]
     joined = dialects.expands_json(conn.dialect)
     missing = (
@@ -276,6 +299,11 @@ def _tuples_statement(
     `dialects.expands_json`), there are no value rows, and the checkpoints
     are joined with their writes instead: MySQL and MariaDB would run the
     checkpoints' query (a metadata filter, say) once per use in a union.
+
+    On an embedded database (`dialects.embedded`: SQLite) there are no write
+    rows: a statement there costs no round trip, and the writes' own narrow
+    statement (`_writes_of`) is cheaper than their rows padded out to the
+    width of the union.
     """
     if not dialects.expands_json(dialect):
         return _joined_with_writes(chosen, order)
@@ -304,41 +332,41 @@ def _tuples_statement(
             ),
         )
     )
-    stmt: CompoundSelect[Any] = union_all(checkpoints, writes)
-    if dialects.expands_json(dialect):
-        entries = dialects.json_entries(dialect, c.c.channel_versions)
-        # Each value once, however many of the checkpoints reference it.
-        referenced = (
-            select(c.c.thread_id, c.c.checkpoint_ns, entries.c.key, entries.c.value)
-            .select_from(c)
-            .join(entries, true())
-            .distinct()
-            .subquery("referenced")
-        )
-        same_blob = (
-            B.c.thread_id == referenced.c.thread_id,
-            B.c.checkpoint_ns == referenced.c.checkpoint_ns,
-            B.c.channel == referenced.c.key,
-            B.c.version == referenced.c.value,
-        )
+    entries = dialects.json_entries(dialect, c.c.channel_versions)
+    # Each value once, however many of the checkpoints reference it.
+    referenced = (
+        select(c.c.thread_id, c.c.checkpoint_ns, entries.c.key, entries.c.value)
+        .select_from(c)
+        .join(entries, true())
+        .distinct()
+        .subquery("referenced")
+    )
+    same_blob = (
+        B.c.thread_id == referenced.c.thread_id,
+        B.c.checkpoint_ns == referenced.c.checkpoint_ns,
+        B.c.channel == referenced.c.key,
+        B.c.version == referenced.c.value,
+    )
 
-        def looked_up(column: Any) -> Any:
-            # A subquery per column, not a join: planners then look each
-            # value up by its key (PostgreSQL, guessing 100 entries per
-            # JSON object, would rather hash the whole blobs table). A
-            # version without a stored value looks up NULL.
-            return select(column).where(*same_blob).scalar_subquery()
+    def looked_up(column: Any) -> Any:
+        # A subquery per column, not a join: planners then look each
+        # value up by its key (PostgreSQL, guessing 100 entries per
+        # JSON object, would rather hash the whole blobs table). A
+        # version without a stored value looks up NULL.
+        return select(column).where(*same_blob).scalar_subquery()
 
-        values = select(
-            referenced.c.thread_id,
-            referenced.c.checkpoint_ns,
-            *[null()] * (len(c.c) - 2 + len(WRITE_COLUMNS)),
-            referenced.c.key,
-            referenced.c.value,
-            looked_up(B.c.type),
-            looked_up(B.c.blob),
-        )
-        stmt = union_all(checkpoints, writes, values)
+    values = select(
+        referenced.c.thread_id,
+        referenced.c.checkpoint_ns,
+        *[null()] * (len(c.c) - 2 + len(WRITE_COLUMNS)),
+        referenced.c.key,
+        referenced.c.value,
+        looked_up(B.c.type),
+        looked_up(B.c.blob),
+    )
+    # On an embedded database, the writes have a statement of their own.
+    kinds = (checkpoints, values) if dialects.embedded(dialect) else (checkpoints, writes, values)
+    stmt = union_all(*kinds)
     return stmt.order_by(*(stmt.selected_columns[col.name].desc() for col in order))
 
 
@@ -551,13 +579,14 @@ def list_page(
     found = _found(opts.serde, stmt.rows(conn, params))
     page = _assemble(conn, opts.serde, found)
     rows = found[0]
-    if len(rows) < size:
+    remaining = None if query.remaining is None else query.remaining - len(rows)
+    # No next page after a short one, nor once the limit is reached (which
+    # would take a connection only to find it has nothing to do).
+    if len(rows) < size or remaining == 0:
         return page, None
     last = rows[-1]
     return page, replace(
-        query,
-        after=tuple(getattr(last, c.name) for c in order),
-        remaining=None if query.remaining is None else query.remaining - len(rows),
+        query, after=tuple(getattr(last, c.name) for c in order), remaining=remaining
     )
 
 
@@ -762,10 +791,10 @@ def _seeds_and_writes(
     ``channels`` of the checkpoints of ``chain``, each list in
     `writes_sort_key` order: one statement for up to `CHUNK` checkpoints."""
     if not seeds:  # no value to load: the writes alone
-        return {}, _load_chain_writes(conn, serde, at, chain, channels) if chain else {}
+        return {}, _load_writes(conn, serde, at, chain, channels) if chain else {}
     # The seeds are in the chain, so it has a first chunk.
     first, rest = chain[:CHUNK], chain[CHUNK:]
-    writes = _load_chain_writes(conn, serde, at, rest, channels) if rest else {}
+    writes = _load_writes(conn, serde, at, rest, channels) if rest else {}
     id_count, params = padded("checkpoint_id", first)
     channel_count, channel_params = padded("channel", channels)
     seed_channel_count, seed_channels = padded("seed_channel", seeds)

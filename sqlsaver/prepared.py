@@ -73,19 +73,21 @@ class Prepared:
             return tuple(values[name] for name in self._order)
         return values
 
-    def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
-        """Run a SELECT and return its rows (named tuples)."""
+    def rows(self, conn: Connection, params: Mapping[str, Any], named: bool = True) -> list[Any]:
+        """Run a SELECT and return its rows: named tuples, or plain tuples
+        (``named=False``: cheaper, for rows read by position)."""
         raw = _run(conn, self, self._params(params))
         assert self._row is not None, "rows() of a statement that selects nothing"
+        make = self._row if named else tuple
         if not self._results:
-            return [self._row(r) for r in raw]
+            return [make(r) for r in raw] if named else raw
         rows = []
         for r in raw:
             values = list(r)
             for i, process in self._results:
                 if values[i] is not None:  # NULL stays None (processors agree)
                     values[i] = process(values[i])
-            rows.append(self._row(values))
+            rows.append(make(values))
         return rows
 
     def run(self, conn: Connection, params: Mapping[str, Any]) -> None:
