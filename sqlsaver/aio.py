@@ -28,6 +28,7 @@ from typing_extensions import Unpack
 from sqlsaver import dialects, migrate, ops
 from sqlsaver.base import SaverBase, SaverOptions, Sweep, async_engine, check_prune, sync_engine
 from sqlsaver.bind import AsyncBind, AsyncTarget, SyncBind, ThreadedBind
+from sqlsaver.codec import Address
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -174,10 +175,8 @@ class AsyncSQLSaver(SaverBase):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Store a checkpoint and its changed channel values atomically."""
-        opts = self._opts
-        alone = ops.one_statement(self._bind.dialect, opts, len(new_versions) + 1)
-        write = self._bind.write_statement if alone else self._bind.write
-        return await write(ops.put, opts, config, checkpoint, metadata, new_versions)
+        await self._store(ops.put_rows(self._opts, config, checkpoint, metadata, new_versions))
+        return Address.of(config).config(checkpoint["id"])
 
     async def aput_writes(
         self,
@@ -187,10 +186,14 @@ class AsyncSQLSaver(SaverBase):
         task_path: str = "",
     ) -> None:
         """Store a task's pending writes atomically."""
-        opts = self._opts
-        alone = ops.one_statement(self._bind.dialect, opts, len(writes))
-        write = self._bind.write_statement if alone else self._bind.write
-        await write(ops.put_writes, opts, config, writes, task_id, task_path)
+        await self._store(ops.write_rows(self._opts, config, writes, task_id, task_path))
+
+    async def _store(self, rows: ops.Rows) -> None:
+        # One statement where that is atomic on its own (`ops.one_statement`).
+        store = self._bind.write_statement
+        if not ops.one_statement(self._bind.dialect, self._opts, rows):
+            store = self._bind.write
+        await store(ops.store, self._opts, rows)
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Delete every checkpoint, write and value of a thread."""

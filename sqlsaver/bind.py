@@ -28,7 +28,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast, overload
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
@@ -70,6 +70,31 @@ def _retryable(error: DBAPIError) -> bool:
 def _backoff(attempt: int) -> float:
     """Seconds to wait before another attempt: short, jittered, growing."""
     return random.uniform(0, 0.01 * 2**attempt)
+
+
+# How an operation on an Engine runs (`_run`): a read, on a connection
+# without a transaction where the database allows (`dialects.read_options`);
+# a write that is one statement, atomic on its own; any other write, in a
+# transaction. Writes of a saver on SQLite queue on the saver's lock.
+_READ, _STATEMENT, _TRANSACTION = "read", "statement", "transaction"
+
+
+@overload
+def _statement_connection(engine: Engine) -> contextlib.AbstractContextManager[Connection]: ...
+@overload
+def _statement_connection(
+    engine: AsyncEngine,
+) -> contextlib.AbstractAsyncContextManager[AsyncConnection]: ...
+def _statement_connection(engine: Any) -> Any:
+    """A connection for a write that is one statement (see
+    `dialects.statements_commit`). PostgreSQL's read connections are
+    AUTOCOMMIT. On SQLite, ``begin()``: sqlsaver's own engines send no
+    BEGIN for it (the statement commits itself), and an engine of the
+    caller's, where the driver opens a transaction before an INSERT, has
+    it committed."""
+    if dialects.autocommit_reads(engine.dialect):
+        return engine.connect()
+    return engine.begin()
 
 
 class _Bind:
@@ -124,7 +149,7 @@ class SyncBind(_Bind):
         self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run a reading ``op(connection, *args)`` in a transaction."""
-        return cast(T, self._run(False, self._invoke, False, op, *args, **kwargs))
+        return cast(T, self._run(_READ, self._invoke, False, op, *args, **kwargs))
 
     def write(
         self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
@@ -132,29 +157,32 @@ class SyncBind(_Bind):
         """Run a writing ``op(connection, *args)`` atomically (see module doc)."""
         # None: atomic only if the engine's begin() is no transaction.
         atomic = None if isinstance(self.target, Engine) else True
-        return cast(T, self._run(True, self._invoke, atomic, op, *args, **kwargs))
+        return cast(T, self._run(_TRANSACTION, self._invoke, atomic, op, *args, **kwargs))
 
     def write_statement(
         self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run a writing ``op`` that the database runs as one statement,
         atomic on its own: on an autocommit engine, no transaction around it."""
-        if isinstance(self.target, Engine) and dialects.autocommit_reads(self.dialect):
-            return cast(T, self._run(False, self._invoke, False, op, *args, **kwargs))
+        if isinstance(self.target, Engine) and dialects.statements_commit(self.dialect):
+            return cast(T, self._run(_STATEMENT, self._invoke, False, op, *args, **kwargs))
         return self.write(op, *args, **kwargs)
 
     def migrate(self, op: Callable[[Connection], None]) -> None:
         """Run a schema migration ``op(connection)`` (no schema check first)."""
-        self._run(True, self._migrate, op)
+        self._run(_TRANSACTION, self._migrate, op)
 
-    def _run(self, begin: bool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def _run(self, mode: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             if isinstance(self.target, Engine):
                 attempt = 1
                 while True:
                     try:
-                        if not begin:
+                        if mode == _READ:
                             with self._read_engine.connect() as conn:
+                                return fn(conn, *args, **kwargs)
+                        if mode == _STATEMENT:
+                            with self._writer, _statement_connection(self._read_engine) as conn:
                                 return fn(conn, *args, **kwargs)
                         with self._writer, self._write_engine.begin() as conn:
                             return fn(conn, *args, **kwargs)
@@ -202,35 +230,41 @@ class AsyncBind(_Bind):
         self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Await a reading ``op(connection, *args)`` in a transaction."""
-        return await self._run(False, self._invoke, False, op, *args, **kwargs)
+        return await self._run(_READ, self._invoke, False, op, *args, **kwargs)
 
     async def write(
         self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Await a writing ``op(connection, *args)`` atomically (see module doc)."""
         atomic = None if isinstance(self.target, AsyncEngine) else True
-        return await self._run(True, self._invoke, atomic, op, *args, **kwargs)
+        return await self._run(_TRANSACTION, self._invoke, atomic, op, *args, **kwargs)
 
     async def write_statement(
         self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Await a writing ``op`` that is one statement (see `SyncBind`)."""
-        if isinstance(self.target, AsyncEngine) and dialects.autocommit_reads(self.dialect):
-            return await self._run(False, self._invoke, False, op, *args, **kwargs)
+        if isinstance(self.target, AsyncEngine) and dialects.statements_commit(self.dialect):
+            return await self._run(_STATEMENT, self._invoke, False, op, *args, **kwargs)
         return await self.write(op, *args, **kwargs)
 
     async def migrate(self, op: Callable[[Connection], None]) -> None:
         """Await a schema migration ``op(connection)`` (no schema check first)."""
-        await self._run(True, self._migrate, op)
+        await self._run(_TRANSACTION, self._migrate, op)
 
-    async def _run(self, begin: bool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _run(self, mode: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             if isinstance(self.target, AsyncEngine):
                 attempt = 1
                 while True:
                     try:
-                        if not begin:
+                        if mode == _READ:
                             async with self._read_engine.connect() as conn:
+                                return await conn.run_sync(fn, *args, **kwargs)
+                        if mode == _STATEMENT:
+                            async with (
+                                self._writer,
+                                _statement_connection(self._read_engine) as conn,
+                            ):
                                 return await conn.run_sync(fn, *args, **kwargs)
                         async with self._writer, self._write_engine.begin() as conn:
                             return await conn.run_sync(fn, *args, **kwargs)

@@ -855,8 +855,9 @@ def get_delta_channel_history(
 # -- writes ------------------------------------------------------------------
 
 
-# Rows one chained insert takes at most (PostgreSQL binds at most 65535
-# parameters per statement); larger batches take one statement per table.
+# Rows one statement of inserts takes at most (PostgreSQL binds at most
+# 65535 parameters per statement, SQLite 32766); larger batches take a
+# transaction, and a driver call per table.
 CHAIN_ROWS = 1000
 # An insert: the table, the columns a key conflict replaces (None: keep the
 # stored row), and the rows.
@@ -881,8 +882,9 @@ def _insert(dialect: Dialect, table: Table, updated: tuple[str, ...] | None = No
 def _chained_insert(
     dialect: Dialect, shape: tuple[tuple[Table, tuple[str, ...] | None, int], ...]
 ) -> Prepared:
-    """The inserts of `shape` (table, update, row count) as one statement;
-    row ``i`` of insert ``n`` binds its columns as ``<n>_<i>_<column>``."""
+    """The inserts of `shape` (table, update, row count) as one statement
+    (`dialects.chain` for more than one); row ``i`` of insert ``n`` binds
+    its columns as ``<n>_<i>_<column>``."""
     inserts = []
     for n, (table, updated, count) in enumerate(shape):
         rows = [
@@ -890,71 +892,86 @@ def _chained_insert(
             for i in range(count)
         ]
         inserts.append(_insert_statement(dialect, table, updated).values(rows))
-    return Prepared(dialects.chain(dialect, inserts), dialect)
+    statement = inserts[0] if len(inserts) == 1 else dialects.chain(dialect, inserts)
+    return Prepared(statement, dialect)
 
 
-def insert_all(conn: Connection, batches: Sequence[Batch]) -> None:
-    """Run these inserts. On PostgreSQL, up to `CHAIN_ROWS` rows go as one
-    statement (see `dialects.chain`): one round trip, atomic on its own;
-    elsewhere each table's rows go as one driver call."""
-    batches = [b for b in batches if b[2]]
-    rows_in_all = sum(len(rows) for _, _, rows in batches)
-    if dialects.chains_inserts(conn.dialect) and 1 < rows_in_all <= CHAIN_ROWS:
-        shape = tuple((table, updated, len(rows)) for table, updated, rows in batches)
-        params = {
-            f"{n}_{i}_{column}": value
-            for n, (_, _, rows) in enumerate(batches)
-            for i, row in enumerate(rows)
-            for column, value in row.items()
-        }
-        _chained_insert(conn.dialect, shape).run(conn, params)
-        return
-    for table, updated, rows in batches:
-        _insert(conn.dialect, table, updated).run_many(conn, rows)
+@dataclass(frozen=True)
+class Rows:
+    """What a `put` or `put_writes` stores, serialized before its
+    transaction begins: the transaction (and on SQLite, the hold of the
+    single writer's lock) is no longer than the statements."""
+
+    thread_id: str
+    batches: tuple[Batch, ...]  # the inserts that have rows
+    checkpoint: bool  # a put's (shallow mode prunes after it)
+
+    @property
+    def count(self) -> int:
+        return sum(len(rows) for _, _, rows in self.batches)
 
 
-def one_statement(dialect: Dialect, opts: Options, rows: int) -> bool:
-    """Whether a `put` or `put_writes` of ``rows`` rows in all runs as one
-    statement, atomic without a transaction around it (see `insert_all`)."""
-    plain = not opts.policies.shallow and opts.policies.ttl is None
-    return plain and dialects.chains_inserts(dialect) and rows <= CHAIN_ROWS
-
-
-def put(
-    conn: Connection,
+def put_rows(
     opts: Options,
     config: RunnableConfig,
     checkpoint: Checkpoint,
     metadata: CheckpointMetadata,
     new_versions: ChannelVersions,
-) -> RunnableConfig:
-    """Store a checkpoint: its changed channel values (rows that keep values
-    already stored), then the checkpoint row (an upsert: a re-put replaces
-    it but keeps its original parent)."""
+) -> Rows:
+    """A checkpoint's rows: its changed channel values (rows that keep
+    values already stored), then the checkpoint row (an upsert: a re-put
+    replaces it but keeps its original parent)."""
     row, values = codec.put_rows(opts.serde, config, checkpoint, metadata, new_versions)
-    insert_all(conn, [(B, None, values), (C, CHECKPOINT_UPDATE, [row])])
-    if opts.policies.shallow:
-        prune_keep_latest(conn, opts, row["thread_id"])
-    policies.touch(conn, opts.policies, row["thread_id"])
-    return Address.of(config).config(checkpoint["id"])
+    batches = ((B, None, values), (C, CHECKPOINT_UPDATE, [row]))
+    return Rows(row["thread_id"], tuple(b for b in batches if b[2]), checkpoint=True)
 
 
-def put_writes(
-    conn: Connection,
+def write_rows(
     opts: Options,
     config: RunnableConfig,
     writes: Sequence[tuple[str, Any]],
     task_id: str,
     task_path: str,
-) -> None:
-    """Store a task's writes. Writes to special channels replace a stored
-    one of the task; others keep it (see `codec.replaces`)."""
+) -> Rows:
+    """A task's writes. Writes to special channels replace a stored one of
+    the task; others keep it (see `codec.replaces`)."""
     rows = codec.write_rows(opts.serde, config, writes, task_id, task_path)
     replacing = [r for r in rows if codec.replaces(r["channel"])]
     keeping = [r for r in rows if not codec.replaces(r["channel"])]
-    insert_all(conn, [(W, WRITE_UPDATE, replacing), (W, None, keeping)])
-    if rows:
-        policies.touch(conn, opts.policies, rows[0]["thread_id"])
+    batches = ((W, WRITE_UPDATE, replacing), (W, None, keeping))
+    thread_id = Address.of(config).thread_id
+    return Rows(thread_id, tuple(b for b in batches if b[2]), checkpoint=False)
+
+
+def one_statement(dialect: Dialect, opts: Options, rows: Rows) -> bool:
+    """Whether these rows are stored by one statement, atomic without a
+    transaction around it: up to `CHAIN_ROWS` rows of one insert, or on
+    PostgreSQL of several (`dialects.chain`); and no policy that writes
+    more (TTL, shallow mode)."""
+    plain = not opts.policies.shallow and opts.policies.ttl is None
+    chained = len(rows.batches) == 1 or dialects.chains_inserts(dialect)
+    return plain and chained and rows.count <= CHAIN_ROWS
+
+
+def store(conn: Connection, opts: Options, rows: Rows) -> None:
+    """Store the rows of a `put` or `put_writes`, with what the policies
+    ask for (shallow mode's prune, TTL's expiry)."""
+    if 1 < rows.count and one_statement(conn.dialect, opts, rows):
+        shape = tuple((table, updated, len(batch)) for table, updated, batch in rows.batches)
+        params = {
+            f"{n}_{i}_{column}": value
+            for n, (_, _, batch) in enumerate(rows.batches)
+            for i, row in enumerate(batch)
+            for column, value in row.items()
+        }
+        _chained_insert(conn.dialect, shape).run(conn, params)
+    else:  # a transaction's (or one row): each insert's rows as one driver call
+        for table, updated, batch in rows.batches:
+            _insert(conn.dialect, table, updated).run_many(conn, batch)
+    if rows.checkpoint and opts.policies.shallow:
+        prune_keep_latest(conn, opts, rows.thread_id)
+    if rows.batches:
+        policies.touch(conn, opts.policies, rows.thread_id)
 
 
 def delete_threads(conn: Connection, opts: Options, thread_ids: Sequence[str]) -> None:

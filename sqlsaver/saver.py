@@ -23,6 +23,7 @@ from typing_extensions import Unpack
 from sqlsaver import migrate, ops
 from sqlsaver.base import SaverBase, SaverOptions, Sweep, check_prune, sync_engine
 from sqlsaver.bind import SyncBind, SyncTarget
+from sqlsaver.codec import Address
 
 logger = logging.getLogger(__name__)
 
@@ -161,10 +162,8 @@ class SQLSaver(SaverBase):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Store a checkpoint and its changed channel values atomically."""
-        opts = self._opts
-        alone = ops.one_statement(self._bind.dialect, opts, len(new_versions) + 1)
-        write = self._bind.write_statement if alone else self._bind.write
-        return write(ops.put, opts, config, checkpoint, metadata, new_versions)
+        self._store(ops.put_rows(self._opts, config, checkpoint, metadata, new_versions))
+        return Address.of(config).config(checkpoint["id"])
 
     def put_writes(
         self,
@@ -174,10 +173,14 @@ class SQLSaver(SaverBase):
         task_path: str = "",
     ) -> None:
         """Store a task's pending writes atomically."""
-        opts = self._opts
-        alone = ops.one_statement(self._bind.dialect, opts, len(writes))
-        write = self._bind.write_statement if alone else self._bind.write
-        write(ops.put_writes, opts, config, writes, task_id, task_path)
+        self._store(ops.write_rows(self._opts, config, writes, task_id, task_path))
+
+    def _store(self, rows: ops.Rows) -> None:
+        # One statement where that is atomic on its own (`ops.one_statement`).
+        store = self._bind.write_statement
+        if not ops.one_statement(self._bind.dialect, self._opts, rows):
+            store = self._bind.write
+        store(ops.store, self._opts, rows)
 
     def delete_thread(self, thread_id: str) -> None:
         """Delete every checkpoint, write and value of a thread."""

@@ -14,7 +14,8 @@ transactions each operation costs.
   versions are not in their column.
 - `put` and `put_writes` on PostgreSQL: one statement and no transaction
   (a chained insert is atomic on its own); elsewhere one statement per
-  table, in a transaction.
+  table, in a transaction, except where all rows go to one insert: that
+  statement alone, with no BEGIN on SQLite.
 
 Small values (None, bools, numbers, short strings) are kept in their
 checkpoint's row instead of a blob row each, and read back from there.
@@ -153,7 +154,7 @@ async def test_versions_outside_their_column_take_a_second_statement(
     assert reads(seen) == reads(listing) == (3 if backend.name == "sqlite" else 2)
 
 
-async def test_writes_are_one_statement_per_table_and_one_on_postgres(
+async def test_writes_are_one_statement_per_insert_and_one_on_postgres(
     backend: Backend, saver: Any, aio: bool, thread_id: str
 ) -> None:
     config = await _thread(aio, saver, thread_id, 1)
@@ -180,6 +181,16 @@ async def test_writes_are_one_statement_per_table_and_one_on_postgres(
     else:
         inserts = [s for s in seen if s.startswith("INSERT")]
         assert len(inserts) == 2 and "<begin>" in seen and seen[-1] == "<commit>", seen
+    if backend.name == "sqlite":  # the single writer's lock taken up front
+        assert sent(seen)[0] == "BEGIN IMMEDIATE", seen
+
+    # Ordinary writes alone are one insert, atomic on its own: no BEGIN on
+    # SQLite either (nor a transaction at all on PostgreSQL).
+    with recorded() as seen:
+        await call(aio, saver, "put_writes", config, [("messages", ["y"]), ("step", 3)], "task-2")
+    assert sent(seen) == ["INSERT INTO SQLSAVER_WRITES"], seen
+    if backend.name == "postgres":
+        assert "<commit>" not in seen, seen
 
     stored = await call(aio, saver, "get_tuple", config)
     assert stored.checkpoint["channel_values"] == {"messages": ["a", "b"], "step": 1}
@@ -187,6 +198,8 @@ async def test_writes_are_one_statement_per_table_and_one_on_postgres(
         ("task-1", "__interrupt__", "stop"),
         ("task-1", "messages", ["x"]),
         ("task-1", "step", 2),
+        ("task-2", "messages", ["y"]),
+        ("task-2", "step", 3),
     ]
 
 
