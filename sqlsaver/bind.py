@@ -118,9 +118,7 @@ class _Bind:
         return op(conn, *args, **kwargs)
 
     def _migrate(self, conn: Connection, op: Callable[[Connection], None]) -> None:
-        # On an AUTOCOMMIT engine, in a transaction all the same: DDL all or
-        # nothing, and PostgreSQL's migration lock held until it commits.
-        with dialects.atomic(conn) if dialects.autocommit(conn) else contextlib.nullcontext():
+        with dialects.own_transaction(conn):
             op(conn)
         self.schema_checked = True
 

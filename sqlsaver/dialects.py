@@ -517,6 +517,19 @@ def atomic(conn: Connection) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def own_transaction(conn: Connection) -> Iterator[None]:
+    """On an AUTOCOMMIT connection, which would commit each statement on its
+    own, run the block in a transaction all the same (`atomic`): DDL all or
+    nothing, and PostgreSQL's transaction-scoped migration lock held to the
+    end. Elsewhere the block is in the connection's transaction already."""
+    if autocommit(conn) and not conn.info.get(_OWN_TRANSACTION):
+        with atomic(conn):
+            yield
+    else:
+        yield
+
+
 def autocommit(conn: Connection) -> bool:
     """Whether the connection commits each statement (no transaction)."""
     level = conn.get_execution_options().get("isolation_level") or _engine_isolation(conn.dialect)

@@ -168,7 +168,7 @@ def _run_alembic(
 ) -> None:
     from alembic import command
 
-    with dialects.migration_lock(conn):
+    with dialects.own_transaction(conn), dialects.migration_lock(conn):
         if _status(_current(conn, locking=True)) == "ahead":
             require_current(conn)  # raises SchemaTooNewError, not Alembic's riddle
         config = alembic_config(conn)

@@ -595,11 +595,14 @@ def test_concurrent_setup_on_an_empty_database(fresh: Backend, tmp_path: Path) -
         assert schema_diff(engine) == []
 
 
-def test_setup_on_an_autocommit_engine_is_one_transaction(fresh: Backend) -> None:
-    """An AUTOCOMMIT engine has no transaction of its own to migrate in:
-    setup() opens one, so that the DDL is all or nothing and PostgreSQL's
-    migration lock (transaction-scoped) is held to the end. (MySQL commits
-    each DDL statement; its migration lock is the session's.)"""
+@pytest.mark.parametrize("how", ["setup", "upgrade"])
+def test_migrating_on_an_autocommit_engine_is_one_transaction(fresh: Backend, how: str) -> None:
+    """An AUTOCOMMIT engine (the `from_url` and CLI engines on PostgreSQL)
+    has no transaction of its own to migrate in: `setup()` and
+    `migrate.upgrade` open one, so that the DDL is all or nothing and
+    PostgreSQL's migration lock (transaction-scoped) is held to the end.
+    (MySQL commits each DDL statement; its migration lock is the
+    session's.)"""
     statements: list[str] = []
 
     def seen(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
@@ -608,7 +611,10 @@ def test_setup_on_an_autocommit_engine_is_one_transaction(fresh: Backend) -> Non
     with engine_on(fresh.sync_url) as engine:
         autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         event.listen(engine, "before_cursor_execute", seen)
-        SQLSaver(autocommit).setup()
+        if how == "setup":
+            SQLSaver(autocommit).setup()
+        else:
+            migrate.upgrade(autocommit)
         event.remove(engine, "before_cursor_execute", seen)
         assert set(schema(engine)) == SQLSAVER_TABLES and version_rows(engine) == [(HEAD,)]
     ddl = [i for i, sql in enumerate(statements) if sql.startswith("CREATE TABLE")]
