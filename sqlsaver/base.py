@@ -74,8 +74,12 @@ class SaverBase(BaseCheckpointSaver[str]):
 
     @property
     def _opts(self) -> ops.Options:
-        # Built on demand: `with_allowlist` copies the saver with a new serde.
-        return ops.Options(serde=self.serde, policies=self.policies)
+        # Built again when the serde or policies are others: `with_allowlist`
+        # copies the saver with a new serde.
+        opts: ops.Options | None = self.__dict__.get("_built_opts")
+        if opts is None or opts.serde is not self.serde or opts.policies is not self.policies:
+            opts = self.__dict__["_built_opts"] = ops.Options(self.serde, self.policies)
+        return opts
 
     def _ttl(self) -> TTL:
         if self.policies.ttl is None:

@@ -84,22 +84,23 @@ def put_rows(
     versions; the id is only in its column. Otherwise the bytes hold every
     version and the id, and the blobs every value.
     """
+    at = Address.of(config)
     inline = inline_values(checkpoint)
     return (
-        _checkpoint_row(serde, config, checkpoint, metadata, inline),
-        _blob_rows(serde, config, checkpoint, new_versions, inline or {}),
+        _checkpoint_row(serde, at, config, checkpoint, metadata, inline),
+        _blob_rows(serde, at, checkpoint, new_versions, inline or {}),
     )
 
 
 def _checkpoint_row(
     serde: SerializerProtocol,
+    at: Address,
     config: RunnableConfig,
     checkpoint: Checkpoint,
     metadata: CheckpointMetadata,
     inline: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The checkpoints-table row of a `put` (see `put_rows`)."""
-    at = Address.of(config)
     stored = {k: v for k, v in checkpoint.items() if k != "channel_values"}
     versions = checkpoint["channel_versions"]
     versions_column = None
@@ -168,7 +169,7 @@ def inline_values(checkpoint: Checkpoint) -> dict[str, Any] | None:
 
 def _blob_rows(
     serde: SerializerProtocol,
-    config: RunnableConfig,
+    at: Address,
     checkpoint: Checkpoint,
     new_versions: ChannelVersions,
     inline: dict[str, Any],
@@ -179,7 +180,6 @@ def _blob_rows(
     snapshots, a channel that was emptied) gets no row: absence is how a
     missing value is recorded. Nor do the ``inline`` values.
     """
-    at = Address.of(config)
     values = checkpoint["channel_values"]
     rows = []
     for channel, version in new_versions.items():

@@ -258,9 +258,24 @@ def _python_equal_form(value: Any) -> Any:
     return value
 
 
+def _verbatim(text: str) -> bool:
+    """Whether JSON (with ``ensure_ascii``) writes this string as it is:
+    printable ASCII without quotes or backslashes, as metadata keys and
+    most values are. `json.dumps` is a few microseconds a call, and a
+    `put` spells every metadata key and value."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+
+
 def canonical_json(value: Any) -> str:
     """Canonical JSON text of a metadata value: values equal under Python's
     ``==`` (as `InMemorySaver` compares them) get equal text."""
+    kind = type(value)
+    if kind is str and _verbatim(value):
+        return f'"{value}"'
+    if kind is int or kind is bool:
+        return str(int(value))
+    if value is None:
+        return "null"
     return json.dumps(
         _python_equal_form(value),
         ensure_ascii=True,
@@ -272,7 +287,7 @@ def canonical_json(value: Any) -> str:
 
 def canonical_key(key: str) -> str:
     """An injective ASCII spelling of a metadata key (JSON string escapes)."""
-    return json.dumps(key, ensure_ascii=True)[1:-1]
+    return key if _verbatim(key) else json.dumps(key, ensure_ascii=True)[1:-1]
 
 
 def filter_document(metadata: dict[str, Any]) -> dict[str, str]:

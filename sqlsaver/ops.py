@@ -939,7 +939,7 @@ def write_rows(
     replacing = [r for r in rows if codec.replaces(r["channel"])]
     keeping = [r for r in rows if not codec.replaces(r["channel"])]
     batches = ((W, WRITE_UPDATE, replacing), (W, None, keeping))
-    thread_id = Address.of(config).thread_id
+    thread_id = rows[0]["thread_id"] if rows else Address.of(config).thread_id
     return Rows(thread_id, tuple(b for b in batches if b[2]), checkpoint=False)
 
 

@@ -105,8 +105,14 @@ class Prepared:
 def _observed(conn: Connection) -> bool:
     """Whether anyone watches this connection's statements: cursor-execute
     listeners (tracing, such as OpenTelemetry's) or ``echo``."""
+    if conn.engine.echo:
+        return True
+    # SQLAlchemy's own test before it looks for listeners at all: no event
+    # listener of any kind on this connection or its engine.
+    if not (conn._has_events or conn.engine._has_events):
+        return False
     dispatch = conn.dispatch
-    return bool(dispatch.before_cursor_execute or dispatch.after_cursor_execute or conn.engine.echo)
+    return bool(dispatch.before_cursor_execute or dispatch.after_cursor_execute)
 
 
 def _run(conn: Connection, stmt: Prepared, params: Any, many: bool = False) -> list[Any]:

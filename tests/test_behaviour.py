@@ -43,7 +43,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from sqlalchemy import Engine, create_engine, inspect, make_url, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from sqlsaver import AsyncSQLSaver, SchemaNotReadyError, SQLSaver
+from sqlsaver import AsyncSQLSaver, SchemaNotReadyError, SQLSaver, dialects
 from sqlsaver.models import blobs as B
 from sqlsaver.models import checkpoints as C
 from sqlsaver.models import writes as W
@@ -425,6 +425,23 @@ async def test_hostile_filter_keys_and_values(saver: Saver, thread_id: str) -> N
     ]  # fmt: skip
     await assert_same_matches(saver, mem, [thread_id], mine, filters)
     assert len(await saver.list(cfg(thread_id))) == len(mine)  # nothing was dropped
+
+
+def test_canonical_spellings_are_json_dumps_spellings() -> None:
+    """The shortcuts of `canonical_key` and `canonical_json` (strings JSON
+    writes as they are, ints, bools, None) spell exactly what `json.dumps`
+    does, which the filters and every stored filter document rely on."""
+
+    def slow(value: Any) -> str:
+        equal_form = dialects._python_equal_form(value)
+        return json.dumps(equal_form, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
+
+    words = [*HOSTILE, "\x7f", "a\tb", "\n", "source", "step", "run_id", "~", " a ", "a/b"]
+    for word in words:
+        assert dialects.canonical_key(word) == slow(word)[1:-1], word
+        assert dialects.canonical_json(word) == slow(word), word
+    for value in [0, 1, -7, 2**70, True, False, None, 2.0, 2.5, [True], {"b": 1, "a": None}]:
+        assert dialects.canonical_json(value) == slow(value), value
 
 
 def random_value(rng: random.Random, python_eq: bool, top: bool = True, depth: int = 0) -> Any:

@@ -40,7 +40,7 @@ from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.pool import NullPool, Pool
 
-from sqlsaver import codec
+from sqlsaver import SQLSaver, codec
 from sqlsaver.models import blobs
 
 
@@ -251,5 +251,34 @@ def _blob_keys(backend: Backend, thread_id: str) -> list[tuple[str, str]]:
         with engine.connect() as conn:
             query = select(blobs.c.channel, blobs.c.version).where(blobs.c.thread_id == thread_id)
             return [tuple(r) for r in conn.execute(query)]
+    finally:
+        engine.dispose()
+
+
+def test_listeners_added_later_see_the_hot_statements(backend: Backend, thread_id: str) -> None:
+    """Instrumentation attached to an application's engine after the saver
+    is working (OpenTelemetry's SQLAlchemy instrumentor does this) sees the
+    statements of the hot operations, which otherwise go straight to the
+    driver's cursor."""
+    engine = create_engine(backend.sync_url, poolclass=NullPool)
+    saver = SQLSaver(engine)
+    config: dict[str, Any] = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    checkpoint = create_checkpoint(empty_checkpoint(), None, 1)
+    checkpoint["channel_values"] = {"messages": ["a"]}
+    checkpoint["channel_versions"] = {"messages": "1"}
+    try:
+        config = saver.put(config, checkpoint, {}, {"messages": "1"})
+        assert saver.get_tuple(config) is not None  # unobserved so far
+        seen: list[str] = []
+
+        def statement(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+            seen.append(" ".join(sql.split()).upper()[:30])
+
+        event.listen(engine, "after_cursor_execute", statement)
+        saver.put_writes(config, [("messages", ["b"])], "task-1")
+        found = saver.get_tuple(config)
+        assert found is not None and found.pending_writes == [("task-1", "messages", ["b"])]
+        assert any(s.startswith("INSERT INTO SQLSAVER_WRITES") for s in seen), seen
+        assert sum(s.startswith(("SELECT", "WITH C AS")) for s in seen) >= 1, seen
     finally:
         engine.dispose()
