@@ -100,6 +100,8 @@ def json_safe(text: str) -> bool:
     PostgreSQL's JSONB cannot hold NUL, and lone surrogates are not UTF-8."""
     if "\x00" in text:
         return False
+    if text.isascii():  # the common case, without encoding it
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
