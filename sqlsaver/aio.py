@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -175,7 +176,8 @@ class AsyncSQLSaver(SaverBase):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Store a checkpoint and its changed channel values atomically."""
-        await self._store(ops.put_rows(self._opts, config, checkpoint, metadata, new_versions))
+        rows_of = partial(ops.put_rows, self._opts, config, checkpoint, metadata, new_versions)
+        await self._bind.store(self._opts, rows_of)
         return Address.of(config).config(checkpoint["id"])
 
     async def aput_writes(
@@ -186,14 +188,8 @@ class AsyncSQLSaver(SaverBase):
         task_path: str = "",
     ) -> None:
         """Store a task's pending writes atomically."""
-        await self._store(ops.write_rows(self._opts, config, writes, task_id, task_path))
-
-    async def _store(self, rows: ops.Rows) -> None:
-        # One statement where that is atomic on its own (`ops.one_statement`).
-        store = self._bind.write_statement
-        if not ops.one_statement(self._bind.dialect, self._opts, rows):
-            store = self._bind.write
-        await store(ops.store, self._opts, rows)
+        rows_of = partial(ops.write_rows, self._opts, config, writes, task_id, task_path)
+        await self._bind.store(self._opts, rows_of)
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Delete every checkpoint, write and value of a thread."""

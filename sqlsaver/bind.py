@@ -28,14 +28,14 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar, cast, overload
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast, overload
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
-from sqlsaver import dialects, migrate
+from sqlsaver import dialects, migrate, ops
 from sqlsaver.migrate import SchemaNotReadyError
 
 P = ParamSpec("P")
@@ -76,7 +76,10 @@ def _backoff(attempt: int) -> float:
 # without a transaction where the database allows (`dialects.read_options`);
 # a write that is one statement, atomic on its own; any other write, in a
 # transaction. Writes of a saver on SQLite queue on the saver's lock.
-_READ, _STATEMENT, _TRANSACTION = "read", "statement", "transaction"
+Mode = Literal["read", "statement", "transaction"]
+_READ: Mode = "read"
+_STATEMENT: Mode = "statement"
+_TRANSACTION: Mode = "transaction"
 
 
 @overload
@@ -87,14 +90,26 @@ def _statement_connection(
 ) -> contextlib.AbstractAsyncContextManager[AsyncConnection]: ...
 def _statement_connection(engine: Any) -> Any:
     """A connection for a write that is one statement (see
-    `dialects.statements_commit`). PostgreSQL's read connections are
-    AUTOCOMMIT. On SQLite, ``begin()``: sqlsaver's own engines send no
-    BEGIN for it (the statement commits itself), and an engine of the
-    caller's, where the driver opens a transaction before an INSERT, has
-    it committed."""
-    if dialects.autocommit_reads(engine.dialect):
-        return engine.connect()
-    return engine.begin()
+    `dialects.statements_commit`): a plain one where the engine is
+    AUTOCOMMIT. On SQLite otherwise ``begin()``: sqlsaver's own engines
+    send no BEGIN for it (the statement commits itself), and an engine of
+    the caller's, where the driver opens a transaction before an INSERT,
+    has it committed."""
+    return engine.connect() if dialects.autocommit_engine(engine) else engine.begin()
+
+
+@overload
+def _transaction_connection(engine: Engine) -> contextlib.AbstractContextManager[Connection]: ...
+@overload
+def _transaction_connection(
+    engine: AsyncEngine,
+) -> contextlib.AbstractAsyncContextManager[AsyncConnection]: ...
+def _transaction_connection(engine: Any) -> Any:
+    """A connection for a write in a transaction of the saver's own. On an
+    AUTOCOMMIT engine a plain one: the operation begins and commits the
+    transaction itself (`dialects.atomic`, see `_Bind._invoke`), where
+    ``begin()`` would add a COMMIT of its own (a round trip on MySQL)."""
+    return engine.connect() if dialects.autocommit_engine(engine) else engine.begin()
 
 
 class _Bind:
@@ -162,15 +177,25 @@ class SyncBind(_Bind):
     ) -> T:
         """Run a writing ``op`` that the database runs as one statement,
         atomic on its own: on an autocommit engine, no transaction around it."""
-        if isinstance(self.target, Engine) and dialects.statements_commit(self.dialect):
+        if isinstance(self.target, Engine) and dialects.statements_commit(self._read_engine):
             return cast(T, self._run(_STATEMENT, self._invoke, False, op, *args, **kwargs))
         return self.write(op, *args, **kwargs)
+
+    def store(self, opts: ops.Options, rows_of: Callable[[], ops.Rows]) -> None:
+        """Serialize the rows of a `put` or `put_writes` (``rows_of()``),
+        then store them (`ops.store`): as one statement where that is atomic
+        on its own (`ops.one_statement`), else in a transaction."""
+        rows = rows_of()
+        if not rows.batches:
+            return
+        write = self.write_statement if ops.one_statement(self.dialect, opts, rows) else self.write
+        write(ops.store, opts, rows)
 
     def migrate(self, op: Callable[[Connection], None]) -> None:
         """Run a schema migration ``op(connection)`` (no schema check first)."""
         self._run(_TRANSACTION, self._migrate, op)
 
-    def _run(self, mode: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def _run(self, mode: Mode, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             if isinstance(self.target, Engine):
                 attempt = 1
@@ -182,7 +207,7 @@ class SyncBind(_Bind):
                         if mode == _STATEMENT:
                             with self._writer, _statement_connection(self._read_engine) as conn:
                                 return fn(conn, *args, **kwargs)
-                        with self._writer, self._write_engine.begin() as conn:
+                        with self._writer, _transaction_connection(self._write_engine) as conn:
                             return fn(conn, *args, **kwargs)
                     except DBAPIError as error:
                         if attempt == ATTEMPTS or not _retryable(error):
@@ -241,15 +266,24 @@ class AsyncBind(_Bind):
         self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Await a writing ``op`` that is one statement (see `SyncBind`)."""
-        if isinstance(self.target, AsyncEngine) and dialects.statements_commit(self.dialect):
+        if isinstance(self.target, AsyncEngine) and dialects.statements_commit(self._read_engine):
             return await self._run(_STATEMENT, self._invoke, False, op, *args, **kwargs)
         return await self.write(op, *args, **kwargs)
+
+    async def store(self, opts: ops.Options, rows_of: Callable[[], ops.Rows]) -> None:
+        """Serialize and store the rows of a `put` or `put_writes` (see
+        `SyncBind.store`)."""
+        rows = rows_of()
+        if not rows.batches:
+            return
+        write = self.write_statement if ops.one_statement(self.dialect, opts, rows) else self.write
+        await write(ops.store, opts, rows)
 
     async def migrate(self, op: Callable[[Connection], None]) -> None:
         """Await a schema migration ``op(connection)`` (no schema check first)."""
         await self._run(_TRANSACTION, self._migrate, op)
 
-    async def _run(self, mode: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _run(self, mode: Mode, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             if isinstance(self.target, AsyncEngine):
                 attempt = 1
@@ -264,7 +298,10 @@ class AsyncBind(_Bind):
                                 _statement_connection(self._read_engine) as conn,
                             ):
                                 return await conn.run_sync(fn, *args, **kwargs)
-                        async with self._writer, self._write_engine.begin() as conn:
+                        async with (
+                            self._writer,
+                            _transaction_connection(self._write_engine) as conn,
+                        ):
                             return await conn.run_sync(fn, *args, **kwargs)
                     except DBAPIError as error:
                         if attempt == ATTEMPTS or not _retryable(error):
@@ -315,6 +352,11 @@ class ThreadedBind:
         """Await a writing ``op`` that is one statement (see `SyncBind`)."""
         call = functools.partial(self.sync.write_statement, op, *args, **kwargs)
         return await asyncio.to_thread(call)
+
+    async def store(self, opts: ops.Options, rows_of: Callable[[], ops.Rows]) -> None:
+        """Serialize and store the rows of a `put` or `put_writes`, both in
+        the worker thread (see `SyncBind.store`)."""
+        await asyncio.to_thread(self.sync.store, opts, rows_of)
 
     async def migrate(self, op: Callable[[Connection], None]) -> None:
         """Await a schema migration ``op(connection)``."""

@@ -41,6 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.selectable import TableValuedAlias
 
@@ -190,6 +191,17 @@ def insert_ignore(dialect: Dialect, table: Table) -> Insert:
 def chains_inserts(dialect: Dialect) -> bool:
     """Whether `chain` can make one statement of several inserts."""
     return dialect.name == "postgresql"
+
+
+def max_binds(dialect: Dialect) -> int:
+    """Bind parameters one statement may have: asyncpg's protocol counts
+    them in 16 bits (signed), SQLite builds before 3.32 took 999. PyMySQL
+    and asyncmy write the values into the statement (`CHAIN_BYTES` bounds
+    that)."""
+    if dialect.name == "sqlite":
+        version = getattr(dialect.dbapi, "sqlite_version_info", (3, 32))
+        return 32766 if version >= (3, 32) else 999
+    return 32767
 
 
 def chain(dialect: Dialect, inserts: list[Insert]) -> Insert:
@@ -373,6 +385,15 @@ def engine_options(url: URL) -> dict[str, Any]:
             options["connect_args"]["check_same_thread"] = False
     if url.get_backend_name() in MYSQL:
         options["pool_recycle"] = 3600  # below MySQL's wait_timeout
+        # AUTOCOMMIT, for the round trips: otherwise InnoDB opens a
+        # transaction at a read's SELECT, which must be rolled back (one
+        # more round trip) lest the connection's next user read an old
+        # snapshot, and SQLAlchemy sends a ROLLBACK after each COMMIT too
+        # (PyMySQL and asyncmy send whatever they are asked). The writes of
+        # more than one statement open a transaction themselves (`atomic`);
+        # every one ends it, so there is nothing to reset on return.
+        options["isolation_level"] = "AUTOCOMMIT"
+        options["pool_reset_on_return"] = None
     if url.get_backend_name() == "postgresql":
         options["pool_recycle"] = 1800  # before proxies and load balancers drop idle ones
         # Reads and one-statement writes need no transaction (`read_options`);
@@ -406,14 +427,21 @@ def _engine_isolation(dialect: Dialect) -> str | None:
     return cast(str | None, getattr(dialect, "_on_connect_isolation_level", None))
 
 
-def statements_commit(dialect: Dialect) -> bool:
+def autocommit_engine(engine: Engine | AsyncEngine) -> bool:
+    """Whether an engine's connections commit each statement (the engine's
+    own isolation level, or one set by `execution_options`)."""
+    level = engine.get_execution_options().get("isolation_level")
+    return (level or _engine_isolation(engine.dialect)) == "AUTOCOMMIT"
+
+
+def statements_commit(engine: Engine | AsyncEngine) -> bool:
     """Whether a write that is one statement (`ops.one_statement`) runs on
-    a saver's read connections, with no transaction around it: PostgreSQL's
-    are AUTOCOMMIT, and on SQLite a statement is atomic on its own (and
-    sqlsaver's engines send no ``BEGIN IMMEDIATE`` for it, two statements
-    fewer under the single writer's lock). Not MySQL's, which keep the
-    driver's transaction open."""
-    return dialect.name in ("postgresql", "sqlite")
+    this engine (a saver's read engine) with no transaction of the saver's
+    around it: where its connections are AUTOCOMMIT (PostgreSQL's always,
+    see `read_options`; `from_url`'s on MySQL), and on SQLite, where a
+    statement is atomic on its own (sqlsaver's engines then send no
+    ``BEGIN IMMEDIATE``: two statements fewer under the writer's lock)."""
+    return engine.dialect.name == "sqlite" or autocommit_engine(engine)
 
 
 def autocommit_reads(dialect: Dialect) -> bool:
@@ -483,14 +511,7 @@ def configure_engine(engine: Engine) -> None:
         # state on its own, as on PostgreSQL (`read_options`). Nor do writes
         # that are one statement (`statements_commit`), atomic on their own.
         if conn.get_execution_options().get(WRITE_OPTION, False):
-            _begin_immediate(conn.dialect).run(conn, {})
-
-
-@cache
-def _begin_immediate(dialect: Dialect) -> Prepared:
-    # On the driver's cursor: `exec_driver_sql` costs ~5 us more, under the
-    # single writer's lock.
-    return Prepared(text("BEGIN IMMEDIATE"), dialect)
+            _control(conn.dialect, "BEGIN IMMEDIATE").run(conn, {})
 
 
 # Set in `Connection.info` while `atomic` holds a transaction it began on an
@@ -506,23 +527,15 @@ def atomic(conn: Connection) -> Iterator[None]:
     Normally a SAVEPOINT. Two cases need care:
 
     - an AUTOCOMMIT connection has no transaction to join, and would commit
-      each statement on its own: wrap the write in a transaction of its own
-      (and within that, a SAVEPOINT as usual);
+      each statement on its own: the block gets a transaction of its own
+      (`own_transaction`), and SAVEPOINTs within it;
     - pysqlite (in its default mode) only opens a transaction before DML,
       and a SAVEPOINT outside a transaction is a transaction of its own whose
       RELEASE commits behind the caller's back: open the real one first.
     """
-    if autocommit(conn) and not conn.info.get(_OWN_TRANSACTION):
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.dialect.name == "sqlite" else "BEGIN")
-        conn.info[_OWN_TRANSACTION] = True
-        try:
+    if _needs_own_transaction(conn):
+        with _own_transaction(conn):
             yield
-        except BaseException:
-            conn.exec_driver_sql("ROLLBACK")
-            raise
-        finally:
-            del conn.info[_OWN_TRANSACTION]
-        conn.exec_driver_sql("COMMIT")
         return
     if conn.dialect.name == "sqlite":
         if not conn.in_transaction():
@@ -537,14 +550,43 @@ def atomic(conn: Connection) -> Iterator[None]:
 @contextmanager
 def own_transaction(conn: Connection) -> Iterator[None]:
     """On an AUTOCOMMIT connection, which would commit each statement on its
-    own, run the block in a transaction all the same (`atomic`): DDL all or
-    nothing, and PostgreSQL's transaction-scoped migration lock held to the
-    end. Elsewhere the block is in the connection's transaction already."""
-    if autocommit(conn) and not conn.info.get(_OWN_TRANSACTION):
-        with atomic(conn):
+    own, run the block in a transaction all the same: DDL all or nothing,
+    and PostgreSQL's transaction-scoped migration lock held to the end.
+    Elsewhere the block is in the connection's transaction already."""
+    if _needs_own_transaction(conn):
+        with _own_transaction(conn):
             yield
     else:
         yield
+
+
+def _needs_own_transaction(conn: Connection) -> bool:
+    return autocommit(conn) and not conn.info.get(_OWN_TRANSACTION)
+
+
+@contextmanager
+def _own_transaction(conn: Connection) -> Iterator[None]:
+    """BEGIN (IMMEDIATE on SQLite: the writer's lock up front), then COMMIT,
+    or ROLLBACK if the block raises; on the driver's cursor (`Prepared`),
+    as SQLAlchemy does not know of this transaction anyway."""
+    begin = "BEGIN IMMEDIATE" if conn.dialect.name == "sqlite" else "BEGIN"
+    _control(conn.dialect, begin).run(conn, {})
+    conn.info[_OWN_TRANSACTION] = True
+    try:
+        yield
+    except BaseException:
+        _control(conn.dialect, "ROLLBACK").run(conn, {})
+        raise
+    finally:
+        del conn.info[_OWN_TRANSACTION]
+    _control(conn.dialect, "COMMIT").run(conn, {})
+
+
+@cache
+def _control(dialect: Dialect, statement: str) -> Prepared:
+    """BEGIN, COMMIT or ROLLBACK on the driver's cursor: `exec_driver_sql`
+    costs ~5 us more, under SQLite's writer lock and every MySQL write."""
+    return Prepared(text(statement), dialect)
 
 
 def autocommit(conn: Connection) -> bool:

@@ -14,7 +14,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -202,7 +202,7 @@ def _load_writes(
     rows: dict[str, list[Sequence[Any]]] = defaultdict(list)
     params = {"thread_id": at.thread_id, "checkpoint_ns": at.checkpoint_ns}
     lists: tuple[tuple[str, int], ...] = ()
-    if channels:
+    if channels is not None:
         channel_count, channel_params = padded("channel", channels)
         params.update(channel_params)
         lists = (("channel", channel_count),)
@@ -218,18 +218,20 @@ def _load_writes(
 def _writes_of(
     conn: Connection, serde: SerializerProtocol, rows: Sequence[Row]
 ) -> dict[tuple[str, str, str], list[PendingWrite]]:
-    """The writes of these checkpoints rows, by checkpoint key: a statement
-    per namespace among them."""
-    ids: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for r in rows:
-        ids[(r.thread_id, r.checkpoint_ns)].append(r.checkpoint_id)
-    return {
-        (thread_id, ns, checkpoint_id): writes
-        for (thread_id, ns), in_ns in ids.items()
-        for checkpoint_id, writes in _load_writes(
-            conn, serde, Address(thread_id, ns), in_ns
-        ).items()
-    }
+    """The writes of these checkpoints rows, by checkpoint key: one
+    statement for a namespace's, one per `CHUNK` of keys across several."""
+    namespaces = {(r.thread_id, r.checkpoint_ns) for r in rows}
+    if len(namespaces) == 1:
+        ((thread_id, ns),) = namespaces
+        ids = [r.checkpoint_id for r in rows]
+        found = _load_writes(conn, serde, Address(thread_id, ns), ids)
+        return {(thread_id, ns, key): writes for key, writes in found.items()}
+    key = _checkpoint_key(W)
+    grouped: dict[tuple[str, str, str], list[Sequence[Any]]] = defaultdict(list)
+    for chunk in _chunks((r.thread_id, r.checkpoint_ns, r.checkpoint_id) for r in rows):
+        for r in conn.execute(select(*key, *WRITE_COLUMNS).where(_keys_in(key, chunk))):
+            grouped[tuple(r[:3])].append(r[3:])
+    return {k: codec.pending_writes(serde, group) for k, group in grouped.items()}
 
 
 def _assemble(conn: Connection, serde: SerializerProtocol, found: Found) -> list[CheckpointTuple]:
@@ -315,6 +317,7 @@ def _tuples_statement(
     # Labelled: a compound's ORDER BY names its columns (SQLite).
     checkpoints = select(*(col.label(col.name) for col in c.c), *no_writes, *no_values)
     unused = len(c.c) - 3
+    # (On an embedded database the writes have a statement of their own.)
     writes = select(
         c.c.thread_id,
         c.c.checkpoint_ns,
@@ -364,7 +367,6 @@ def _tuples_statement(
         looked_up(B.c.type),
         looked_up(B.c.blob),
     )
-    # On an embedded database, the writes have a statement of their own.
     kinds = (checkpoints, values) if dialects.embedded(dialect) else (checkpoints, writes, values)
     stmt = union_all(*kinds)
     return stmt.order_by(*(stmt.selected_columns[col.name].desc() for col in order))
@@ -438,7 +440,7 @@ def _checkpoint_with_writes(dialect: Dialect, by_id: bool, visibility: Visibilit
 
 def get_tuple(conn: Connection, opts: Options, config: RunnableConfig) -> CheckpointTuple | None:
     """The checkpoint `config` names, or the latest of its thread/namespace:
-    one statement (see `_tuples_statement`)."""
+    one statement on PostgreSQL, two elsewhere (see `_tuples_statement`)."""
     at = Address.of(config)
     stmt = _checkpoint_with_writes(conn.dialect, bool(at.checkpoint_id), opts.policies.visibility)
     params: dict[str, Any] = {"thread_id": at.thread_id, "checkpoint_ns": at.checkpoint_ns}
@@ -546,7 +548,7 @@ def list_page(
     conn: Connection, opts: Options, query: ListQuery
 ) -> tuple[list[CheckpointTuple], ListQuery | None]:
     """One page of a `list`, newest first, and the query for the next page:
-    one statement (see `_tuples_statement`)."""
+    one statement on PostgreSQL, two elsewhere (see `_tuples_statement`)."""
     if query.done:
         return [], None
     pinned = (
@@ -855,10 +857,11 @@ def get_delta_channel_history(
 # -- writes ------------------------------------------------------------------
 
 
-# Rows one statement of inserts takes at most (PostgreSQL binds at most
-# 65535 parameters per statement, SQLite 32766); larger batches take a
-# transaction, and a driver call per table.
-CHAIN_ROWS = 1000
+# Bytes of values one statement of inserts takes at most: a larger write
+# takes a transaction, and a driver call per table, which PyMySQL and
+# asyncmy cut into statements of 1 MB (MySQL refuses a statement larger
+# than its max_allowed_packet, 16 MB by default on MariaDB).
+CHAIN_BYTES = 1_000_000
 # An insert: the table, the columns a key conflict replaces (None: keep the
 # stored row), and the rows.
 Batch = tuple[Table, tuple[str, ...] | None, list[dict[str, Any]]]
@@ -878,7 +881,7 @@ def _insert(dialect: Dialect, table: Table, updated: tuple[str, ...] | None = No
     return Prepared(_insert_statement(dialect, table, updated), dialect)
 
 
-@cache
+@lru_cache(maxsize=256)  # a shape per row count: bounded
 def _chained_insert(
     dialect: Dialect, shape: tuple[tuple[Table, tuple[str, ...] | None, int], ...]
 ) -> Prepared:
@@ -898,9 +901,8 @@ def _chained_insert(
 
 @dataclass(frozen=True)
 class Rows:
-    """What a `put` or `put_writes` stores, serialized before its
-    transaction begins: the transaction (and on SQLite, the hold of the
-    single writer's lock) is no longer than the statements."""
+    """What a `put` or `put_writes` stores, serialized before the saver
+    takes a connection (and on SQLite, the single writer's lock)."""
 
     thread_id: str
     batches: tuple[Batch, ...]  # the inserts that have rows
@@ -909,6 +911,22 @@ class Rows:
     @property
     def count(self) -> int:
         return sum(len(rows) for _, _, rows in self.batches)
+
+    def fit_one_statement(self, dialect: Dialect) -> bool:
+        """Whether the inserts go as one statement: one insert, or several
+        chained (PostgreSQL, `dialects.chain`); within the database's
+        bind-parameter limit, and up to `CHAIN_BYTES` of values."""
+        if len(self.batches) > 1 and not dialects.chains_inserts(dialect):
+            return False
+        binds = sum(len(rows) * len(table.columns) for table, _, rows in self.batches)
+        size = sum(
+            len(value)
+            for _, _, rows in self.batches
+            for row in rows
+            for value in row.values()
+            if isinstance(value, (bytes, str))
+        )
+        return binds <= dialects.max_binds(dialect) and size <= CHAIN_BYTES
 
 
 def put_rows(
@@ -945,18 +963,16 @@ def write_rows(
 
 def one_statement(dialect: Dialect, opts: Options, rows: Rows) -> bool:
     """Whether these rows are stored by one statement, atomic without a
-    transaction around it: up to `CHAIN_ROWS` rows of one insert, or on
-    PostgreSQL of several (`dialects.chain`); and no policy that writes
+    transaction around it (`Rows.fit_one_statement`), and no policy writes
     more (TTL, shallow mode)."""
     plain = not opts.policies.shallow and opts.policies.ttl is None
-    chained = len(rows.batches) == 1 or dialects.chains_inserts(dialect)
-    return plain and chained and rows.count <= CHAIN_ROWS
+    return plain and rows.fit_one_statement(dialect)
 
 
 def store(conn: Connection, opts: Options, rows: Rows) -> None:
     """Store the rows of a `put` or `put_writes`, with what the policies
     ask for (shallow mode's prune, TTL's expiry)."""
-    if 1 < rows.count and one_statement(conn.dialect, opts, rows):
+    if 1 < rows.count and rows.fit_one_statement(conn.dialect):
         shape = tuple((table, updated, len(batch)) for table, updated, batch in rows.batches)
         params = {
             f"{n}_{i}_{column}": value
@@ -965,7 +981,7 @@ def store(conn: Connection, opts: Options, rows: Rows) -> None:
             for column, value in row.items()
         }
         _chained_insert(conn.dialect, shape).run(conn, params)
-    else:  # a transaction's (or one row): each insert's rows as one driver call
+    else:  # in a transaction (or one row): each insert's rows as one driver call
         for table, updated, batch in rows.batches:
             _insert(conn.dialect, table, updated).run_many(conn, batch)
     if rows.checkpoint and opts.policies.shallow:

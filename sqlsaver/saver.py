@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -162,7 +163,8 @@ class SQLSaver(SaverBase):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Store a checkpoint and its changed channel values atomically."""
-        self._store(ops.put_rows(self._opts, config, checkpoint, metadata, new_versions))
+        rows_of = partial(ops.put_rows, self._opts, config, checkpoint, metadata, new_versions)
+        self._bind.store(self._opts, rows_of)
         return Address.of(config).config(checkpoint["id"])
 
     def put_writes(
@@ -173,14 +175,8 @@ class SQLSaver(SaverBase):
         task_path: str = "",
     ) -> None:
         """Store a task's pending writes atomically."""
-        self._store(ops.write_rows(self._opts, config, writes, task_id, task_path))
-
-    def _store(self, rows: ops.Rows) -> None:
-        # One statement where that is atomic on its own (`ops.one_statement`).
-        store = self._bind.write_statement
-        if not ops.one_statement(self._bind.dialect, self._opts, rows):
-            store = self._bind.write
-        store(ops.store, self._opts, rows)
+        rows_of = partial(ops.write_rows, self._opts, config, writes, task_id, task_path)
+        self._bind.store(self._opts, rows_of)
 
     def delete_thread(self, thread_id: str) -> None:
         """Delete every checkpoint, write and value of a thread."""

@@ -442,18 +442,17 @@ async def test_setup_at_head_is_one_select_without_alembic(
         saver.setup()
 
     # SQLite: the saver's engine begins write transactions with BEGIN
-    # IMMEDIATE through the cursor; PostgreSQL: its engine is AUTOCOMMIT and
-    # the saver begins and commits the transaction itself; MySQL: the driver
-    # does. The version read runs in a SAVEPOINT (a missing table must not
-    # abort a caller's PostgreSQL transaction). Nothing else: no lock, no
-    # Alembic.
-    begin = {"sqlite": ["BEGIN IMMEDIATE"], "postgres": ["BEGIN"]}.get(fresh.name, [])
+    # IMMEDIATE through the cursor; PostgreSQL and MySQL: their engines are
+    # AUTOCOMMIT and the saver begins and commits the transaction itself.
+    # The version read runs in a SAVEPOINT (a missing table must not abort
+    # a caller's PostgreSQL transaction). Nothing else: no lock, no Alembic.
+    begin = "BEGIN IMMEDIATE" if fresh.name == "sqlite" else "BEGIN"
     expected = [
-        *begin,
+        begin,
         "SAVEPOINT sp",
         f"SELECT {VERSION_TABLE}.version_num FROM {VERSION_TABLE}",
         "RELEASE SAVEPOINT sp",
-        *(["COMMIT"] if fresh.name == "postgres" else []),
+        *([] if fresh.name == "sqlite" else ["COMMIT"]),
     ]
     with no_alembic(), SQLSaver.from_url(fresh.sync_url) as saver:
         with statements() as seen:
@@ -467,7 +466,7 @@ async def test_setup_at_head_is_one_select_without_alembic(
             with statements() as seen:
                 await asaver.setup()
     selects = [s for s in seen if not re.match(r"(BEGIN|COMMIT|SAVEPOINT|RELEASE SAVEPOINT)\b", s)]
-    assert selects == [expected[len(begin) + 1]]
+    assert selects == [expected[2]]
 
 
 # -- 5: the wheel, installed ------------------------------------------------------

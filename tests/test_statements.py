@@ -44,6 +44,33 @@ from sqlsaver import SQLSaver, codec
 from sqlsaver.models import blobs
 
 
+@contextmanager
+def transaction_ends(backend: Backend) -> Iterator[dict[str, int]]:
+    """On MySQL, how many COMMITs and ROLLBACKs the server ran in the block
+    (its global counters: the tests run one at a time), including those a
+    pool sends when a connection goes back, which no event shows."""
+    ends = {"commit": 0, "rollback": 0}
+    if backend.name != "mysql":
+        yield ends
+        return
+    probe = create_engine(backend.sync_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+
+    def counters(conn: Any) -> dict[str, int]:
+        rows = conn.exec_driver_sql(
+            "SHOW GLOBAL STATUS WHERE Variable_name IN ('Com_commit', 'Com_rollback')"
+        )
+        return {name.lower()[4:]: int(value) for name, value in rows}
+
+    try:
+        with probe.connect() as conn:
+            before = counters(conn)
+            yield ends
+            after = counters(conn)
+        ends.update({k: after[k] - before[k] for k in ends})
+    finally:
+        probe.dispose()
+
+
 def sent(seen: list[str]) -> list[str]:
     """The statements sent, without SQLAlchemy's transaction markers."""
     return [s for s in seen if not s.startswith("<")]
@@ -154,6 +181,22 @@ async def test_versions_outside_their_column_take_a_second_statement(
     assert reads(seen) == reads(listing) == (3 if backend.name == "sqlite" else 2)
 
 
+def assert_one_write(backend: Backend, seen: list[str], tables: int) -> None:
+    """What a write of ``tables`` inserts sent: on PostgreSQL one chained
+    statement and no transaction; on SQLite the inserts between BEGIN
+    IMMEDIATE (the writer's lock taken up front) and COMMIT; on MySQL (an
+    AUTOCOMMIT engine) the saver's own BEGIN and COMMIT."""
+    inserts = [s for s in sent(seen) if s.startswith("INSERT")]
+    if backend.name == "postgres":
+        assert sent(seen) == ["WITH INSERT_0 AS"] and "<commit>" not in seen, seen
+    elif backend.name == "sqlite":
+        assert sent(seen) == ["BEGIN IMMEDIATE", *inserts] and len(inserts) == tables, seen
+        assert "<commit>" in seen, seen
+    else:
+        assert sent(seen) == ["BEGIN", *inserts, "COMMIT"] and len(inserts) == tables, seen
+        assert "<commit>" not in seen, seen
+
+
 async def test_writes_are_one_statement_per_insert_and_one_on_postgres(
     backend: Backend, saver: Any, aio: bool, thread_id: str
 ) -> None:
@@ -166,30 +209,19 @@ async def test_writes_are_one_statement_per_insert_and_one_on_postgres(
         config = await call(
             aio, saver, "put", config, checkpoint, {}, {"messages": "2", "step": "2"}
         )
-    inserts = [s for s in seen if s.startswith("INSERT") or s.startswith("WITH")]
-    if backend.name == "postgres":
-        # One chained statement (blobs, then the checkpoint), no transaction.
-        assert sent(seen) == ["WITH INSERT_0 AS"] and "<commit>" not in seen, seen
-    else:
-        assert len(inserts) == 2 and "<begin>" in seen and seen[-1] == "<commit>", seen
+    assert_one_write(backend, seen, tables=2)
 
     with recorded() as seen:
         writes = [("messages", ["x"]), ("step", 2), ("__interrupt__", "stop")]
         await call(aio, saver, "put_writes", config, writes, "task-1")
-    if backend.name == "postgres":
-        assert sent(seen) == ["WITH INSERT_0 AS"] and "<commit>" not in seen, seen
-    else:
-        inserts = [s for s in seen if s.startswith("INSERT")]
-        assert len(inserts) == 2 and "<begin>" in seen and seen[-1] == "<commit>", seen
-    if backend.name == "sqlite":  # the single writer's lock taken up front
-        assert sent(seen)[0] == "BEGIN IMMEDIATE", seen
+    assert_one_write(backend, seen, tables=2)  # two inserts: one replaces, one keeps
 
     # Ordinary writes alone are one insert, atomic on its own: no BEGIN on
-    # SQLite either (nor a transaction at all on PostgreSQL).
+    # SQLite either, and no transaction at all on PostgreSQL and MySQL.
     with recorded() as seen:
         await call(aio, saver, "put_writes", config, [("messages", ["y"]), ("step", 3)], "task-2")
     assert sent(seen) == ["INSERT INTO SQLSAVER_WRITES"], seen
-    if backend.name == "postgres":
+    if backend.name != "sqlite":
         assert "<commit>" not in seen, seen
 
     stored = await call(aio, saver, "get_tuple", config)
@@ -282,3 +314,33 @@ def test_listeners_added_later_see_the_hot_statements(backend: Backend, thread_i
         assert sum(s.startswith(("SELECT", "WITH C AS")) for s in seen) >= 1, seen
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["mysql"], indirect=True)
+async def test_mysql_sends_no_rollback_or_commit_beyond_its_own(
+    backend: Backend, saver: Any, aio: bool, thread_id: str
+) -> None:
+    """On MySQL every COMMIT or ROLLBACK is a round trip (PyMySQL and asyncmy
+    send whatever they are asked). A read sends none, not even when its
+    connection goes back to the pool; a write of one insert none either; a
+    write of two inserts its own COMMIT only. Counted by the server, as
+    the pool's ROLLBACK on return shows in no event. (Without listeners:
+    statements a listener watches go through SQLAlchemy's execute, whose
+    transaction bookkeeping adds a ROLLBACK.)"""
+    config = await _thread(aio, saver, thread_id, 3)
+    await call(aio, saver, "get_tuple", config)  # the schema check is behind us
+    checkpoint = create_checkpoint(empty_checkpoint(), None, 9)
+    checkpoint["channel_values"] = {"messages": ["a"], "step": 9}
+    checkpoint["channel_versions"] = {"messages": "9", "step": "9"}
+
+    with transaction_ends(backend) as ends:
+        assert (await call(aio, saver, "get_tuple", config)).pending_writes
+        thread = {"configurable": {"thread_id": thread_id}}
+        assert len(await call(aio, saver, "list", thread, limit=2)) == 2
+    assert ends == {"commit": 0, "rollback": 0}
+    with transaction_ends(backend) as ends:
+        await call(aio, saver, "put_writes", config, [("messages", ["z"])], "task-9")
+    assert ends == {"commit": 0, "rollback": 0}
+    with transaction_ends(backend) as ends:
+        await call(aio, saver, "put", config, checkpoint, {}, {"messages": "9", "step": "9"})
+    assert ends == {"commit": 1, "rollback": 0}
