@@ -1,12 +1,14 @@
 """What a saver was given (Engine, Connection or Session; sync or async),
 turned into one thing: "run this operation in the right transaction".
 
-- An Engine: each write is its own transaction, on a pooled connection;
-  reads run on a pooled connection without BEGIN/COMMIT where the database
-  allows (`dialects.read_options`). On SQLite, writes of one saver queue on
-  a lock of the process before they take the database's: SQLite has one
-  writer, and waiting on its busy timeout means sleeping in steps of
-  milliseconds, where a lock hands over at once.
+- An Engine: each write is its own transaction, on a pooled connection,
+  or a single statement with none around it where that is atomic on its
+  own (`store`, `dialects.statements_commit`); reads run on a pooled
+  connection without BEGIN/COMMIT where the database allows
+  (`dialects.read_options`). On SQLite, writes of one saver queue on a lock
+  of the process before they take the database's: SQLite has one writer,
+  and waiting on its busy timeout means sleeping in steps of milliseconds,
+  where a lock hands over at once.
 - A Connection or Session: the operation joins the caller's transaction and
   never commits it. Writes run inside a SAVEPOINT, so a failed write leaves
   nothing behind while the caller's transaction goes on. Calls are
@@ -83,32 +85,19 @@ _TRANSACTION: Mode = "transaction"
 
 
 @overload
-def _statement_connection(engine: Engine) -> contextlib.AbstractContextManager[Connection]: ...
+def _connection(engine: Engine) -> contextlib.AbstractContextManager[Connection]: ...
 @overload
-def _statement_connection(
-    engine: AsyncEngine,
-) -> contextlib.AbstractAsyncContextManager[AsyncConnection]: ...
-def _statement_connection(engine: Any) -> Any:
-    """A connection for a write that is one statement (see
-    `dialects.statements_commit`): a plain one where the engine is
-    AUTOCOMMIT. On SQLite otherwise ``begin()``: sqlsaver's own engines
-    send no BEGIN for it (the statement commits itself), and an engine of
-    the caller's, where the driver opens a transaction before an INSERT,
-    has it committed."""
-    return engine.connect() if dialects.autocommit_engine(engine) else engine.begin()
-
-
-@overload
-def _transaction_connection(engine: Engine) -> contextlib.AbstractContextManager[Connection]: ...
-@overload
-def _transaction_connection(
-    engine: AsyncEngine,
-) -> contextlib.AbstractAsyncContextManager[AsyncConnection]: ...
-def _transaction_connection(engine: Any) -> Any:
-    """A connection for a write in a transaction of the saver's own. On an
-    AUTOCOMMIT engine a plain one: the operation begins and commits the
-    transaction itself (`dialects.atomic`, see `_Bind._invoke`), where
-    ``begin()`` would add a COMMIT of its own (a round trip on MySQL)."""
+def _connection(engine: AsyncEngine) -> contextlib.AbstractAsyncContextManager[AsyncConnection]: ...
+def _connection(engine: Any) -> Any:
+    """A connection for a write: a plain one where the engine is AUTOCOMMIT,
+    as the operation begins and commits any transaction it needs itself
+    (`dialects.atomic`, see `_Bind._invoke`), and ``begin()`` would add a
+    COMMIT of its own (a round trip on MySQL). Otherwise ``begin()``: on
+    sqlsaver's SQLite engines it sends BEGIN IMMEDIATE for a transaction's
+    write (`dialects.configure_engine`) and nothing for a one-statement
+    write's (the statement commits itself), and on an engine of the
+    caller's, where the driver opens a transaction before an INSERT, it
+    commits that."""
     return engine.connect() if dialects.autocommit_engine(engine) else engine.begin()
 
 
@@ -176,7 +165,8 @@ class SyncBind(_Bind):
         self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run a writing ``op`` that the database runs as one statement,
-        atomic on its own: on an autocommit engine, no transaction around it."""
+        atomic on its own, with no transaction of the saver's around it
+        where the engine allows (`dialects.statements_commit`)."""
         if isinstance(self.target, Engine) and dialects.statements_commit(self._read_engine):
             return cast(T, self._run(_STATEMENT, self._invoke, False, op, *args, **kwargs))
         return self.write(op, *args, **kwargs)
@@ -204,10 +194,9 @@ class SyncBind(_Bind):
                         if mode == _READ:
                             with self._read_engine.connect() as conn:
                                 return fn(conn, *args, **kwargs)
-                        if mode == _STATEMENT:
-                            with self._writer, _statement_connection(self._read_engine) as conn:
-                                return fn(conn, *args, **kwargs)
-                        with self._writer, _transaction_connection(self._write_engine) as conn:
+                        # A one-statement write needs no BEGIN IMMEDIATE (SQLite).
+                        engine = self._read_engine if mode == _STATEMENT else self._write_engine
+                        with self._writer, _connection(engine) as conn:
                             return fn(conn, *args, **kwargs)
                     except DBAPIError as error:
                         if attempt == ATTEMPTS or not _retryable(error):
@@ -292,16 +281,8 @@ class AsyncBind(_Bind):
                         if mode == _READ:
                             async with self._read_engine.connect() as conn:
                                 return await conn.run_sync(fn, *args, **kwargs)
-                        if mode == _STATEMENT:
-                            async with (
-                                self._writer,
-                                _statement_connection(self._read_engine) as conn,
-                            ):
-                                return await conn.run_sync(fn, *args, **kwargs)
-                        async with (
-                            self._writer,
-                            _transaction_connection(self._write_engine) as conn,
-                        ):
+                        engine = self._read_engine if mode == _STATEMENT else self._write_engine
+                        async with self._writer, _connection(engine) as conn:
                             return await conn.run_sync(fn, *args, **kwargs)
                     except DBAPIError as error:
                         if attempt == ATTEMPTS or not _retryable(error):

@@ -440,7 +440,9 @@ def statements_commit(engine: Engine | AsyncEngine) -> bool:
     around it: where its connections are AUTOCOMMIT (PostgreSQL's always,
     see `read_options`; `from_url`'s on MySQL), and on SQLite, where a
     statement is atomic on its own (sqlsaver's engines then send no
-    ``BEGIN IMMEDIATE``: two statements fewer under the writer's lock)."""
+    ``BEGIN IMMEDIATE``: two statements fewer under the writer's lock; on
+    an engine of the caller's the driver may open a transaction itself,
+    which `bind._connection` commits)."""
     return engine.dialect.name == "sqlite" or autocommit_engine(engine)
 
 
