@@ -174,11 +174,11 @@ class SyncBind(_Bind):
     def store(self, opts: ops.Options, rows_of: Callable[[], ops.Rows]) -> None:
         """Serialize the rows of a `put` or `put_writes` (``rows_of()``),
         then store them (`ops.store`): as one statement where that is atomic
-        on its own (`ops.one_statement`), else in a transaction."""
+        on its own (`ops.one_round_trip`), else in a transaction."""
         rows = rows_of()
         if not rows.batches:
             return
-        write = self.write_statement if ops.one_statement(self.dialect, opts, rows) else self.write
+        write = self.write_statement if ops.one_round_trip(self.dialect, opts, rows) else self.write
         write(ops.store, opts, rows)
 
     def migrate(self, op: Callable[[Connection], None]) -> None:
@@ -265,7 +265,7 @@ class AsyncBind(_Bind):
         rows = rows_of()
         if not rows.batches:
             return
-        write = self.write_statement if ops.one_statement(self.dialect, opts, rows) else self.write
+        write = self.write_statement if ops.one_round_trip(self.dialect, opts, rows) else self.write
         await write(ops.store, opts, rows)
 
     async def migrate(self, op: Callable[[Connection], None]) -> None:

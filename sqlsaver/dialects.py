@@ -45,9 +45,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.selectable import TableValuedAlias
 
-from sqlsaver.prepared import Prepared
+from sqlsaver.prepared import Prepared, observed
 
 MYSQL = ("mysql", "mariadb")
+# MySQL's client capability flags (the protocol's, as PyMySQL's CLIENT has them).
+CLIENT_FOUND_ROWS = 1 << 1
+CLIENT_MULTI_STATEMENTS = 1 << 16
 # Execution option set on connections that run a write operation.
 WRITE_OPTION = "sqlsaver_write"
 
@@ -385,6 +388,11 @@ def engine_options(url: URL) -> dict[str, Any]:
             options["connect_args"]["check_same_thread"] = False
     if url.get_backend_name() in MYSQL:
         options["pool_recycle"] = 3600  # below MySQL's wait_timeout
+        if url.get_driver_name() == "pymysql":
+            # A write of two inserts in one round trip (`runs_scripts`);
+            # FOUND_ROWS is SQLAlchemy's own flag, which this replaces.
+            flags = CLIENT_FOUND_ROWS | CLIENT_MULTI_STATEMENTS
+            options["connect_args"] = {"client_flag": flags}
         # AUTOCOMMIT, for the round trips: otherwise InnoDB opens a
         # transaction at a read's SELECT, which must be rolled back (one
         # more round trip) lest the connection's next user read an old
@@ -410,7 +418,7 @@ def read_options(dialect: Dialect) -> dict[str, Any]:
     default READ COMMITTED gives each statement its own snapshot anyway, so
     a transaction buys a read nothing). psycopg and asyncpg switch it on the
     client, without a round trip of their own. A write that is a single
-    statement (`ops.one_statement`) takes the same connections: it needs no
+    statement (`ops.one_round_trip`) takes the same connections: it needs no
     transaction around it.
 
     SQLite reads need no option: sqlsaver's engines emit BEGIN themselves
@@ -435,7 +443,7 @@ def autocommit_engine(engine: Engine | AsyncEngine) -> bool:
 
 
 def statements_commit(engine: Engine | AsyncEngine) -> bool:
-    """Whether a write that is one statement (`ops.one_statement`) runs on
+    """Whether a write that is one statement (`ops.one_round_trip`) runs on
     this engine (a saver's read engine) with no transaction of the saver's
     around it: where its connections are AUTOCOMMIT (PostgreSQL's always,
     see `read_options`; `from_url`'s on MySQL), and on SQLite, where a
@@ -560,6 +568,24 @@ def own_transaction(conn: Connection) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def rollback(conn: Connection) -> None:
+    """ROLLBACK on the driver's cursor: what a failed script began (`runs_scripts`)."""
+    _control(conn.dialect, "ROLLBACK").run(conn, {})
+
+
+def runs_scripts(conn: Connection) -> bool:
+    """Whether a write may go as one script of statements, BEGIN to COMMIT,
+    in one round trip (`Prepared.script`): on MySQL, whose drivers can send
+    several statements in one query (asyncmy always; PyMySQL with
+    ``CLIENT.MULTI_STATEMENTS``, which sqlsaver's engines set), on an
+    AUTOCOMMIT connection in no transaction, and with no one watching its
+    statements one by one (`prepared.observed`)."""
+    if conn.dialect.name not in MYSQL or not _needs_own_transaction(conn) or observed(conn):
+        return False
+    flags = getattr(conn.connection.driver_connection, "client_flag", 0)  # PyMySQL's
+    return conn.dialect.driver == "asyncmy" or bool(flags & CLIENT_MULTI_STATEMENTS)
 
 
 def _needs_own_transaction(conn: Connection) -> bool:

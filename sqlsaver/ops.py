@@ -33,6 +33,7 @@ from sqlalchemy import (
     CompoundSelect,
     Connection,
     Dialect,
+    Insert,
     Integer,
     Select,
     Table,
@@ -45,6 +46,7 @@ from sqlalchemy import (
     literal_column,
     null,
     select,
+    text,
     true,
     tuple_,
     type_coerce,
@@ -881,13 +883,12 @@ def _insert(dialect: Dialect, table: Table, updated: tuple[str, ...] | None = No
     return Prepared(_insert_statement(dialect, table, updated), dialect)
 
 
-@lru_cache(maxsize=256)  # a shape per row count: bounded
-def _chained_insert(
-    dialect: Dialect, shape: tuple[tuple[Table, tuple[str, ...] | None, int], ...]
-) -> Prepared:
-    """The inserts of `shape` (table, update, row count) as one statement
-    (`dialects.chain` for more than one); row ``i`` of insert ``n`` binds
-    its columns as ``<n>_<i>_<column>``."""
+Shape = tuple[tuple[Table, tuple[str, ...] | None, int], ...]
+
+
+def _inserts(dialect: Dialect, shape: Shape) -> list[Insert]:
+    """The inserts of `shape` (table, update, row count); row ``i`` of
+    insert ``n`` binds its columns as ``<n>_<i>_<column>``."""
     inserts = []
     for n, (table, updated, count) in enumerate(shape):
         rows = [
@@ -895,8 +896,25 @@ def _chained_insert(
             for i in range(count)
         ]
         inserts.append(_insert_statement(dialect, table, updated).values(rows))
+    return inserts
+
+
+@lru_cache(maxsize=256)  # a shape per row count: bounded
+def _chained_insert(dialect: Dialect, shape: Shape) -> Prepared:
+    """The `_inserts` of `shape` as one statement (`dialects.chain` for
+    more than one)."""
+    inserts = _inserts(dialect, shape)
     statement = inserts[0] if len(inserts) == 1 else dialects.chain(dialect, inserts)
     return Prepared(statement, dialect)
+
+
+@lru_cache(maxsize=256)
+def _insert_script(dialect: Dialect, shape: Shape) -> Prepared:
+    """The `_inserts` of `shape` between BEGIN and COMMIT, as one script
+    (`dialects.runs_scripts`)."""
+    begin, commit = (Prepared(text(word), dialect) for word in ("BEGIN", "COMMIT"))
+    inserts = [Prepared(insert, dialect) for insert in _inserts(dialect, shape)]
+    return Prepared.script([begin, *inserts, commit])
 
 
 @dataclass(frozen=True)
@@ -912,11 +930,13 @@ class Rows:
     def count(self) -> int:
         return sum(len(rows) for _, _, rows in self.batches)
 
-    def fit_one_statement(self, dialect: Dialect) -> bool:
-        """Whether the inserts go as one statement: one insert, or several
-        chained (PostgreSQL, `dialects.chain`); within the database's
-        bind-parameter limit, and up to `CHAIN_BYTES` of values."""
-        if len(self.batches) > 1 and not dialects.chains_inserts(dialect):
+    def one_round_trip(self, dialect: Dialect) -> bool:
+        """Whether the inserts can go in one round trip, atomic on their own:
+        one insert, several chained into one statement (PostgreSQL,
+        `dialects.chain`) or as a script (MySQL, `store`); within the
+        database's bind-parameter limit, and up to `CHAIN_BYTES` of values."""
+        several = len(self.batches) > 1
+        if several and not (dialects.chains_inserts(dialect) or dialect.name in dialects.MYSQL):
             return False
         binds = sum(len(rows) * len(table.columns) for table, _, rows in self.batches)
         size = sum(
@@ -961,18 +981,25 @@ def write_rows(
     return Rows(thread_id, tuple(b for b in batches if b[2]), checkpoint=False)
 
 
-def one_statement(dialect: Dialect, opts: Options, rows: Rows) -> bool:
-    """Whether these rows are stored by one statement, atomic without a
-    transaction around it (`Rows.fit_one_statement`), and no policy writes
-    more (TTL, shallow mode)."""
+def one_round_trip(dialect: Dialect, opts: Options, rows: Rows) -> bool:
+    """Whether these rows are stored in one round trip, atomic with no
+    transaction of the saver's around it (`Rows.one_round_trip`), and no
+    policy writes more (TTL, shallow mode)."""
     plain = not opts.policies.shallow and opts.policies.ttl is None
-    return plain and rows.fit_one_statement(dialect)
+    return plain and rows.one_round_trip(dialect)
 
 
 def store(conn: Connection, opts: Options, rows: Rows) -> None:
     """Store the rows of a `put` or `put_writes`, with what the policies
-    ask for (shallow mode's prune, TTL's expiry)."""
-    if 1 < rows.count and rows.fit_one_statement(conn.dialect):
+    ask for (shallow mode's prune, TTL's expiry).
+
+    In one round trip where `Rows.one_round_trip` allows: one statement,
+    or on MySQL a script that begins and commits a transaction of its own
+    (`dialects.runs_scripts`; without it, the inserts one by one in a
+    transaction). Otherwise each insert's rows as one driver call, in the
+    transaction the saver opened."""
+    dialect = conn.dialect
+    if 1 < rows.count and rows.one_round_trip(dialect):
         shape = tuple((table, updated, len(batch)) for table, updated, batch in rows.batches)
         params = {
             f"{n}_{i}_{column}": value
@@ -980,14 +1007,31 @@ def store(conn: Connection, opts: Options, rows: Rows) -> None:
             for i, row in enumerate(batch)
             for column, value in row.items()
         }
-        _chained_insert(conn.dialect, shape).run(conn, params)
-    else:  # in a transaction (or one row): each insert's rows as one driver call
-        for table, updated, batch in rows.batches:
-            _insert(conn.dialect, table, updated).run_many(conn, batch)
+        if len(shape) == 1 or dialects.chains_inserts(dialect):
+            _chained_insert(dialect, shape).run(conn, params)
+        elif dialects.runs_scripts(conn):
+            try:
+                _insert_script(dialect, shape).run(conn, params)
+            except BaseException:
+                # A script stops at the statement that fails: its BEGIN ran,
+                # its COMMIT did not.
+                dialects.rollback(conn)
+                raise
+        else:
+            with dialects.own_transaction(conn):
+                _insert_each(conn, rows)
+    else:
+        _insert_each(conn, rows)
     if rows.checkpoint and opts.policies.shallow:
         prune_keep_latest(conn, opts, rows.thread_id)
     if rows.batches:
         policies.touch(conn, opts.policies, rows.thread_id)
+
+
+def _insert_each(conn: Connection, rows: Rows) -> None:
+    """Each insert's rows as one driver call."""
+    for table, updated, batch in rows.batches:
+        _insert(conn.dialect, table, updated).run_many(conn, batch)
 
 
 def delete_threads(conn: Connection, opts: Options, thread_ids: Sequence[str]) -> None:

@@ -36,11 +36,21 @@ Processor = Callable[[Any], Any]
 class Prepared:
     """A Core statement compiled for one dialect, run on the raw cursor."""
 
-    __slots__ = ("sql", "_positional", "_order", "_binds", "_defaults", "_row", "_results")
+    __slots__ = (
+        "sql",
+        "statements",
+        "_positional",
+        "_order",
+        "_binds",
+        "_defaults",
+        "_row",
+        "_results",
+    )
 
     def __init__(self, stmt: ClauseElement, dialect: Dialect) -> None:
         compiled = cast(SQLCompiler, stmt.compile(dialect=dialect))
         self.sql = compiled.string
+        self.statements = 1
         names = {bp: compiled.bind_names[bp] for bp in compiled.binds.values()}
         self._positional = compiled.positional
         self._order = tuple(compiled.positiontup or ()) if compiled.positional else ()
@@ -62,6 +72,23 @@ class Prepared:
             )
             # Only the columns that have one: most columns need none.
             self._results = tuple((i, p) for i, p in enumerate(processors) if p is not None)
+
+    @classmethod
+    def script(cls, parts: Sequence[Prepared]) -> Prepared:
+        """Statements that return no rows, sent as one query of several
+        (MySQL with ``CLIENT.MULTI_STATEMENTS``): one round trip. Their
+        parameters are named apart; positional ones follow the parts."""
+        assert all(p._row is None for p in parts), "a script returns no rows"
+        script = cls.__new__(cls)
+        script.sql = ";\n".join(p.sql for p in parts)
+        script.statements = sum(p.statements for p in parts)
+        script._positional = parts[0]._positional
+        assert all(p._positional == script._positional for p in parts)
+        script._order = tuple(name for p in parts for name in p._order)
+        script._defaults = {k: v for p in parts for k, v in p._defaults.items()}
+        script._binds = {k: v for p in parts for k, v in p._binds.items()}
+        script._row, script._results = None, ()
+        return script
 
     def _params(self, params: Mapping[str, Any]) -> Any:
         values = {**self._defaults, **params} if self._defaults else params
@@ -102,7 +129,7 @@ class Prepared:
         _run(conn, self, [self._params(p) for p in params], many=True)
 
 
-def _observed(conn: Connection) -> bool:
+def observed(conn: Connection) -> bool:
     """Whether anyone watches this connection's statements: cursor-execute
     listeners (tracing, such as OpenTelemetry's) or ``echo``."""
     if conn.engine.echo:
@@ -120,7 +147,8 @@ def _run(conn: Connection, stmt: Prepared, params: Any, many: bool = False) -> l
     selected, with driver errors turned into SQLAlchemy's, as `execute`
     does. A connection someone watches takes `exec_driver_sql` instead, so
     that its listeners and logging see the statement as usual."""
-    if _observed(conn):
+    if observed(conn):
+        assert stmt.statements == 1, "a script on a watched connection"
         result = conn.exec_driver_sql(stmt.sql, params)
         return list(result.fetchall()) if result.returns_rows else []
     dbapi_conn = conn.connection.dbapi_connection
@@ -131,6 +159,8 @@ def _run(conn: Connection, stmt: Prepared, params: Any, many: bool = False) -> l
             cursor.executemany(stmt.sql, params)
         else:
             cursor.execute(stmt.sql, params)
+        for _ in range(stmt.statements - 1):  # a script: each statement's result in turn
+            cursor.nextset()
         return list(cursor.fetchall()) if cursor.description is not None else []
     except conn.dialect.loaded_dbapi.Error as error:
         disconnect = conn.dialect.is_disconnect(error, dbapi_conn, cursor)

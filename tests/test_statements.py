@@ -344,3 +344,46 @@ async def test_mysql_sends_no_rollback_or_commit_beyond_its_own(
     with transaction_ends(backend) as ends:
         await call(aio, saver, "put", config, checkpoint, {}, {"messages": "9", "step": "9"})
     assert ends == {"commit": 1, "rollback": 0}
+
+
+@pytest.mark.parametrize("backend", ["mysql"], indirect=True)
+async def test_mysql_put_is_one_round_trip(
+    backend: Backend, saver: Any, aio: bool, thread_id: str
+) -> None:
+    """On MySQL a put (two inserts, atomic) goes to the server as one query:
+    BEGIN, the inserts and COMMIT together (the server's general log keeps
+    each query a client sends as one entry)."""
+    config = await _thread(aio, saver, thread_id, 1)  # the schema check is behind us
+    checkpoint = create_checkpoint(empty_checkpoint(), None, 2)
+    checkpoint["channel_values"] = {"messages": ["a", "b"], "step": 2}
+    checkpoint["channel_versions"] = {"messages": "3", "step": "3"}
+    admin = create_engine(backend.sync_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            log, output = conn.exec_driver_sql(
+                "SELECT @@global.general_log, @@global.log_output"
+            ).one()
+            conn.exec_driver_sql("SET GLOBAL log_output = 'TABLE'")
+            conn.exec_driver_sql("SET GLOBAL general_log = 1")
+            try:
+                config = await call(aio, saver, "put", config, checkpoint, {}, {"messages": "3"})
+            finally:
+                conn.exec_driver_sql("SET GLOBAL general_log = 0")
+                conn.exec_driver_sql(f"SET GLOBAL log_output = '{output}'")
+            logged = conn.exec_driver_sql(
+                "SELECT argument FROM mysql.general_log WHERE command_type = 'Query'"
+            )
+            texts = [a if isinstance(a, str) else bytes(a).decode() for (a,) in logged]
+            # The thread id as the driver wrote it: PyMySQL in hex, asyncmy as is.
+            spellings = (thread_id, thread_id.encode().hex())
+            queries = [t for t in texts if any(spelling in t for spelling in spellings)]
+            conn.exec_driver_sql("TRUNCATE mysql.general_log")
+            conn.exec_driver_sql(f"SET GLOBAL general_log = {int(log)}")
+    finally:
+        admin.dispose()
+    assert len(queries) == 1, queries
+    (query,) = queries
+    assert query.startswith("BEGIN;") and query.rstrip().endswith("COMMIT"), query
+    assert "INSERT INTO sqlsaver_blobs" in query and "INSERT INTO sqlsaver_checkpoints" in query
+    stored = await call(aio, saver, "get_tuple", config)
+    assert stored.checkpoint["channel_values"] == {"messages": ["a", "b"], "step": 2}
