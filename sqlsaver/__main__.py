@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from sqlalchemy import Connection
 
-from sqlsaver import base, dialects, migrate
+from sqlsaver import base, migrate
 
 T = TypeVar("T")
 DEMO_URL = "sqlite:///sqlsaver-demo.db"
@@ -36,8 +36,7 @@ def on_connection(url: str, fn: Callable[[Connection], T]) -> T:
         async def run() -> T:
             engine = base.async_engine(url, None)
             try:
-                writing = engine.execution_options(**{dialects.WRITE_OPTION: True})
-                async with writing.begin() as conn:
+                async with engine.begin() as conn:
                     return await conn.run_sync(fn)
             finally:
                 await engine.dispose()
@@ -45,7 +44,7 @@ def on_connection(url: str, fn: Callable[[Connection], T]) -> T:
         return asyncio.run(run())
     engine = base.sync_engine(url, None)
     try:
-        with engine.execution_options(**{dialects.WRITE_OPTION: True}).begin() as conn:
+        with engine.begin() as conn:
             return fn(conn)
     finally:
         engine.dispose()

@@ -89,15 +89,12 @@ def _connection(engine: Engine) -> contextlib.AbstractContextManager[Connection]
 @overload
 def _connection(engine: AsyncEngine) -> contextlib.AbstractAsyncContextManager[AsyncConnection]: ...
 def _connection(engine: Any) -> Any:
-    """A connection for a write: a plain one where the engine is AUTOCOMMIT,
-    as the operation begins and commits any transaction it needs itself
-    (`dialects.atomic`, see `_Bind._invoke`), and ``begin()`` would add a
-    COMMIT of its own (a round trip on MySQL). Otherwise ``begin()``: on
-    sqlsaver's SQLite engines it sends BEGIN IMMEDIATE for a transaction's
-    write (`dialects.configure_engine`) and nothing for a one-statement
-    write's (the statement commits itself), and on an engine of the
-    caller's, where the driver opens a transaction before an INSERT, it
-    commits that."""
+    """A connection for a write: a plain one where the engine is AUTOCOMMIT
+    (as sqlsaver's own are), since the operation begins and commits any
+    transaction it needs itself (`dialects.atomic`, see `_Bind._invoke`)
+    and ``begin()`` would only add bookkeeping (and on MySQL a COMMIT round
+    trip). Otherwise ``begin()``: on an engine of the caller's, where the
+    driver opens a transaction itself, it commits that one."""
     return engine.connect() if dialects.autocommit_engine(engine) else engine.begin()
 
 
@@ -142,7 +139,6 @@ class SyncBind(_Bind):
         self._lock = threading.RLock()
         self._writer: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if isinstance(target, Engine):
-            self._write_engine = target.execution_options(**{dialects.WRITE_OPTION: True})
             self._read_engine = target.execution_options(**dialects.read_options(target.dialect))
             if dialects.single_writer(target.dialect):
                 self._writer = threading.Lock()
@@ -195,7 +191,7 @@ class SyncBind(_Bind):
                             with self._read_engine.connect() as conn:
                                 return fn(conn, *args, **kwargs)
                         # A one-statement write needs no BEGIN IMMEDIATE (SQLite).
-                        engine = self._read_engine if mode == _STATEMENT else self._write_engine
+                        engine = self._read_engine if mode == _STATEMENT else self.target
                         with self._writer, _connection(engine) as conn:
                             return fn(conn, *args, **kwargs)
                     except DBAPIError as error:
@@ -233,7 +229,6 @@ class AsyncBind(_Bind):
         self._lock = asyncio.Lock()
         self._writer: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
         if isinstance(target, AsyncEngine):
-            self._write_engine = target.execution_options(**{dialects.WRITE_OPTION: True})
             self._read_engine = target.execution_options(**dialects.read_options(target.dialect))
             if dialects.single_writer(target.dialect):
                 self._writer = asyncio.Lock()
@@ -281,7 +276,7 @@ class AsyncBind(_Bind):
                         if mode == _READ:
                             async with self._read_engine.connect() as conn:
                                 return await conn.run_sync(fn, *args, **kwargs)
-                        engine = self._read_engine if mode == _STATEMENT else self._write_engine
+                        engine = self._read_engine if mode == _STATEMENT else self.target
                         async with self._writer, _connection(engine) as conn:
                             return await conn.run_sync(fn, *args, **kwargs)
                     except DBAPIError as error:

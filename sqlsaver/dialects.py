@@ -51,8 +51,6 @@ MYSQL = ("mysql", "mariadb")
 # MySQL's client capability flags (the protocol's, as PyMySQL's CLIENT has them).
 CLIENT_FOUND_ROWS = 1 << 1
 CLIENT_MULTI_STATEMENTS = 1 << 16
-# Execution option set on connections that run a write operation.
-WRITE_OPTION = "sqlsaver_write"
 
 
 # --------------------------------------------------------------------------
@@ -380,6 +378,10 @@ def engine_options(url: URL) -> dict[str, Any]:
     if url.get_backend_name() == "sqlite":
         # Other writers wait for the lock instead of failing at once.
         options["connect_args"] = {"timeout": 30}
+        # The driver begins no transaction of its own (pysqlite would, before
+        # any INSERT, as DEFERRED): reads and one-statement writes need none,
+        # and the other writes begin theirs as BEGIN IMMEDIATE (`atomic`).
+        options["isolation_level"] = "AUTOCOMMIT"
         if url.database in (None, "", ":memory:") or "mode=memory" in str(url):
             # One in-memory database shared by every thread of this engine.
             options["poolclass"] = StaticPool
@@ -421,8 +423,8 @@ def read_options(dialect: Dialect) -> dict[str, Any]:
     statement (`ops.one_round_trip`) takes the same connections: it needs no
     transaction around it.
 
-    SQLite reads need no option: sqlsaver's engines emit BEGIN themselves
-    (`configure_engine`), and a read begins none.
+    SQLite reads need no option: pysqlite begins no transaction for a
+    SELECT (and sqlsaver's engines are AUTOCOMMIT anyway).
     """
     if not autocommit_reads(dialect) or _engine_isolation(dialect) == "AUTOCOMMIT":
         return {}
@@ -446,11 +448,11 @@ def statements_commit(engine: Engine | AsyncEngine) -> bool:
     """Whether a write that is one statement (`ops.one_round_trip`) runs on
     this engine (a saver's read engine) with no transaction of the saver's
     around it: where its connections are AUTOCOMMIT (PostgreSQL's always,
-    see `read_options`; `from_url`'s on MySQL), and on SQLite, where a
-    statement is atomic on its own (sqlsaver's engines then send no
-    ``BEGIN IMMEDIATE``: two statements fewer under the writer's lock; on
-    an engine of the caller's the driver may open a transaction itself,
-    which `bind._connection` commits)."""
+    see `read_options`; `from_url`'s on MySQL and SQLite), and on any
+    SQLite engine, where a statement is atomic on its own (no ``BEGIN
+    IMMEDIATE``: two statements fewer under the writer's lock; on an engine
+    of the caller's the driver may open a transaction itself, which
+    `bind._connection` commits)."""
     return engine.dialect.name == "sqlite" or autocommit_engine(engine)
 
 
@@ -478,10 +480,11 @@ def single_writer(dialect: Dialect) -> bool:
 def configure_engine(engine: Engine) -> None:
     """Connection-level settings for an engine sqlsaver created.
 
-    SQLite: write-ahead logging, and transactions begun by sqlsaver rather
-    than by the driver, with ``BEGIN IMMEDIATE`` for writes so concurrent
-    writers queue on the busy timeout instead of failing with "database is
-    locked" when they upgrade a read lock (the official saver's failure).
+    SQLite: write-ahead logging. (Its engines are AUTOCOMMIT, see
+    `engine_options`: sqlsaver begins its write transactions itself, as
+    ``BEGIN IMMEDIATE``, so that concurrent writers queue on the busy
+    timeout instead of failing with "database is locked" when they upgrade
+    a read lock, the official saver's failure.)
 
     MySQL: strict mode, so a key too long for its column is an error rather
     than silently truncated into another thread's key.
@@ -499,7 +502,6 @@ def configure_engine(engine: Engine) -> None:
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
         cursor = dbapi_connection.cursor()
         if engine.url.database not in (None, "", ":memory:"):
             try:
@@ -512,16 +514,6 @@ def configure_engine(engine: Engine) -> None:
                     raise
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Any) -> None:
-        if autocommit(conn):
-            return  # no transaction; `atomic` opens one for a write
-        # Reads begin nothing: each of their statements reads a committed
-        # state on its own, as on PostgreSQL (`read_options`). Nor do writes
-        # that are one statement (`statements_commit`), atomic on their own.
-        if conn.get_execution_options().get(WRITE_OPTION, False):
-            _control(conn.dialect, "BEGIN IMMEDIATE").run(conn, {})
 
 
 # Set in `Connection.info` while `atomic` holds a transaction it began on an

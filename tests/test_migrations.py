@@ -441,18 +441,18 @@ async def test_setup_at_head_is_one_select_without_alembic(
     with SQLSaver.from_url(fresh.sync_url) as saver:
         saver.setup()
 
-    # SQLite: the saver's engine begins write transactions with BEGIN
-    # IMMEDIATE through the cursor; PostgreSQL and MySQL: their engines are
-    # AUTOCOMMIT and the saver begins and commits the transaction itself.
-    # The version read runs in a SAVEPOINT (a missing table must not abort
-    # a caller's PostgreSQL transaction). Nothing else: no lock, no Alembic.
+    # The saver's engines are AUTOCOMMIT: it begins and commits the
+    # transaction itself (BEGIN IMMEDIATE on SQLite, the writer's lock up
+    # front). The version read runs in a SAVEPOINT (a missing table must not
+    # abort a caller's PostgreSQL transaction). Nothing else: no lock, no
+    # Alembic.
     begin = "BEGIN IMMEDIATE" if fresh.name == "sqlite" else "BEGIN"
     expected = [
         begin,
         "SAVEPOINT sp",
         f"SELECT {VERSION_TABLE}.version_num FROM {VERSION_TABLE}",
         "RELEASE SAVEPOINT sp",
-        *([] if fresh.name == "sqlite" else ["COMMIT"]),
+        "COMMIT",
     ]
     with no_alembic(), SQLSaver.from_url(fresh.sync_url) as saver:
         with statements() as seen:
