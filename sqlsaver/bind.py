@@ -190,7 +190,8 @@ class SyncBind(_Bind):
                         if mode == _READ:
                             with self._read_engine.connect() as conn:
                                 return fn(conn, *args, **kwargs)
-                        # A one-statement write needs no BEGIN IMMEDIATE (SQLite).
+                        # A one-statement write runs where reads do, on
+                        # AUTOCOMMIT connections (`dialects.read_options`).
                         engine = self._read_engine if mode == _STATEMENT else self.target
                         with self._writer, _connection(engine) as conn:
                             return fn(conn, *args, **kwargs)
