@@ -319,7 +319,6 @@ def _tuples_statement(
     # Labelled: a compound's ORDER BY names its columns (SQLite).
     checkpoints = select(*(col.label(col.name) for col in c.c), *no_writes, *no_values)
     unused = len(c.c) - 3
-    # (On an embedded database the writes have a statement of their own.)
     writes = select(
         c.c.thread_id,
         c.c.checkpoint_ns,
@@ -369,6 +368,7 @@ def _tuples_statement(
         looked_up(B.c.type),
         looked_up(B.c.blob),
     )
+    # On an embedded database the writes have a statement of their own.
     kinds = (checkpoints, values) if dialects.embedded(dialect) else (checkpoints, writes, values)
     stmt = union_all(*kinds)
     return stmt.order_by(*(stmt.selected_columns[col.name].desc() for col in order))
