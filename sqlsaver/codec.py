@@ -264,9 +264,8 @@ WRITE_ORDER = operator.itemgetter(2, 0, 1)
 def pending_writes(serde: SerializerProtocol, rows: Iterable[Sequence[Any]]) -> list[PendingWrite]:
     """Writes as (task_id, idx, task_path, channel, type, blob) tuples, in the
     order LangGraph applies them: `writes_sort_key`."""
-    loads = serde.loads_typed
     return [
-        (task_id, channel, loads((type_, blob if type(blob) is bytes else _bytes(blob))))
+        (task_id, channel, load(serde, type_, blob))
         for task_id, _, _, channel, type_, blob in sorted(rows, key=WRITE_ORDER)
     ]
 

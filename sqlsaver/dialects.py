@@ -564,7 +564,7 @@ def own_transaction(conn: Connection) -> Iterator[None]:
 
 def rollback(conn: Connection) -> None:
     """ROLLBACK on the driver's cursor: what a failed script began (`runs_scripts`)."""
-    _control(conn.dialect, "ROLLBACK").run(conn, {})
+    control(conn.dialect, "ROLLBACK").run(conn, {})
 
 
 def runs_scripts(conn: Connection) -> bool:
@@ -590,22 +590,23 @@ def _own_transaction(conn: Connection) -> Iterator[None]:
     or ROLLBACK if the block raises; on the driver's cursor (`Prepared`),
     as SQLAlchemy does not know of this transaction anyway."""
     begin = "BEGIN IMMEDIATE" if conn.dialect.name == "sqlite" else "BEGIN"
-    _control(conn.dialect, begin).run(conn, {})
+    control(conn.dialect, begin).run(conn, {})
     conn.info[_OWN_TRANSACTION] = True
     try:
         yield
     except BaseException:
-        _control(conn.dialect, "ROLLBACK").run(conn, {})
+        control(conn.dialect, "ROLLBACK").run(conn, {})
         raise
     finally:
         del conn.info[_OWN_TRANSACTION]
-    _control(conn.dialect, "COMMIT").run(conn, {})
+    control(conn.dialect, "COMMIT").run(conn, {})
 
 
 @cache
-def _control(dialect: Dialect, statement: str) -> Prepared:
-    """BEGIN, COMMIT or ROLLBACK on the driver's cursor: `exec_driver_sql`
-    costs ~5 us more, under SQLite's writer lock and every MySQL write."""
+def control(dialect: Dialect, statement: str) -> Prepared:
+    """BEGIN (IMMEDIATE), COMMIT or ROLLBACK, compiled once and run on the
+    driver's cursor: `exec_driver_sql` costs ~5 us more, under SQLite's
+    writer lock and on every MySQL write."""
     return Prepared(text(statement), dialect)
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import itertools
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cache, lru_cache
+from functools import cache, cached_property, lru_cache
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -46,7 +46,6 @@ from sqlalchemy import (
     literal_column,
     null,
     select,
-    text,
     true,
     tuple_,
     type_coerce,
@@ -133,6 +132,20 @@ def _checkpoint_key(table: Any) -> tuple[Any, Any, Any]:
     return (table.c.thread_id, table.c.checkpoint_ns, table.c.checkpoint_id)
 
 
+def _same_checkpoint(a: Any, b: Any) -> ColumnElement[bool]:
+    """A join of two tables (or subqueries) on the checkpoint key."""
+    return and_(*(x == y for x, y in zip(_checkpoint_key(a), _checkpoint_key(b), strict=True)))
+
+
+def _rows_by_keys(
+    conn: Connection, key: Sequence[Any], columns: Sequence[Any], keys: Iterable[tuple[Any, ...]]
+) -> Iterator[Row]:
+    """The ``key`` and ``columns`` of the rows whose ``key`` is among
+    ``keys``: a statement per `CHUNK` of them."""
+    for chunk in _chunks(keys):
+        yield from conn.execute(select(*key, *columns).where(_keys_in(key, chunk)))
+
+
 WRITE_COLUMNS = (W.c.task_id, W.c.idx, W.c.task_path, W.c.channel, W.c.type, W.c.blob)
 VALUE_COLUMNS = (B.c.channel, B.c.version, B.c.type, B.c.blob)
 
@@ -178,13 +191,11 @@ def _load_blobs(
             if (key := (thread_id, ns, channel, version)) in keys:
                 values[key] = codec.load(serde, type_, blob)
         return values
-    columns = (B.c.thread_id, B.c.checkpoint_ns, B.c.channel, B.c.version)
-    for chunk in _chunks(keys):
-        stmt = select(*columns, B.c.type, B.c.blob).where(_keys_in(columns, chunk))
-        for r in conn.execute(stmt):
-            values[(r.thread_id, r.checkpoint_ns, r.channel, r.version)] = codec.load(
-                serde, r.type, r.blob
-            )
+    blob_key = (B.c.thread_id, B.c.checkpoint_ns, B.c.channel, B.c.version)
+    for r in _rows_by_keys(conn, blob_key, (B.c.type, B.c.blob), keys):
+        values[(r.thread_id, r.checkpoint_ns, r.channel, r.version)] = codec.load(
+            serde, r.type, r.blob
+        )
     return values
 
 
@@ -228,11 +239,10 @@ def _writes_of(
         ids = [r.checkpoint_id for r in rows]
         found = _load_writes(conn, serde, Address(thread_id, ns), ids)
         return {(thread_id, ns, key): writes for key, writes in found.items()}
-    key = _checkpoint_key(W)
+    keys = ((r.thread_id, r.checkpoint_ns, r.checkpoint_id) for r in rows)
     grouped: dict[tuple[str, str, str], list[Sequence[Any]]] = defaultdict(list)
-    for chunk in _chunks((r.thread_id, r.checkpoint_ns, r.checkpoint_id) for r in rows):
-        for r in conn.execute(select(*key, *WRITE_COLUMNS).where(_keys_in(key, chunk))):
-            grouped[tuple(r[:3])].append(r[3:])
+    for r in _rows_by_keys(conn, _checkpoint_key(W), WRITE_COLUMNS, keys):
+        grouped[tuple(r[:3])].append(r[3:])
     return {k: codec.pending_writes(serde, group) for k, group in grouped.items()}
 
 
@@ -318,24 +328,13 @@ def _tuples_statement(
     no_values = [cast(null(), col.type).label(f"value_{col.name}") for col in VALUE_COLUMNS]
     # Labelled: a compound's ORDER BY names its columns (SQLite).
     checkpoints = select(*(col.label(col.name) for col in c.c), *no_writes, *no_values)
-    unused = len(c.c) - 3
-    writes = select(
-        c.c.thread_id,
-        c.c.checkpoint_ns,
-        c.c.checkpoint_id,
-        *[null()] * unused,
-        *WRITE_COLUMNS,
-        *no_values,
-    ).select_from(
-        c.join(
-            W,
-            and_(
-                W.c.thread_id == c.c.thread_id,
-                W.c.checkpoint_ns == c.c.checkpoint_ns,
-                W.c.checkpoint_id == c.c.checkpoint_id,
-            ),
-        )
-    )
+    kinds: list[Select[Any]] = [checkpoints]
+    if not dialects.embedded(dialect):  # there, the writes have a statement of their own
+        no_checkpoint = [null()] * (len(c.c) - 3)
+        writes = select(
+            *_checkpoint_key(c), *no_checkpoint, *WRITE_COLUMNS, *no_values
+        ).select_from(c.join(W, _same_checkpoint(W, c)))
+        kinds.append(writes)
     entries = dialects.json_entries(dialect, c.c.channel_versions)
     # Each value once, however many of the checkpoints reference it.
     referenced = (
@@ -368,9 +367,7 @@ def _tuples_statement(
         looked_up(B.c.type),
         looked_up(B.c.blob),
     )
-    # On an embedded database the writes have a statement of their own.
-    kinds = (checkpoints, values) if dialects.embedded(dialect) else (checkpoints, writes, values)
-    stmt = union_all(*kinds)
+    stmt = union_all(*kinds, values)
     return stmt.order_by(*(stmt.selected_columns[col.name].desc() for col in order))
 
 
@@ -379,14 +376,9 @@ def _joined_with_writes(chosen: Select[Any], order: Sequence[Any]) -> Select[Any
     its writes, one row per write (or one for a checkpoint without)."""
     c = chosen.subquery("c")
     no_values = [type_coerce(null(), col.type).label(f"value_{col.name}") for col in VALUE_COLUMNS]
-    same_checkpoint = and_(
-        W.c.thread_id == c.c.thread_id,
-        W.c.checkpoint_ns == c.c.checkpoint_ns,
-        W.c.checkpoint_id == c.c.checkpoint_id,
-    )
     return (
         select(c, *(col.label(f"write_{col.name}") for col in WRITE_COLUMNS), *no_values)
-        .select_from(c.outerjoin(W, same_checkpoint))
+        .select_from(c.outerjoin(W, _same_checkpoint(W, c)))
         .order_by(*(c.c[col.name].desc() for col in order))
     )
 
@@ -643,11 +635,6 @@ def _walk_statement(dialect: Dialect, stored_of: int) -> Prepared:
             chain.c.depth < bindparam("steps", type_=Integer) - literal_column("1"),
         )
     )
-    same = and_(
-        C.c.thread_id == chain.c.thread_id,
-        C.c.checkpoint_ns == chain.c.checkpoint_ns,
-        C.c.checkpoint_id == chain.c.checkpoint_id,
-    )
     # What the walk reads of each.
     walked = (
         chain.c.depth,
@@ -658,7 +645,7 @@ def _walk_statement(dialect: Dialect, stored_of: int) -> Prepared:
         C.c.checkpoint,
     )
     no_stored = [cast(null(), col.type).label(f"stored_{col.name}") for col in _STORED_COLUMNS]
-    ancestors = select(*walked, *no_stored).select_from(chain.join(C, same))
+    ancestors = select(*walked, *no_stored).select_from(chain.join(C, _same_checkpoint(C, chain)))
     if not stored_of:
         return Prepared(ancestors, dialect)
     stored = select(*[null()] * len(walked), *_STORED_COLUMNS).where(
@@ -912,9 +899,9 @@ def _chained_insert(dialect: Dialect, shape: Shape) -> Prepared:
 def _insert_script(dialect: Dialect, shape: Shape) -> Prepared:
     """The `_inserts` of `shape` between BEGIN and COMMIT, as one script
     (`dialects.runs_scripts`)."""
-    begin, commit = (Prepared(text(word), dialect) for word in ("BEGIN", "COMMIT"))
     inserts = [Prepared(insert, dialect) for insert in _inserts(dialect, shape)]
-    return Prepared.script([begin, *inserts, commit])
+    control = dialects.control
+    return Prepared.script([control(dialect, "BEGIN"), *inserts, control(dialect, "COMMIT")])
 
 
 @dataclass(frozen=True)
@@ -930,6 +917,22 @@ class Rows:
     def count(self) -> int:
         return sum(len(rows) for _, _, rows in self.batches)
 
+    @cached_property
+    def binds(self) -> int:
+        """Bind parameters of the inserts, one per column of each row."""
+        return sum(len(rows) * len(table.columns) for table, _, rows in self.batches)
+
+    @cached_property
+    def size(self) -> int:
+        """Bytes (or characters) of their string and binary values."""
+        return sum(
+            len(value)
+            for _, _, rows in self.batches
+            for row in rows
+            for value in row.values()
+            if isinstance(value, (bytes, str))
+        )
+
     def one_round_trip(self, dialect: Dialect) -> bool:
         """Whether the inserts can go in one round trip, atomic on their own:
         one insert, several chained into one statement (PostgreSQL,
@@ -938,15 +941,7 @@ class Rows:
         several = len(self.batches) > 1
         if several and not (dialects.chains_inserts(dialect) or dialect.name in dialects.MYSQL):
             return False
-        binds = sum(len(rows) * len(table.columns) for table, _, rows in self.batches)
-        size = sum(
-            len(value)
-            for _, _, rows in self.batches
-            for row in rows
-            for value in row.values()
-            if isinstance(value, (bytes, str))
-        )
-        return binds <= dialects.max_binds(dialect) and size <= CHAIN_BYTES
+        return self.binds <= dialects.max_binds(dialect) and self.size <= CHAIN_BYTES
 
 
 def put_rows(
