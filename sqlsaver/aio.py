@@ -108,7 +108,9 @@ class AsyncSQLSaver(SaverBase):
             # aiosqlite is a thread around sqlite3: run each operation whole
             # on sqlite3 in a worker thread instead (see `ThreadedBind`).
             saver._threaded_engine = sync_engine(threaded, engine_kwargs)
-            saver._bind = ThreadedBind(SyncBind(saver._threaded_engine, saver._check_schema))
+            threaded_bind = SyncBind(saver._threaded_engine, saver._check_schema)
+            threaded_bind.keep_connections()
+            saver._bind = ThreadedBind(threaded_bind)
         return saver
 
     async def aclose(self) -> None:
@@ -118,6 +120,8 @@ class AsyncSQLSaver(SaverBase):
         if self._owned_engine is not None:
             await self._owned_engine.dispose()
         if self._threaded_engine is not None:
+            if isinstance(self._bind, ThreadedBind):
+                self._bind.sync.close()
             self._threaded_engine.dispose()
 
     async def __aenter__(self) -> AsyncSQLSaver:

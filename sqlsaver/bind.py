@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import random
 import threading
 import time
@@ -98,6 +99,55 @@ def _connection(engine: Any) -> Any:
     return engine.connect() if dialects.autocommit_engine(engine) else engine.begin()
 
 
+class _KeptConnections:
+    """Connections of an engine kept open between operations, at most
+    `KEPT` of them, each used by one operation at a time (`take`, then
+    `give_back`).
+
+    For sqlsaver's own SQLite engines (`dialects.keeps_connections`), where
+    a checkout from SQLAlchemy's pool and back costs about as much Python as
+    reading a checkpoint's row. A connection comes back only as it left, in
+    no transaction (the engine is AUTOCOMMIT, and every operation ends the
+    transactions it begins); after an error it goes back to the pool
+    instead, which resets it. After a fork the child starts with none: a
+    SQLite connection must not cross into another process.
+    """
+
+    KEPT = 8
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._idle: list[Connection] = []
+        self._pid = os.getpid()
+
+    def take(self) -> Connection:
+        """A kept connection, or a new one of the engine's."""
+        if self._pid != os.getpid():  # forked: the parent's are not ours
+            self._idle, self._pid = [], os.getpid()
+        try:
+            return self._idle.pop()  # atomic: no two operations take the same
+        except IndexError:
+            return self._engine.connect()
+
+    def give_back(self, conn: Connection) -> None:
+        """Keep a connection an operation has finished with, if it is in no
+        transaction and there is room; else close it (back to the pool)."""
+        if getattr(conn.connection.driver_connection, "in_transaction", True):
+            conn.close()  # not expected: the pool's reset rolls it back
+            return
+        if conn.in_transaction():  # begun by `Connection.execute`, which on
+            conn.rollback()  # an AUTOCOMMIT connection is bookkeeping only
+        if len(self._idle) < self.KEPT:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        """Close the kept connections."""
+        while self._idle:
+            self._idle.pop().close()
+
+
 class _Bind:
     """What both binds share: the one-time schema check, and running an
     operation on a connection of theirs."""
@@ -142,6 +192,19 @@ class SyncBind(_Bind):
             self._read_engine = target.execution_options(**dialects.read_options(target.dialect))
             if dialects.single_writer(target.dialect):
                 self._writer = threading.Lock()
+        self._kept: _KeptConnections | None = None
+
+    def keep_connections(self) -> None:
+        """Keep connections open between operations, where that pays
+        (`dialects.keeps_connections`): for an engine of the saver's own
+        (`from_url`), released by `close`."""
+        if isinstance(self.target, Engine) and dialects.keeps_connections(self.target):
+            self._kept = _KeptConnections(self.target)
+
+    def close(self) -> None:
+        """Close the connections kept open (`keep_connections`)."""
+        if self._kept is not None:
+            self._kept.close()
 
     def read(
         self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
@@ -181,12 +244,30 @@ class SyncBind(_Bind):
         """Run a schema migration ``op(connection)`` (no schema check first)."""
         self._run(_TRANSACTION, self._migrate, op)
 
+    def _on_kept(
+        self, kept: _KeptConnections, mode: Mode, fn: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T:
+        conn = kept.take()
+        try:
+            if mode == _READ:
+                result = fn(conn, *args, **kwargs)
+            else:
+                with self._writer:
+                    result = fn(conn, *args, **kwargs)
+        except BaseException:
+            conn.close()
+            raise
+        kept.give_back(conn)
+        return result
+
     def _run(self, mode: Mode, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             if isinstance(self.target, Engine):
                 attempt = 1
                 while True:
                     try:
+                        if self._kept is not None:
+                            return self._on_kept(self._kept, mode, fn, *args, **kwargs)
                         if mode == _READ:
                             with self._read_engine.connect() as conn:
                                 return fn(conn, *args, **kwargs)

@@ -471,6 +471,16 @@ def threaded_sync_url(url: URL) -> URL | None:
     return None
 
 
+def keeps_connections(engine: Engine) -> bool:
+    """Whether a saver keeps connections of its own engine open between
+    operations (`bind._KeptConnections`): on SQLite, where a connection
+    holds nothing of a server's, and a checkout from the pool and back
+    costs ~10 us of Python, a third of reading a checkpoint by id. Only on
+    an AUTOCOMMIT engine (as sqlsaver's are), whose idle connections hold
+    no transaction."""
+    return embedded(engine.dialect) and autocommit_engine(engine)
+
+
 def single_writer(dialect: Dialect) -> bool:
     """Whether the database takes one writer at a time (SQLite), so that a
     saver does better to queue its own writes in the process."""

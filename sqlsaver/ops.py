@@ -253,10 +253,11 @@ def _assemble(conn: Connection, serde: SerializerProtocol, found: Found) -> list
     rows, writes, blob_values = found
     if not rows:
         return []
-    if dialects.embedded(conn.dialect):
+    embedded = dialects.embedded(conn.dialect)
+    if embedded:
         writes = _writes_of(conn, serde, rows)
     stored = [codec.stored_checkpoint(serde, r) for r in rows]
-    joined = dialects.expands_json(conn.dialect)
+    joined = dialects.expands_json(conn.dialect) and not embedded
     missing = (
         set().union(
             *(
@@ -314,27 +315,27 @@ def _tuples_statement(
     are joined with their writes instead: MySQL and MariaDB would run the
     checkpoints' query (a metadata filter, say) once per use in a union.
 
-    On an embedded database (`dialects.embedded`: SQLite) there are no write
-    rows: a statement there costs no round trip, and the writes' own narrow
-    statement (`_writes_of`) is cheaper than their rows padded out to the
-    width of the union.
+    On an embedded database (`dialects.embedded`: SQLite) it is the
+    checkpoints alone: a statement there costs no round trip, and narrow
+    statements for the writes (`_writes_of`) and the values (`_load_blobs`)
+    are cheaper than their rows padded out to the width of a union, and
+    than expanding the channel versions in SQL.
     """
-    if not dialects.expands_json(dialect):
-        return _joined_with_writes(chosen, order)
-    c = chosen.cte("c")
     no_writes = [type_coerce(null(), col.type).label(f"write_{col.name}") for col in WRITE_COLUMNS]
     # Cast: PostgreSQL types a union's columns branch by branch, and NULLs
     # in the first two branches would be text where the third has bytea.
     no_values = [cast(null(), col.type).label(f"value_{col.name}") for col in VALUE_COLUMNS]
+    if dialects.embedded(dialect):
+        return chosen.add_columns(*no_writes, *no_values)
+    if not dialects.expands_json(dialect):
+        return _joined_with_writes(chosen, order)
+    c = chosen.cte("c")
     # Labelled: a compound's ORDER BY names its columns (SQLite).
     checkpoints = select(*(col.label(col.name) for col in c.c), *no_writes, *no_values)
-    kinds: list[Select[Any]] = [checkpoints]
-    if not dialects.embedded(dialect):  # there, the writes have a statement of their own
-        no_checkpoint = [null()] * (len(c.c) - 3)
-        writes = select(
-            *_checkpoint_key(c), *no_checkpoint, *WRITE_COLUMNS, *no_values
-        ).select_from(c.join(W, _same_checkpoint(W, c)))
-        kinds.append(writes)
+    no_checkpoint = [null()] * (len(c.c) - 3)
+    writes = select(*_checkpoint_key(c), *no_checkpoint, *WRITE_COLUMNS, *no_values).select_from(
+        c.join(W, _same_checkpoint(W, c))
+    )
     entries = dialects.json_entries(dialect, c.c.channel_versions)
     # Each value once, however many of the checkpoints reference it.
     referenced = (
@@ -367,7 +368,7 @@ def _tuples_statement(
         looked_up(B.c.type),
         looked_up(B.c.blob),
     )
-    stmt = union_all(*kinds, values)
+    stmt = union_all(checkpoints, writes, values)
     return stmt.order_by(*(stmt.selected_columns[col.name].desc() for col in order))
 
 

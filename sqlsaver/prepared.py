@@ -153,8 +153,9 @@ def _run(conn: Connection, stmt: Prepared, params: Any, many: bool = False) -> l
         return list(result.fetchall()) if result.returns_rows else []
     dbapi_conn = conn.connection.dbapi_connection
     assert dbapi_conn is not None
-    cursor = dbapi_conn.cursor()
+    cursor = None
     try:
+        cursor = dbapi_conn.cursor()  # fails too on a connection closed under us
         if many:
             cursor.executemany(stmt.sql, params)
         else:
@@ -175,7 +176,8 @@ def _run(conn: Connection, stmt: Prepared, params: Any, many: bool = False) -> l
             connection_invalidated=disconnect,
         ) from error
     finally:
-        cursor.close()
+        if cursor is not None:
+            cursor.close()
 
 
 def padded(name: str, values: Iterable[Any]) -> tuple[int, dict[str, Any]]:

@@ -93,12 +93,14 @@ class SQLSaver(SaverBase):
         engine = sync_engine(url, engine_kwargs)
         saver = cls(engine, **options)
         saver._owned_engine = engine
+        saver._bind.keep_connections()
         return saver
 
     def close(self) -> None:
         """Stop the TTL sweeper, and dispose of the engine `from_url` created
         (never one you passed in)."""
         self.stop_ttl_sweeper()
+        self._bind.close()
         if self._owned_engine is not None:
             self._owned_engine.dispose()
 

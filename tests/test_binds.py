@@ -214,9 +214,13 @@ def test_from_url_saver_disposes_its_own_engine(backend: Any) -> None:
     saver = SQLSaver.from_url(backend.sync_url)
     saver.get_tuple(config_of("no-such-thread"))
     pool = saver._owned_engine.pool
-    assert pool.checkedin() == 1
+    # SQLite's connection stays with the saver between operations
+    # (`dialects.keeps_connections`); a server's goes back to the pool.
+    kept = backend.name == "sqlite"
+    assert (pool.checkedout(), pool.checkedin()) == ((1, 0) if kept else (0, 1))
     saver.close()
-    assert saver._owned_engine.pool is not pool and pool.checkedin() == 0
+    assert saver._owned_engine.pool is not pool
+    assert (pool.checkedout(), pool.checkedin()) == (0, 0)
 
 
 async def test_async_engine_commits_each_operation_and_is_not_disposed(
@@ -594,6 +598,7 @@ async def test_sync_from_url_saver_returns_every_connection(
     backend: Any, app_engine: Engine, thread_id: str
 ) -> None:
     with refusing_checkpoints(app_engine), SQLSaver.from_url(backend.sync_url) as saver:
+        pool = saver._owned_engine.pool
         config = saver.put(*put_args(thread_id, run_id="run"))
         saver.put_writes(config, [("x", 1)], "task")
         saver.get_tuple(config)
@@ -611,7 +616,32 @@ async def test_sync_from_url_saver_returns_every_connection(
         # leaked connection cannot be handed back by the garbage collector.
         with pytest.raises(DBAPIError, match="refused") as failed:
             saver.put(*put_args(REFUSED + thread_id))
-        assert saver._owned_engine.pool.checkedout() == 0, failed
+    # Closed: SQLite's connections, kept open between operations, are back too.
+    assert pool.checkedout() == 0, failed
+
+
+def test_from_url_keeps_sqlite_connections_between_operations(
+    backend: Any, app_engine: Engine, thread_id: str
+) -> None:
+    """A from_url saver on SQLite keeps its connection open between
+    operations, with no checkout from the pool per operation
+    (`dialects.keeps_connections`); on a server each operation's goes back
+    to the pool. A connection an operation failed on goes back either way."""
+    kept = backend.name == "sqlite"
+    checkouts: list[object] = []
+    with refusing_checkpoints(app_engine), SQLSaver.from_url(backend.sync_url) as saver:
+        pool = saver._owned_engine.pool
+        config = saver.put(*put_args(thread_id))
+        event.listen(pool, "checkout", lambda *args: checkouts.append(args))
+        for step in range(3):
+            saver.put_writes(config, [("x", step)], f"task-{step}")
+            assert len(saver.get_tuple(config).pending_writes) == step + 1
+        assert (len(checkouts), pool.checkedout()) == ((0, 1) if kept else (6, 0))
+        with pytest.raises(DBAPIError, match="refused"):
+            saver.put(*put_args(REFUSED + thread_id))
+        assert pool.checkedout() == 0
+        assert saver.get_tuple(config) is not None
+        assert pool.checkedout() == (1 if kept else 0)
 
 
 async def test_async_from_url_saver_returns_every_connection(
@@ -619,6 +649,9 @@ async def test_async_from_url_saver_returns_every_connection(
 ) -> None:
     with refusing_checkpoints(app_engine):
         async with AsyncSQLSaver.from_url(backend.async_url) as saver:
+            # SQLite's operations run on a sync engine of the saver's (`ThreadedBind`).
+            engine = saver._threaded_engine or saver._owned_engine.sync_engine
+            pool = engine.pool
             config = await saver.aput(*put_args(thread_id, run_id="run"))
             await asyncio.gather(
                 *(saver.aput_writes(config, [("x", i)], f"task-{i}") for i in range(8)),
@@ -634,7 +667,7 @@ async def test_async_from_url_saver_returns_every_connection(
             await saver.adelete_thread(thread_id + "-copy")
             with pytest.raises(DBAPIError, match="refused") as failed:  # as above
                 await saver.aput(*put_args(REFUSED + thread_id))
-            assert saver._owned_engine.sync_engine.pool.checkedout() == 0, failed
+        assert pool.checkedout() == 0, failed
 
 
 async def test_from_url_savers_log_in_at_most_pool_size_times(backend: Any, thread_id: str) -> None:
@@ -672,13 +705,18 @@ KILL = {
 }
 
 
-def _kill_pooled_connection(backend: Any, saver_engine: Engine, app_engine: Engine) -> None:
+def _kill_pooled_connection(backend: Any, saver: SQLSaver, app_engine: Engine) -> None:
     """Kill the connection the saver's pool will hand out next, as a server
-    restart or an idle timeout would (SQLite: close it under the pool)."""
-    with saver_engine.connect() as conn:
-        if backend.name == "sqlite":
+    restart or an idle timeout would (SQLite: close the connections the
+    saver keeps open between operations, under it)."""
+    if backend.name == "sqlite":
+        kept = saver._bind._kept
+        assert kept is not None and kept._idle
+        for conn in kept._idle:
             conn.connection.driver_connection.close()
-            return
+        return
+    assert saver._owned_engine is not None
+    with saver._owned_engine.connect() as conn:
         ask, kill = KILL[backend.name]
         victim = conn.exec_driver_sql(ask).scalar()
     with app_engine.connect() as other:
@@ -696,10 +734,8 @@ def test_dead_pooled_connection_is_replaced(
         engine_kwargs = {}  # sqlsaver's file engines: QueuePool, one connection reused
     with SQLSaver.from_url(backend.sync_url, engine_kwargs=engine_kwargs) as saver:
         saver.put(*put_args(thread_id))
-        engine = saver._owned_engine
-        assert engine is not None
-        _kill_pooled_connection(backend, engine, app_engine)
+        _kill_pooled_connection(backend, saver, app_engine)
         assert saver.get_tuple(config_of(thread_id)) is not None
-        _kill_pooled_connection(backend, engine, app_engine)
+        _kill_pooled_connection(backend, saver, app_engine)
         saver.put(*put_args(thread_id + "-2"))
     assert counts(app_engine, thread_id + "-2") == rows(checkpoints=1, blobs=1)
