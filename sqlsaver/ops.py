@@ -315,21 +315,22 @@ def _tuples_statement(
     are joined with their writes instead: MySQL and MariaDB would run the
     checkpoints' query (a metadata filter, say) once per use in a union.
 
-    On an embedded database (`dialects.embedded`: SQLite) it is the
-    checkpoints alone: a statement there costs no round trip, and narrow
-    statements for the writes (`_writes_of`) and the values (`_load_blobs`)
-    are cheaper than their rows padded out to the width of a union, and
-    than expanding the channel versions in SQL.
+    On an embedded database (`dialects.embedded`: SQLite) it is ``chosen``
+    alone, the checkpoints' own columns: a statement there costs no round
+    trip, and narrow statements for the writes (`_writes_of`) and the values
+    (`_load_blobs`) are cheaper than expanding the channel versions in SQL
+    and than rows padded out to the width of a union (each column of a row,
+    NULL or not, costs the driver as much as a short value).
     """
+    if dialects.embedded(dialect):
+        return chosen
+    if not dialects.expands_json(dialect):
+        return _joined_with_writes(chosen, order)
+    c = chosen.cte("c")
     no_writes = [type_coerce(null(), col.type).label(f"write_{col.name}") for col in WRITE_COLUMNS]
     # Cast: PostgreSQL types a union's columns branch by branch, and NULLs
     # in the first two branches would be text where the third has bytea.
     no_values = [cast(null(), col.type).label(f"value_{col.name}") for col in VALUE_COLUMNS]
-    if dialects.embedded(dialect):
-        return chosen.add_columns(*no_writes, *no_values)
-    if not dialects.expands_json(dialect):
-        return _joined_with_writes(chosen, order)
-    c = chosen.cte("c")
     # Labelled: a compound's ORDER BY names its columns (SQLite).
     checkpoints = select(*(col.label(col.name) for col in c.c), *no_writes, *no_values)
     no_checkpoint = [null()] * (len(c.c) - 3)
@@ -394,8 +395,10 @@ Found = tuple[
 _WRITES = slice(len(CHECKPOINT_COLUMNS), len(CHECKPOINT_COLUMNS) + len(WRITE_COLUMNS))
 
 
-def _found(serde: SerializerProtocol, rows: Sequence[Row]) -> Found:
-    """Split the rows of a `_tuples_statement`."""
+def _found(dialect: Dialect, serde: SerializerProtocol, rows: Sequence[Row]) -> Found:
+    """Split the rows of a `_tuples_statement` (on SQLite: the checkpoints)."""
+    if dialects.embedded(dialect):
+        return list(rows), {}, {}
     checkpoints: list[Row] = []
     writes: dict[tuple[str, str, str], list[Sequence[Any]]] = defaultdict(list)
     values: dict[tuple[str, str, str, str], Any] = {}
@@ -447,7 +450,7 @@ def get_tuple(conn: Connection, opts: Options, config: RunnableConfig) -> Checkp
         return None
     if opts.policies.refreshes_on_read:
         policies.touch(conn, opts.policies, at.thread_id)
-    return _assemble(conn, opts.serde, _found(opts.serde, rows))[0]
+    return _assemble(conn, opts.serde, _found(conn.dialect, opts.serde, rows))[0]
 
 
 @dataclass(frozen=True)
@@ -573,7 +576,7 @@ def list_page(
         tuple(value is None for _, value in query.filter),
         opts.policies.visibility,
     )
-    found = _found(opts.serde, stmt.rows(conn, params))
+    found = _found(conn.dialect, opts.serde, stmt.rows(conn, params))
     page = _assemble(conn, opts.serde, found)
     rows = found[0]
     remaining = None if query.remaining is None else query.remaining - len(rows)

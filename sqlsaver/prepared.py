@@ -21,8 +21,10 @@ Statements must have no expanding ``IN`` parameters; `padded` builds fixed
 
 from __future__ import annotations
 
+import operator
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import BindParameter, Connection, Dialect, bindparam
@@ -41,6 +43,7 @@ class Prepared:
         "statements",
         "_positional",
         "_order",
+        "_pick",
         "_binds",
         "_defaults",
         "_row",
@@ -54,6 +57,7 @@ class Prepared:
         names = {bp: compiled.bind_names[bp] for bp in compiled.binds.values()}
         self._positional = compiled.positional
         self._order = tuple(compiled.positiontup or ()) if compiled.positional else ()
+        self._pick = _picker(self._order)
         # Values fixed in the statement (literals), overridable by name.
         self._defaults = {n: bp.effective_value for bp, n in names.items() if not bp.required}
         self._binds: dict[str, Processor] = {}
@@ -85,6 +89,7 @@ class Prepared:
         script._positional = parts[0]._positional
         assert all(p._positional == script._positional for p in parts)
         script._order = tuple(name for p in parts for name in p._order)
+        script._pick = _picker(script._order)
         script._defaults = {k: v for p in parts for k, v in p._defaults.items()}
         script._binds = {k: v for p in parts for k, v in p._binds.items()}
         script._row, script._results = None, ()
@@ -97,7 +102,7 @@ class Prepared:
             for name, process in self._binds.items():
                 values[name] = process(values[name])
         if self._positional:
-            return tuple(values[name] for name in self._order)
+            return self._pick(values)
         return values
 
     def rows(self, conn: Connection, params: Mapping[str, Any], named: bool = True) -> list[Any]:
@@ -129,14 +134,27 @@ class Prepared:
         _run(conn, self, [self._params(p) for p in params], many=True)
 
 
+def _picker(order: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """The positional parameters of a statement from its named values, in
+    its order: one `itemgetter` call (a tuple of one or none made apart,
+    where `itemgetter` would return the bare value or cannot be made)."""
+    if len(order) > 1:
+        return operator.itemgetter(*order)
+    if order:
+        (name,) = order
+        return lambda values: (values[name],)
+    return lambda values: ()
+
+
 def observed(conn: Connection) -> bool:
     """Whether anyone watches this connection's statements: cursor-execute
     listeners (tracing, such as OpenTelemetry's) or ``echo``."""
-    if conn.engine.echo:
+    engine = conn.engine
+    if engine.echo:
         return True
     # SQLAlchemy's own test before it looks for listeners at all: no event
     # listener of any kind on this connection or its engine.
-    if not (conn._has_events or conn.engine._has_events):
+    if not (conn._has_events or engine._has_events):
         return False
     dispatch = conn.dispatch
     return bool(dispatch.before_cursor_execute or dispatch.after_cursor_execute)
@@ -189,9 +207,14 @@ def padded(name: str, values: Iterable[Any]) -> tuple[int, dict[str, Any]]:
     while size < len(items):
         size *= 2
     items += items[-1:] * (size - len(items))
-    return size, {f"{name}_{i}": v for i, v in enumerate(items)}
+    return size, dict(zip(_slot_names(name, size), items, strict=False))
+
+
+@cache
+def _slot_names(name: str, count: int) -> tuple[str, ...]:
+    return tuple(f"{name}_{i}" for i in range(count))
 
 
 def slots(name: str, count: int, type_: Any) -> list[BindParameter[Any]]:
     """``count`` bind parameters ``<name>_<i>`` of a column's type (`padded`)."""
-    return [bindparam(f"{name}_{i}", type_=type_) for i in range(count)]
+    return [bindparam(slot, type_=type_) for slot in _slot_names(name, count)]
