@@ -121,7 +121,7 @@ class AsyncSQLSaver(SaverBase):
             await self._owned_engine.dispose()
         if self._threaded_engine is not None:
             if isinstance(self._bind, ThreadedBind):
-                self._bind.sync.close()
+                self._bind.close()
             self._threaded_engine.dispose()
 
     async def __aenter__(self) -> AsyncSQLSaver:

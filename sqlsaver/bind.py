@@ -5,7 +5,9 @@ turned into one thing: "run this operation in the right transaction".
   or a single statement with none around it where that is atomic on its
   own (`store`, `dialects.statements_commit`); reads run on a pooled
   connection without BEGIN/COMMIT where the database allows
-  (`dialects.read_options`). On SQLite, writes of one saver queue on a lock
+  (`dialects.read_options`). On sqlsaver's own SQLite engines, the
+  connection is one the saver keeps open between operations
+  (`_KeptConnections`). On SQLite, writes of one saver queue on a lock
   of the process before they take the database's: SQLite has one writer,
   and waiting on its busy timeout means sleeping in steps of milliseconds,
   where a lock hands over at once.
@@ -99,6 +101,9 @@ def _connection(engine: Any) -> Any:
     return engine.connect() if dialects.autocommit_engine(engine) else engine.begin()
 
 
+_UNLOCKED = contextlib.nullcontext()
+
+
 class _KeptConnections:
     """Connections of an engine kept open between operations, at most
     `KEPT` of them, each used by one operation at a time (`take`, then
@@ -106,46 +111,79 @@ class _KeptConnections:
 
     For sqlsaver's own SQLite engines (`dialects.keeps_connections`), where
     a checkout from SQLAlchemy's pool and back costs about as much Python as
-    reading a checkpoint's row. A connection comes back only as it left, in
-    no transaction (the engine is AUTOCOMMIT, and every operation ends the
-    transactions it begins); after an error it goes back to the pool
-    instead, which resets it. After a fork the child starts with none: a
-    SQLite connection must not cross into another process.
+    reading a checkpoint's row. What the pool does at a checkout (pre-ping,
+    recycling, checkout events) is skipped for a kept one; none of it does
+    anything on SQLite.
+
+    - A connection is kept only as it came: in no transaction (the engine is
+      AUTOCOMMIT, and every operation ends the transactions it begins).
+      After an error, or if it cannot be told clean, it goes back to the
+      pool instead, which resets it.
+    - None is kept while an operation waits for the pool (a pool smaller
+      than `KEPT`, or more threads than connections): it gets one at once.
+    - After a fork, the child leaves the parent's connections alone (held,
+      so that the garbage collector does not return them to the child's
+      pool either) and starts its engine's pool afresh: a SQLite connection
+      must not cross into another process.
     """
 
     KEPT = 8
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._lock = threading.Lock()
         self._idle: list[Connection] = []
+        self._waiting = 0  # operations waiting in `take` for the pool
+        self._closed = False
         self._pid = os.getpid()
+        self._parents: list[Connection] = []  # a forked child's, never used
 
     def take(self) -> Connection:
-        """A kept connection, or a new one of the engine's."""
-        if self._pid != os.getpid():  # forked: the parent's are not ours
-            self._idle, self._pid = [], os.getpid()
+        """A kept connection, or else one from the engine's pool."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._forked()
+            if self._idle:
+                return self._idle.pop()
+            self._waiting += 1
         try:
-            return self._idle.pop()  # atomic: no two operations take the same
-        except IndexError:
             return self._engine.connect()
+        finally:
+            with self._lock:
+                self._waiting -= 1
 
     def give_back(self, conn: Connection) -> None:
-        """Keep a connection an operation has finished with, if it is in no
-        transaction and there is room; else close it (back to the pool)."""
-        if getattr(conn.connection.driver_connection, "in_transaction", True):
-            conn.close()  # not expected: the pool's reset rolls it back
-            return
-        if conn.in_transaction():  # begun by `Connection.execute`, which on
-            conn.rollback()  # an AUTOCOMMIT connection is bookkeeping only
-        if len(self._idle) < self.KEPT:
-            self._idle.append(conn)
-        else:
-            conn.close()
+        """Keep a connection an operation has finished with, if it is clean
+        and no one waits for the pool; else close it (back to the pool)."""
+        try:
+            clean = not conn.invalidated and not getattr(
+                conn.connection.driver_connection, "in_transaction", True
+            )
+            if clean and conn.in_transaction():  # `Connection.execute` began it:
+                conn.rollback()  # on an AUTOCOMMIT connection, bookkeeping only
+        except Exception:  # cannot tell: not worth keeping
+            clean = False
+        with self._lock:
+            keep = clean and not self._closed and not self._waiting
+            if keep and self._pid == os.getpid() and len(self._idle) < self.KEPT:
+                self._idle.append(conn)
+                return
+        conn.close()
 
     def close(self) -> None:
-        """Close the kept connections."""
-        while self._idle:
-            self._idle.pop().close()
+        """Close the kept connections; later ones go back to the pool."""
+        with self._lock:
+            self._closed = True
+            if self._pid != os.getpid():
+                self._forked()
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _forked(self) -> None:
+        self._parents += self._idle
+        self._idle, self._pid = [], os.getpid()
+        self._engine.dispose(close=False)  # SQLAlchemy's recipe for a child
 
 
 class _Bind:
@@ -247,16 +285,15 @@ class SyncBind(_Bind):
     def _on_kept(
         self, kept: _KeptConnections, mode: Mode, fn: Callable[..., T], *args: Any, **kwargs: Any
     ) -> T:
-        conn = kept.take()
-        try:
-            if mode == _READ:
+        # A writer queues on the lock before it takes a connection, as it
+        # does before a checkout from the pool.
+        with self._writer if mode != _READ else _UNLOCKED:
+            conn = kept.take()
+            try:
                 result = fn(conn, *args, **kwargs)
-            else:
-                with self._writer:
-                    result = fn(conn, *args, **kwargs)
-        except BaseException:
-            conn.close()
-            raise
+            except BaseException:
+                conn.close()
+                raise
         kept.give_back(conn)
         return result
 
@@ -419,3 +456,7 @@ class ThreadedBind:
     async def migrate(self, op: Callable[[Connection], None]) -> None:
         """Await a schema migration ``op(connection)``."""
         await asyncio.to_thread(self.sync.migrate, op)
+
+    def close(self) -> None:
+        """Close the connections kept open (`SyncBind.keep_connections`)."""
+        self.sync.close()

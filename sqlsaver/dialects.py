@@ -42,7 +42,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.sql.selectable import TableValuedAlias
 
 from sqlsaver.prepared import Prepared, observed
@@ -112,10 +112,13 @@ def json_safe(text: str) -> bool:
 
 
 def expands_json(dialect: Dialect) -> bool:
-    """Whether `json_entries` works: SQLite and PostgreSQL. Not MySQL and
+    """Whether a read finds channel values through `json_entries`, in the
+    statement that finds their checkpoints: PostgreSQL. Not MySQL and
     MariaDB: ``JSON_TABLE`` cannot list an object's keys, and its strings
-    compare under a collation where our binary key columns compare bytes."""
-    return dialect.name in ("postgresql", "sqlite")
+    compare under a collation where our binary key columns compare bytes.
+    Not SQLite, where ``json_each`` would: a narrow statement of their own
+    costs less there (`embedded`)."""
+    return dialect.name == "postgresql"
 
 
 def embedded(dialect: Dialect) -> bool:
@@ -127,11 +130,10 @@ def embedded(dialect: Dialect) -> bool:
 
 def json_entries(dialect: Dialect, column: ColumnElement[Any]) -> TableValuedAlias:
     """The (key, value) rows of a JSON object of strings in ``column``, as
-    a table that a FROM clause joins beside the row holding it: SQLite's
-    ``json_each``, PostgreSQL's ``jsonb_each_text`` (see `expands_json`)."""
+    a table that a FROM clause joins beside the row holding it:
+    PostgreSQL's ``jsonb_each_text`` (see `expands_json`)."""
     assert expands_json(dialect), dialect.name
-    function = func.jsonb_each_text if dialect.name == "postgresql" else func.json_each
-    return function(column).table_valued("key", "value")
+    return func.jsonb_each_text(column).table_valued("key", "value")
 
 
 # --------------------------------------------------------------------------
@@ -477,8 +479,9 @@ def keeps_connections(engine: Engine) -> bool:
     holds nothing of a server's, and a checkout from the pool and back
     costs ~10 us of Python, a third of reading a checkpoint by id. Only on
     an AUTOCOMMIT engine (as sqlsaver's are), whose idle connections hold
-    no transaction."""
-    return embedded(engine.dialect) and autocommit_engine(engine)
+    no transaction, and with a pool (``NullPool`` asks for none kept)."""
+    pooled = not isinstance(engine.pool, NullPool)
+    return embedded(engine.dialect) and autocommit_engine(engine) and pooled
 
 
 def single_writer(dialect: Dialect) -> bool:

@@ -66,6 +66,9 @@ from sqlsaver.prepared import Prepared, padded, slots
 PAGE_SIZE = 100
 # Key tuples per `IN (...)`: well under every driver's bind-parameter cap.
 CHUNK = 500
+# Values looked up per statement by their keys in one namespace: two IN lists
+# of up to 256 each (padded), within SQLite's oldest limit of 999 parameters.
+VALUES_CHUNK = 256
 # Ancestors fetched by the steps of a parent-chain walk: few first (a
 # `DeltaChannel` is seeded every `snapshot_frequency` updates, 100 by
 # default, so its seed is often near), more at each further step.
@@ -109,10 +112,10 @@ class Options:
 # -- helpers -----------------------------------------------------------------
 
 
-def _chunks(items: Iterable[Any]) -> Iterable[list[Any]]:
+def _chunks(items: Iterable[Any], size: int = CHUNK) -> Iterable[list[Any]]:
     items = list(items)
-    for start in range(0, len(items), CHUNK):
-        yield items[start : start + CHUNK]
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _keys_in(columns: Sequence[Any], keys: Sequence[tuple[Any, ...]]) -> ColumnElement[bool]:
@@ -174,22 +177,25 @@ def _load_blobs(
         return {}
     values = {}
     namespaces = {k[:2] for k in keys}
-    if len(namespaces) == 1:  # one statement, compiled once per IN-list size
+    if len(namespaces) == 1:  # a statement per chunk, compiled once per IN-list size
         ((thread_id, ns),) = namespaces
-        channels, channel_params = padded("channel", (k[2] for k in keys))
-        versions, version_params = padded("version", (k[3] for k in keys))
-        params = {"thread_id": thread_id, "checkpoint_ns": ns, **channel_params, **version_params}
-        # Channels and versions matched apart (two plain IN lists, cheaper than
-        # a row-value IN); the exact (channel, version) pairs are picked here.
-        found = _in_namespace(
-            conn.dialect,
-            B,
-            ("channel", "version", "type", "blob"),
-            (("channel", channels), ("version", versions)),
-        ).rows(conn, params)
-        for channel, version, type_, blob in found:
-            if (key := (thread_id, ns, channel, version)) in keys:
-                values[key] = codec.load(serde, type_, blob)
+        for chunk in _chunks(sorted(keys), VALUES_CHUNK):
+            channels, channel_params = padded("channel", (k[2] for k in chunk))
+            versions, version_params = padded("version", (k[3] for k in chunk))
+            params = {"thread_id": thread_id, "checkpoint_ns": ns}
+            params.update(channel_params)
+            params.update(version_params)
+            # Channels and versions matched apart (two plain IN lists, cheaper
+            # than a row-value IN); the exact pairs are picked here.
+            found = _in_namespace(
+                conn.dialect,
+                B,
+                ("channel", "version", "type", "blob"),
+                (("channel", channels), ("version", versions)),
+            ).rows(conn, params)
+            for channel, version, type_, blob in found:
+                if (key := (thread_id, ns, channel, version)) in keys:
+                    values[key] = codec.load(serde, type_, blob)
         return values
     blob_key = (B.c.thread_id, B.c.checkpoint_ns, B.c.channel, B.c.version)
     for r in _rows_by_keys(conn, blob_key, (B.c.type, B.c.blob), keys):
@@ -253,11 +259,10 @@ def _assemble(conn: Connection, serde: SerializerProtocol, found: Found) -> list
     rows, writes, blob_values = found
     if not rows:
         return []
-    embedded = dialects.embedded(conn.dialect)
-    if embedded:
+    if dialects.embedded(conn.dialect):
         writes = _writes_of(conn, serde, rows)
     stored = [codec.stored_checkpoint(serde, r) for r in rows]
-    joined = dialects.expands_json(conn.dialect) and not embedded
+    joined = dialects.expands_json(conn.dialect)
     missing = (
         set().union(
             *(
@@ -438,7 +443,8 @@ def _checkpoint_with_writes(dialect: Dialect, by_id: bool, visibility: Visibilit
 
 def get_tuple(conn: Connection, opts: Options, config: RunnableConfig) -> CheckpointTuple | None:
     """The checkpoint `config` names, or the latest of its thread/namespace:
-    one statement on PostgreSQL, two elsewhere (see `_tuples_statement`)."""
+    one statement on PostgreSQL, two on MySQL, three on SQLite (see
+    `_tuples_statement`)."""
     at = Address.of(config)
     stmt = _checkpoint_with_writes(conn.dialect, bool(at.checkpoint_id), opts.policies.visibility)
     params: dict[str, Any] = {"thread_id": at.thread_id, "checkpoint_ns": at.checkpoint_ns}
@@ -546,7 +552,8 @@ def list_page(
     conn: Connection, opts: Options, query: ListQuery
 ) -> tuple[list[CheckpointTuple], ListQuery | None]:
     """One page of a `list`, newest first, and the query for the next page:
-    one statement on PostgreSQL, two elsewhere (see `_tuples_statement`)."""
+    one statement on PostgreSQL, two on MySQL, three on SQLite (see
+    `_tuples_statement`)."""
     if query.done:
         return [], None
     pinned = (

@@ -28,6 +28,7 @@ sqlsaver runs on its fast path.
 from __future__ import annotations
 
 import re
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -397,3 +398,40 @@ async def test_mysql_put_is_one_round_trip(
     assert "INSERT INTO sqlsaver_blobs" in query and "INSERT INTO sqlsaver_checkpoints" in query
     stored = await call(aio, saver, "get_tuple", config)
     assert stored.checkpoint["channel_values"] == {"messages": ["a", "b"], "step": 2}
+
+
+def test_sqlite_list_page_values_stay_within_the_oldest_parameter_limit(tmp_path: Any) -> None:
+    """A page's channel values on SQLite are looked up by key in chunks: a
+    hundred checkpoints with six new values each (600 versions) stay within
+    the 999 parameters of SQLite before 3.32 (set here on a newer one)."""
+    url = f"sqlite:///{tmp_path}/limit.db"
+    with SQLSaver.from_url(url) as saver:
+        saver.setup()
+
+    def limit(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+
+    event.listen(Pool, "connect", limit)
+    try:
+        with SQLSaver.from_url(url) as saver:
+            with saver._owned_engine.connect() as conn:
+                driver = conn.connection.driver_connection
+                assert driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) == 999
+            config: dict[str, Any] = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+            checkpoint = empty_checkpoint()
+            channels = ("a", "b", "c", "d", "e", "f")
+            for step in range(100):
+                checkpoint = create_checkpoint(checkpoint, None, step)
+                checkpoint["channel_values"] = {ch: [ch] * (step + 1) for ch in channels}
+                checkpoint["channel_versions"] = {
+                    ch: f"{step + 1:032}.{i}" for i, ch in enumerate(channels)
+                }
+                new = dict(checkpoint["channel_versions"])
+                config = saver.put(config, checkpoint, {"step": step}, new)
+            page = list(saver.list({"configurable": {"thread_id": "t"}}, limit=100))
+    finally:
+        event.remove(Pool, "connect", limit)
+    assert [t.metadata["step"] for t in page] == list(range(99, -1, -1))
+    for t in page:
+        step = t.metadata["step"]
+        assert t.checkpoint["channel_values"] == {ch: [ch] * (step + 1) for ch in channels}
