@@ -608,7 +608,7 @@ def _own_transaction(conn: Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        control(conn.dialect, "ROLLBACK").run(conn, {})
+        rollback(conn)
         raise
     finally:
         del conn.info[_OWN_TRANSACTION]

@@ -4,14 +4,15 @@ Speed is the benchmark's business (``nox -s bench``), never a timed assert;
 what the tests pin down is its cause: the number of statements and
 transactions each operation costs.
 
-- `get_tuple` and a `list` page: one connection from the pool, and on
+- `get_tuple` and a `list` page: one connection (from the pool, or on
+  SQLite one the saver keeps open), no BEGIN or COMMIT statement, and on
   PostgreSQL one statement, whatever the page size (the checkpoints with
-  their writes and their channel values), and no BEGIN or COMMIT
-  statement. Two on MySQL/MariaDB, which cannot expand the channel
-  versions in SQL (the values come second), and on SQLite, where a
-  statement costs no round trip (the writes come second, by a narrow
-  statement of their own). One more anywhere for checkpoints whose
-  versions are not in their column.
+  their writes and their channel values). Two on MySQL/MariaDB, which
+  cannot expand the channel versions in SQL (the values come second).
+  Three on SQLite, where a statement costs no round trip: the
+  checkpoints, their writes and their values, each by a narrow statement.
+  On PostgreSQL, one more for checkpoints whose versions are not in their
+  column.
 - `put` and `put_writes` on PostgreSQL: one statement and no transaction
   (a chained insert is atomic on its own); elsewhere one statement per
   table, in a transaction, except where all rows go to one insert: that
