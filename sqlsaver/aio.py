@@ -27,7 +27,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import Unpack
 
 from sqlsaver import dialects, migrate, ops
-from sqlsaver.base import SaverBase, SaverOptions, Sweep, async_engine, check_prune, sync_engine
+from sqlsaver.base import (
+    SaverBase,
+    SaverOptions,
+    Sweep,
+    async_engine,
+    check_prune,
+    pre_ping,
+    sync_engine,
+)
 from sqlsaver.bind import AsyncBind, AsyncTarget, SyncBind, ThreadedBind
 from sqlsaver.codec import Address
 
@@ -109,19 +117,20 @@ class AsyncSQLSaver(SaverBase):
             # on sqlite3 in a worker thread instead (see `ThreadedBind`).
             saver._threaded_engine = sync_engine(threaded, engine_kwargs)
             threaded_bind = SyncBind(saver._threaded_engine, saver._check_schema)
-            threaded_bind.keep_connections()
+            threaded_bind.keep_connections(pre_ping(engine_kwargs))
             saver._bind = ThreadedBind(threaded_bind)
+        elif isinstance(saver._bind, AsyncBind):
+            saver._bind.keep_connections(pre_ping(engine_kwargs))
         return saver
 
     async def aclose(self) -> None:
         """Stop the TTL sweeper, and dispose of the engine `from_url` created
         (never one you passed in)."""
         await self.stop_ttl_sweeper()
+        await self._bind.close()
         if self._owned_engine is not None:
             await self._owned_engine.dispose()
         if self._threaded_engine is not None:
-            if isinstance(self._bind, ThreadedBind):
-                self._bind.close()
             self._threaded_engine.dispose()
 
     async def __aenter__(self) -> AsyncSQLSaver:

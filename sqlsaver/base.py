@@ -186,6 +186,11 @@ def _driver_missing(url: URL, error: ImportError) -> ValueError:
     )
 
 
+def pre_ping(engine_kwargs: dict[str, Any] | None) -> bool:
+    """Whether the caller asked for a ping at each checkout from the pool."""
+    return bool((engine_kwargs or {}).get("pool_pre_ping"))
+
+
 def sync_engine(url: str | URL, engine_kwargs: dict[str, Any] | None) -> Engine:
     """An engine for `SQLSaver.from_url`, configured for checkpointing."""
     parsed = parse_url(url)

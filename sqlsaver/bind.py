@@ -5,7 +5,7 @@ turned into one thing: "run this operation in the right transaction".
   or a single statement with none around it where that is atomic on its
   own (`store`, `dialects.statements_commit`); reads run on a pooled
   connection without BEGIN/COMMIT where the database allows
-  (`dialects.read_options`). On sqlsaver's own SQLite engines, the
+  (`dialects.read_options`). On sqlsaver's own engines (`from_url`), the
   connection is one the saver keeps open between operations
   (`_KeptConnections`). On SQLite, writes of one saver queue on a lock
   of the process before they take the database's: SQLite has one writer,
@@ -39,6 +39,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
+from sqlalchemy.util import greenlet_spawn
 
 from sqlsaver import dialects, migrate, ops
 from sqlsaver.migrate import SchemaNotReadyError
@@ -107,68 +108,109 @@ _UNLOCKED = contextlib.nullcontext()
 class _KeptConnections:
     """Connections of an engine kept open between operations, at most
     `KEPT` of them, each used by one operation at a time (`take`, then
-    `give_back`).
+    `give_back`, or `failed`).
 
-    For sqlsaver's own SQLite engines (`dialects.keeps_connections`), where
-    a checkout from SQLAlchemy's pool and back costs about as much Python as
-    reading a checkpoint's row. What the pool does at a checkout (pre-ping,
-    recycling, checkout events) is skipped for a kept one; none of it does
-    anything on SQLite.
+    For sqlsaver's own engines (`dialects.keeps_connections`): a checkout
+    from SQLAlchemy's pool and back costs as much Python as reading a
+    checkpoint's row on SQLite, and a fifth of a write on PostgreSQL. What
+    the pool does at a checkout (recycling, its invalidation after a
+    disconnect, checkout events) is skipped for a kept connection, and made
+    up for here:
 
-    - A connection is kept only as it came: in no transaction (the engine is
-      AUTOCOMMIT, and every operation ends the transactions it begins).
-      After an error, or if it cannot be told clean, it goes back to the
-      pool instead, which resets it.
+    - A connection is kept for `LEASE` seconds at most, then goes back to
+      the pool, whose next checkout recycles it if it is older than
+      ``pool_recycle`` (before a proxy, or MySQL's ``wait_timeout``, drops
+      it for idling).
+    - After a disconnect, the idle ones are invalidated too: whatever took
+      one connection (a server restart, a failover) took those opened
+      before it, as SQLAlchemy assumes when it invalidates its whole pool.
+    - A connection is kept only as it came: in no transaction (the engine
+      is AUTOCOMMIT, and every operation ends the transactions it begins).
+      After an error it goes back to the pool, which resets it; one still
+      in a transaction afterwards, or that cannot be told clean, is
+      invalidated (a MySQL engine's pool resets nothing on return).
     - None is kept while an operation waits for the pool (a pool smaller
       than `KEPT`, or more threads than connections): it gets one at once.
     - After a fork, the child leaves the parent's connections alone (held,
       so that the garbage collector does not return them to the child's
-      pool either) and starts its engine's pool afresh: a SQLite connection
-      must not cross into another process.
+      pool either) and starts its engine's pool afresh: a connection must
+      not cross into another process.
     """
 
     KEPT = 8
+    LEASE = 60.0  # seconds
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._lock = threading.Lock()
-        self._idle: list[Connection] = []
+        self._idle: list[tuple[Connection, float]] = []  # with when each was leased
         self._waiting = 0  # operations waiting in `take` for the pool
         self._closed = False
         self._pid = os.getpid()
-        self._parents: list[Connection] = []  # a forked child's, never used
+        self._parents: list[tuple[Connection, float]] = []  # a forked child's, never used
 
-    def take(self) -> Connection:
-        """A kept connection, or else one from the engine's pool."""
+    def take(self) -> tuple[Connection, float]:
+        """A kept connection, or else one from the engine's pool; with when
+        it was leased from the pool (for `give_back`)."""
+        now = time.monotonic()
         with self._lock:
             if self._pid != os.getpid():
                 self._forked()
             if self._idle:
-                return self._idle.pop()
+                conn, leased = self._idle.pop()
+                if now - leased < self.LEASE:
+                    return conn, leased
+            else:
+                conn = None
             self._waiting += 1
         try:
-            return self._engine.connect()
+            if conn is not None:  # its lease is over: back to the pool
+                conn.close()
+            return self._engine.connect(), now
         finally:
             with self._lock:
                 self._waiting -= 1
 
-    def give_back(self, conn: Connection) -> None:
-        """Keep a connection an operation has finished with, if it is clean
-        and no one waits for the pool; else close it (back to the pool)."""
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(connection, *args, **kwargs)`` on a kept connection."""
+        conn, leased = self.take()
         try:
-            clean = not conn.invalidated and not getattr(
-                conn.connection.driver_connection, "in_transaction", True
-            )
+            result = fn(conn, *args, **kwargs)
+        except BaseException as error:
+            self.failed(conn, error)
+            raise
+        self.give_back(conn, leased)
+        return result
+
+    def give_back(self, conn: Connection, leased: float) -> None:
+        """Keep a connection an operation has finished with, if it is clean
+        and no one waits for the pool; else close it (back to the pool), or
+        invalidate it if it is in a transaction."""
+        try:
+            clean = not conn.invalidated and not dialects.in_transaction(conn)
             if clean and conn.in_transaction():  # `Connection.execute` began it:
                 conn.rollback()  # on an AUTOCOMMIT connection, bookkeeping only
         except Exception:  # cannot tell: not worth keeping
             clean = False
+        if not clean:
+            _discard(conn)
+            return
         with self._lock:
-            keep = clean and not self._closed and not self._waiting
-            if keep and self._pid == os.getpid() and len(self._idle) < self.KEPT:
-                self._idle.append(conn)
+            keep = not self._closed and not self._waiting and self._pid == os.getpid()
+            if keep and len(self._idle) < self.KEPT:
+                self._idle.append((conn, leased))
                 return
         conn.close()
+
+    def failed(self, conn: Connection, error: BaseException) -> None:
+        """An operation failed on ``conn``: it goes back to the pool, and
+        after a disconnect the idle connections are invalidated with it."""
+        conn.close()
+        if isinstance(error, DBAPIError) and error.connection_invalidated:
+            with self._lock:
+                idle, self._idle = self._idle, []
+            for other, _ in idle:
+                _discard(other)
 
     def close(self) -> None:
         """Close the kept connections; later ones go back to the pool."""
@@ -177,13 +219,23 @@ class _KeptConnections:
             if self._pid != os.getpid():
                 self._forked()
             idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn, _ in idle:
             conn.close()
 
     def _forked(self) -> None:
         self._parents += self._idle
         self._idle, self._pid = [], os.getpid()
         self._engine.dispose(close=False)  # SQLAlchemy's recipe for a child
+
+
+def _discard(conn: Connection) -> None:
+    """Close a connection for good (its pool opens a new one in its place),
+    whatever state it is in; never raises."""
+    try:
+        conn.invalidate()
+        conn.close()
+    except Exception:  # already closed, or closing failed: gone either way
+        pass
 
 
 class _Bind:
@@ -232,11 +284,12 @@ class SyncBind(_Bind):
                 self._writer = threading.Lock()
         self._kept: _KeptConnections | None = None
 
-    def keep_connections(self) -> None:
+    def keep_connections(self, pre_ping: bool = False) -> None:
         """Keep connections open between operations, where that pays
         (`dialects.keeps_connections`): for an engine of the saver's own
-        (`from_url`), released by `close`."""
-        if isinstance(self.target, Engine) and dialects.keeps_connections(self.target):
+        (`from_url`; ``pre_ping``: created with ``pool_pre_ping``), released
+        by `close`."""
+        if isinstance(self.target, Engine) and dialects.keeps_connections(self.target, pre_ping):
             self._kept = _KeptConnections(self.target)
 
     def close(self) -> None:
@@ -282,21 +335,6 @@ class SyncBind(_Bind):
         """Run a schema migration ``op(connection)`` (no schema check first)."""
         self._run(_TRANSACTION, self._migrate, op)
 
-    def _on_kept(
-        self, kept: _KeptConnections, mode: Mode, fn: Callable[..., T], *args: Any, **kwargs: Any
-    ) -> T:
-        # A writer queues on the lock before it takes a connection, as it
-        # does before a checkout from the pool.
-        with self._writer if mode != _READ else _UNLOCKED:
-            conn = kept.take()
-            try:
-                result = fn(conn, *args, **kwargs)
-            except BaseException:
-                conn.close()
-                raise
-        kept.give_back(conn)
-        return result
-
     def _run(self, mode: Mode, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             if isinstance(self.target, Engine):
@@ -304,7 +342,10 @@ class SyncBind(_Bind):
                 while True:
                     try:
                         if self._kept is not None:
-                            return self._on_kept(self._kept, mode, fn, *args, **kwargs)
+                            # A writer queues on the lock before it takes a
+                            # connection, as before a checkout from the pool.
+                            with self._writer if mode != _READ else _UNLOCKED:
+                                return self._kept.run(fn, *args, **kwargs)
                         if mode == _READ:
                             with self._read_engine.connect() as conn:
                                 return fn(conn, *args, **kwargs)
@@ -351,6 +392,20 @@ class AsyncBind(_Bind):
             self._read_engine = target.execution_options(**dialects.read_options(target.dialect))
             if dialects.single_writer(target.dialect):
                 self._writer = asyncio.Lock()
+        self._kept: _KeptConnections | None = None
+
+    def keep_connections(self, pre_ping: bool = False) -> None:
+        """Keep connections open between operations (see `SyncBind`): the
+        sync connections under the async ones, used as `run_sync` would."""
+        if isinstance(self.target, AsyncEngine):
+            engine = self.target.sync_engine
+            if dialects.keeps_connections(engine, pre_ping):
+                self._kept = _KeptConnections(engine)
+
+    async def close(self) -> None:
+        """Close the connections kept open (`keep_connections`)."""
+        if self._kept is not None:
+            await greenlet_spawn(self._kept.close)
 
     async def read(
         self, op: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
@@ -392,6 +447,12 @@ class AsyncBind(_Bind):
                 attempt = 1
                 while True:
                     try:
+                        if self._kept is not None:
+                            # In a greenlet, as `AsyncConnection.run_sync`
+                            # runs an operation: the async driver's I/O
+                            # under SQLAlchemy's bridge.
+                            async with self._writer if mode != _READ else _UNLOCKED:
+                                return await greenlet_spawn(self._kept.run, fn, *args, **kwargs)
                         if mode == _READ:
                             async with self._read_engine.connect() as conn:
                                 return await conn.run_sync(fn, *args, **kwargs)
@@ -457,6 +518,6 @@ class ThreadedBind:
         """Await a schema migration ``op(connection)``."""
         await asyncio.to_thread(self.sync.migrate, op)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Close the connections kept open (`SyncBind.keep_connections`)."""
         self.sync.close()

@@ -22,7 +22,7 @@ from sqlalchemy import URL, Engine
 from typing_extensions import Unpack
 
 from sqlsaver import migrate, ops
-from sqlsaver.base import SaverBase, SaverOptions, Sweep, check_prune, sync_engine
+from sqlsaver.base import SaverBase, SaverOptions, Sweep, check_prune, pre_ping, sync_engine
 from sqlsaver.bind import SyncBind, SyncTarget
 from sqlsaver.codec import Address
 
@@ -93,7 +93,7 @@ class SQLSaver(SaverBase):
         engine = sync_engine(url, engine_kwargs)
         saver = cls(engine, **options)
         saver._owned_engine = engine
-        saver._bind.keep_connections()
+        saver._bind.keep_connections(pre_ping(engine_kwargs))
         return saver
 
     def close(self) -> None:

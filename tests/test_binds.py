@@ -54,9 +54,10 @@ from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import Pool
+from sqlalchemy.util import greenlet_spawn
 
 from sqlsaver import AsyncSQLSaver, SQLSaver, dialects
-from sqlsaver.bind import ThreadedBind
+from sqlsaver.bind import ATTEMPTS, ThreadedBind
 from sqlsaver.models import blobs, checkpoints, writes
 
 # A table of the application's own, written in the same transactions.
@@ -70,8 +71,8 @@ REFUSED = "refused-"
 
 
 def kept_open(saver: SQLSaver | AsyncSQLSaver) -> int:
-    """How many connections a saver keeps open between operations (SQLite's
-    `from_url` savers, `dialects.keeps_connections`)."""
+    """How many connections a saver keeps open between operations (`from_url`
+    savers, `dialects.keeps_connections`)."""
     bind = saver._bind.sync if isinstance(saver._bind, ThreadedBind) else saver._bind
     kept = getattr(bind, "_kept", None)
     return 0 if kept is None else len(kept._idle)
@@ -223,15 +224,14 @@ def test_from_url_saver_disposes_its_own_engine(backend: Any) -> None:
     saver = SQLSaver.from_url(backend.sync_url)
     saver.get_tuple(config_of("no-such-thread"))
     pool = saver._owned_engine.pool
-    # SQLite's connection stays with the saver between operations
-    # (`dialects.keeps_connections`); a server's goes back to the pool.
-    kept = backend.name == "sqlite"
-    assert (pool.checkedout(), pool.checkedin()) == ((1, 0) if kept else (0, 1))
+    # The connection stays with the saver between operations
+    # (`dialects.keeps_connections`).
+    assert (pool.checkedout(), pool.checkedin()) == (1, 0)
     checkins: list[object] = []
     event.listen(pool, "checkin", lambda *args: checkins.append(args))
     saver.close()
     assert saver._owned_engine.pool is not pool
-    assert len(checkins) == (1 if kept else 0)  # the kept one, handed back
+    assert len(checkins) == 1  # the kept one, handed back
 
 
 async def test_async_engine_commits_each_operation_and_is_not_disposed(
@@ -631,14 +631,12 @@ async def test_sync_from_url_saver_returns_every_connection(
         assert pool.checkedout() == kept_open(saver), failed
 
 
-def test_from_url_keeps_sqlite_connections_between_operations(
+def test_from_url_keeps_connections_between_operations(
     backend: Any, app_engine: Engine, thread_id: str
 ) -> None:
-    """A from_url saver on SQLite keeps its connection open between
-    operations, with no checkout from the pool per operation
-    (`dialects.keeps_connections`); on a server each operation's goes back
-    to the pool. A connection an operation failed on goes back either way."""
-    kept = backend.name == "sqlite"
+    """A from_url saver keeps its connection open between operations, with
+    no checkout from the pool per operation (`dialects.keeps_connections`).
+    A connection an operation failed on goes back to the pool."""
     checkouts: list[object] = []
     with refusing_checkpoints(app_engine), SQLSaver.from_url(backend.sync_url) as saver:
         pool = saver._owned_engine.pool
@@ -647,21 +645,91 @@ def test_from_url_keeps_sqlite_connections_between_operations(
         for step in range(3):
             saver.put_writes(config, [("x", step)], f"task-{step}")
             assert len(saver.get_tuple(config).pending_writes) == step + 1
-        assert (len(checkouts), pool.checkedout()) == ((0, 1) if kept else (6, 0))
+        assert (len(checkouts), pool.checkedout()) == (0, 1)
         with pytest.raises(DBAPIError, match="refused"):
             saver.put(*put_args(REFUSED + thread_id))
         assert pool.checkedout() == 0
         assert saver.get_tuple(config) is not None
-        assert pool.checkedout() == (1 if kept else 0)
+        assert (len(checkouts), pool.checkedout()) == (1, 1)
 
 
-def test_sqlite_kept_connections_never_starve_a_small_pool(tmp_path: Any) -> None:
+async def test_async_from_url_keeps_connections_between_operations(
+    backend: Any, thread_id: str
+) -> None:
+    """So does an async one: the sync connections under its async driver's
+    (on SQLite, those of its sync engine, `ThreadedBind`), handed back by
+    ``aclose()``."""
+    checkouts: list[object] = []
+    checkins: list[object] = []
+    async with AsyncSQLSaver.from_url(backend.async_url) as saver:
+        config = await saver.aput(*put_args(thread_id))
+        engine = saver._threaded_engine or saver._owned_engine.sync_engine
+        pool = engine.pool
+        event.listen(pool, "checkout", lambda *args: checkouts.append(args))
+        for step in range(3):
+            await saver.aput_writes(config, [("x", step)], f"task-{step}")
+            assert len((await saver.aget_tuple(config)).pending_writes) == step + 1
+        assert (len(checkouts), pool.checkedout(), kept_open(saver)) == (0, 1, 1)
+        event.listen(pool, "checkin", lambda *args: checkins.append(args))
+    assert len(checkins) == 1
+
+
+def test_kept_connection_goes_back_to_the_pool_when_its_lease_ends(
+    backend: Any, thread_id: str
+) -> None:
+    """A kept connection skips the pool's checkout, and so its recycling
+    (``pool_recycle``): after `_KeptConnections.LEASE` seconds it goes back
+    to the pool, which checks it out again, recycled if it is old."""
+    checkouts: list[object] = []
+    with SQLSaver.from_url(backend.sync_url) as saver:
+        config = saver.put(*put_args(thread_id))
+        event.listen(saver._owned_engine.pool, "checkout", lambda *args: checkouts.append(args))
+        saver.get_tuple(config)
+        assert len(checkouts) == 0
+        kept_of(saver).LEASE = 0.0
+        saver.get_tuple(config)
+        assert len(checkouts) == 1
+        assert kept_open(saver) == 1
+
+
+def test_no_connection_is_kept_where_the_pool_pings_at_checkout(
+    backend: Any, thread_id: str
+) -> None:
+    """``pool_pre_ping`` asks for a ping at every checkout, which a kept
+    connection would skip: then each operation checks one out."""
+    checkouts: list[object] = []
+    engine_kwargs = {"pool_pre_ping": True}
+    with SQLSaver.from_url(backend.sync_url, engine_kwargs=engine_kwargs) as saver:
+        config = saver.put(*put_args(thread_id))
+        event.listen(saver._owned_engine.pool, "checkout", lambda *args: checkouts.append(args))
+        saver.get_tuple(config)
+        saver.put_writes(config, [("x", 1)], "task")
+        assert (len(checkouts), kept_open(saver)) == (2, 0)
+
+
+def test_connection_left_in_a_transaction_is_not_kept(backend: Any, thread_id: str) -> None:
+    """A connection that an operation left in a transaction (none of
+    sqlsaver's does) is discarded, not kept nor pooled: its next user would
+    join that transaction (MySQL's pool resets nothing on return)."""
+
+    def leave_a_transaction_open(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    with SQLSaver.from_url(backend.sync_url) as saver:
+        config = saver.put(*put_args(thread_id))
+        pool = saver._owned_engine.pool
+        saver._bind.read(leave_a_transaction_open)
+        assert (kept_open(saver), pool.checkedout()) == (0, 0)
+        assert saver.get_tuple(config) is not None
+        assert (kept_open(saver), pool.checkedout()) == (1, 1)
+
+
+def test_kept_connections_never_starve_a_small_pool(backend: Any, thread_id: str) -> None:
     """With a pool smaller than what a saver may keep open, operations
     waiting for the pool get the connections that others finish with."""
     engine_kwargs = {"pool_size": 2, "pool_timeout": 5}
-    with SQLSaver.from_url(f"sqlite:///{tmp_path}/small.db", engine_kwargs=engine_kwargs) as saver:
-        saver.setup()
-        config = saver.put(*put_args("t"))
+    with SQLSaver.from_url(backend.sync_url, engine_kwargs=engine_kwargs) as saver:
+        config = saver.put(*put_args(thread_id))
 
         def reads(_: int) -> int:
             return sum(saver.get_tuple(config) is not None for _ in range(20))
@@ -723,45 +791,79 @@ async def test_from_url_savers_log_in_at_most_pool_size_times(backend: Any, thre
     assert 2 <= len(logins) <= 2 * dialects.POOL_SIZE, len(logins)
 
 
-# -- 11. a connection that died in the pool -----------------------------------------
+# -- 11. a connection that died under the saver ---------------------------------------
 
-KILL = {
-    "postgres": ("SELECT pg_backend_pid()", "SELECT pg_terminate_backend({})"),
-    "mysql": ("SELECT CONNECTION_ID()", "KILL {}"),
+
+def kept_of(saver: SQLSaver | AsyncSQLSaver) -> Any:
+    """The connections a from_url saver keeps (`bind._KeptConnections`)."""
+    bind = saver._bind.sync if isinstance(saver._bind, ThreadedBind) else saver._bind
+    assert bind._kept is not None
+    return bind._kept
+
+
+def _keep(kept: Any, count: int) -> None:
+    """Have ``count`` connections kept open, as concurrent operations leave
+    them (an async saver's in a greenlet: `greenlet_spawn`)."""
+    leases = [kept.take() for _ in range(count)]
+    for conn, leased in leases:
+        kept.give_back(conn, leased)
+    assert len(kept._idle) == count
+
+
+# The server's id of a driver's connection, and how to end it from another.
+SESSION_ID = {
+    "psycopg": lambda driver_conn: driver_conn.info.backend_pid,
+    "asyncpg": lambda driver_conn: driver_conn.get_server_pid(),
+    "pymysql": lambda driver_conn: driver_conn.thread_id(),
+    "asyncmy": lambda driver_conn: driver_conn.thread_id(),
 }
+KILL = {"postgres": "SELECT pg_terminate_backend({})", "mysql": "KILL {}"}
 
 
-def _kill_pooled_connection(backend: Any, saver: SQLSaver, app_engine: Engine) -> None:
-    """Kill the connection the saver's pool will hand out next, as a server
-    restart or an idle timeout would (SQLite: close the connections the
-    saver keeps open between operations, under it)."""
-    if backend.name == "sqlite":
-        kept = saver._bind._kept
-        assert kept is not None and kept._idle
-        for conn in kept._idle:
-            conn.connection.driver_connection.close()
-        return
-    assert saver._owned_engine is not None
-    with saver._owned_engine.connect() as conn:
-        ask, kill = KILL[backend.name]
-        victim = conn.exec_driver_sql(ask).scalar()
-    with app_engine.connect() as other:
-        other.exec_driver_sql(kill.format(int(victim)))
-        other.commit()
+def _kill_kept_connections(backend: Any, kept: Any, app_engine: Engine) -> None:
+    """Kill the connections a saver keeps open between operations, as a
+    server restart or an idle timeout would (SQLite: close them under it)."""
+    assert kept._idle
+    for conn, _ in kept._idle:
+        driver_conn = conn.connection.driver_connection
+        if backend.name == "sqlite":
+            driver_conn.close()
+            continue
+        victim = SESSION_ID[conn.dialect.driver](driver_conn)
+        with app_engine.connect() as other:
+            other.exec_driver_sql(KILL[backend.name].format(int(victim)))
+            other.commit()
 
 
-def test_dead_pooled_connection_is_replaced(
+def test_dead_kept_connections_are_replaced(
     backend: Any, app_engine: Engine, thread_id: str
 ) -> None:
     """No pre-ping round trip per operation: an operation that meets a dead
-    connection has its transaction run again on a fresh one, reads and writes."""
-    engine_kwargs = {"pool_size": 1, "max_overflow": 0}
-    if backend.name == "sqlite":
-        engine_kwargs = {}  # sqlsaver's file engines: the saver keeps its connection open
-    with SQLSaver.from_url(backend.sync_url, engine_kwargs=engine_kwargs) as saver:
+    connection has its transaction run again on a fresh one, reads and
+    writes. After a disconnect, the other kept connections (dead too, after
+    a server restart) are not tried: more of them than `bind.ATTEMPTS`."""
+    with SQLSaver.from_url(backend.sync_url) as saver:
         saver.put(*put_args(thread_id))
-        _kill_pooled_connection(backend, saver, app_engine)
+        _keep(kept_of(saver), ATTEMPTS + 2)
+        _kill_kept_connections(backend, kept_of(saver), app_engine)
         assert saver.get_tuple(config_of(thread_id)) is not None
-        _kill_pooled_connection(backend, saver, app_engine)
+        assert kept_open(saver) == 1
+        _kill_kept_connections(backend, kept_of(saver), app_engine)
         saver.put(*put_args(thread_id + "-2"))
+    assert counts(app_engine, thread_id + "-2") == rows(checkpoints=1, blobs=1)
+
+
+async def test_async_dead_kept_connections_are_replaced(
+    backend: Any, app_engine: Engine, thread_id: str
+) -> None:
+    """The same for an async saver, whose kept connections are the sync
+    ones under its async driver's."""
+    async with AsyncSQLSaver.from_url(backend.async_url) as saver:
+        await saver.aput(*put_args(thread_id))
+        await greenlet_spawn(_keep, kept_of(saver), ATTEMPTS + 2)
+        _kill_kept_connections(backend, kept_of(saver), app_engine)
+        assert await saver.aget_tuple(config_of(thread_id)) is not None
+        assert kept_open(saver) == 1
+        _kill_kept_connections(backend, kept_of(saver), app_engine)
+        await saver.aput(*put_args(thread_id + "-2"))
     assert counts(app_engine, thread_id + "-2") == rows(checkpoints=1, blobs=1)
