@@ -884,14 +884,27 @@ def _insert(dialect: Dialect, table: Table, updated: tuple[str, ...] | None = No
 Shape = tuple[tuple[Table, tuple[str, ...] | None, int], ...]
 
 
+@lru_cache(maxsize=256)
+def _row_slots(shape: Shape) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """The parameter names of the rows of `shape` (table, update, row
+    count), row after row: ``<n>_<i>_<column>`` for row ``i`` of insert
+    ``n``, with the column each is for. Cached: formatting them costs more
+    than the rest of a write's Python."""
+    return tuple(
+        tuple((c.name, f"{n}_{i}_{c.name}") for c in table.columns)
+        for n, (table, _, count) in enumerate(shape)
+        for i in range(count)
+    )
+
+
 def _inserts(dialect: Dialect, shape: Shape) -> list[Insert]:
-    """The inserts of `shape` (table, update, row count); row ``i`` of
-    insert ``n`` binds its columns as ``<n>_<i>_<column>``."""
+    """The inserts of `shape`, each row's columns bound by `_row_slots`."""
+    slots = iter(_row_slots(shape))
     inserts = []
-    for n, (table, updated, count) in enumerate(shape):
+    for table, updated, count in shape:
         rows = [
-            {c.name: bindparam(f"{n}_{i}_{c.name}", type_=c.type) for c in table.columns}
-            for i in range(count)
+            {column: bindparam(slot, type_=table.c[column].type) for column, slot in next(slots)}
+            for _ in range(count)
         ]
         inserts.append(_insert_statement(dialect, table, updated).values(rows))
     return inserts
@@ -1007,11 +1020,11 @@ def store(conn: Connection, opts: Options, rows: Rows) -> None:
     dialect = conn.dialect
     if 1 < rows.count and rows.one_round_trip(dialect):
         shape = tuple((table, updated, len(batch)) for table, updated, batch in rows.batches)
+        every_row = (row for _, _, batch in rows.batches for row in batch)
         params = {
-            f"{n}_{i}_{column}": value
-            for n, (_, _, batch) in enumerate(rows.batches)
-            for i, row in enumerate(batch)
-            for column, value in row.items()
+            slot: row[column]
+            for row, slots in zip(every_row, _row_slots(shape), strict=True)
+            for column, slot in slots
         }
         if len(shape) == 1 or dialects.chains_inserts(dialect):
             _chained_insert(dialect, shape).run(conn, params)
