@@ -121,14 +121,16 @@ class _KeptConnections:
       the pool, whose next checkout recycles it if it is older than
       ``pool_recycle`` (before a proxy, or MySQL's ``wait_timeout``, drops
       it for idling).
-    - After a disconnect, the idle ones are invalidated too: whatever took
-      one connection (a server restart, a failover) took those opened
-      before it, as SQLAlchemy assumes when it invalidates its whole pool.
+    - After a disconnect, the idle ones are invalidated and the engine's
+      pool replaced: whatever took one connection (a server restart, a
+      failover) took those opened before it, as SQLAlchemy assumes when it
+      invalidates its whole pool.
     - A connection is kept only as it came: in no transaction (the engine
       is AUTOCOMMIT, and every operation ends the transactions it begins).
-      After an error it goes back to the pool, which resets it; one still
-      in a transaction afterwards, or that cannot be told clean, is
-      invalidated (a MySQL engine's pool resets nothing on return).
+      After an error it goes back to the pool. One still in a transaction,
+      one that cannot be told clean, and one whose operation was
+      interrupted (a cancelled task may leave a reply unread) are closed
+      for good instead: MySQL engines' pools reset nothing on return.
     - None is kept while an operation waits for the pool (a pool smaller
       than `KEPT`, or more threads than connections): it gets one at once.
     - After a fork, the child leaves the parent's connections alone (held,
@@ -185,13 +187,18 @@ class _KeptConnections:
     def give_back(self, conn: Connection, leased: float) -> None:
         """Keep a connection an operation has finished with, if it is clean
         and no one waits for the pool; else close it (back to the pool), or
-        invalidate it if it is in a transaction."""
+        for good if it is in a transaction."""
         try:
-            clean = not conn.invalidated and not dialects.in_transaction(conn)
+            clean = _clean(conn)
             if clean and conn.in_transaction():  # `Connection.execute` began it:
-                conn.rollback()  # on an AUTOCOMMIT connection, bookkeeping only
+                # SQLAlchemy's bookkeeping (MySQL's drivers send a ROLLBACK
+                # even so, as closing the connection would).
+                conn.rollback()
         except Exception:  # cannot tell: not worth keeping
             clean = False
+        except BaseException:  # interrupted (a cancelled task): not leaked either
+            _discard(conn)
+            raise
         if not clean:
             _discard(conn)
             return
@@ -203,14 +210,23 @@ class _KeptConnections:
         conn.close()
 
     def failed(self, conn: Connection, error: BaseException) -> None:
-        """An operation failed on ``conn``: it goes back to the pool, and
-        after a disconnect the idle connections are invalidated with it."""
-        conn.close()
+        """An operation failed on ``conn``: it goes back to the pool if it
+        is clean and the operation was not interrupted, else it is closed
+        for good; after a disconnect the idle connections go with it, and
+        the engine's pool is replaced."""
+        if isinstance(error, Exception) and _clean(conn):
+            try:
+                conn.close()
+            except Exception:
+                _discard(conn)
+        else:
+            _discard(conn)
         if isinstance(error, DBAPIError) and error.connection_invalidated:
             with self._lock:
                 idle, self._idle = self._idle, []
             for other, _ in idle:
                 _discard(other)
+            self._engine.dispose()  # the pool's connections are as old
 
     def close(self) -> None:
         """Close the kept connections; later ones go back to the pool."""
@@ -224,8 +240,17 @@ class _KeptConnections:
 
     def _forked(self) -> None:
         self._parents += self._idle
-        self._idle, self._pid = [], os.getpid()
+        self._idle, self._pid, self._waiting = [], os.getpid(), 0
         self._engine.dispose(close=False)  # SQLAlchemy's recipe for a child
+
+
+def _clean(conn: Connection) -> bool:
+    """Whether a connection is usable and, by its driver's account, in no
+    transaction; False where that cannot be told."""
+    try:
+        return not conn.invalidated and not dialects.in_transaction(conn)
+    except Exception:
+        return False
 
 
 def _discard(conn: Connection) -> None:

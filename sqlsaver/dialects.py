@@ -42,7 +42,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import NullPool, StaticPool
+from sqlalchemy.pool import QueuePool, StaticPool
 from sqlalchemy.sql.selectable import TableValuedAlias
 
 from sqlsaver.prepared import Prepared, observed
@@ -390,6 +390,10 @@ def engine_options(url: URL) -> dict[str, Any]:
             for pool_option in ("pool_use_lifo", "pool_size", "max_overflow"):
                 del options[pool_option]
             options["connect_args"]["check_same_thread"] = False
+            # Nothing to reset on return (AUTOCOMMIT; every operation ends
+            # the transactions it begins), and a ROLLBACK there would end
+            # another thread's write on the one shared connection.
+            options["pool_reset_on_return"] = None
     if url.get_backend_name() in MYSQL:
         options["pool_recycle"] = 3600  # below MySQL's wait_timeout
         if url.get_driver_name() == "pymysql":
@@ -495,9 +499,13 @@ _IN_TRANSACTION: dict[str, Callable[[Any], bool]] = {
 
 def in_transaction(conn: Connection) -> bool:
     """Whether the driver's connection under ``conn`` is in a transaction,
-    by the driver's own account; True for a driver that cannot tell."""
+    by the driver's own account (other sqlite3-like drivers: their
+    ``in_transaction``); True for a driver that cannot tell."""
+    driver_conn = conn.connection.driver_connection
     tell = _IN_TRANSACTION.get(conn.dialect.driver)
-    return tell is None or tell(conn.connection.driver_connection)
+    if tell is None:
+        return bool(getattr(driver_conn, "in_transaction", True))
+    return tell(driver_conn)
 
 
 def keeps_connections(engine: Engine, pre_ping: bool) -> bool:
@@ -508,10 +516,12 @@ def keeps_connections(engine: Engine, pre_ping: bool) -> bool:
 
     Only on an AUTOCOMMIT engine (as sqlsaver's are), whose idle connections
     hold no transaction; on a driver that tells whether one does
-    (`in_transaction`); with a pool (``NullPool`` asks for none kept); and
-    not where the caller asked for a ping at each checkout
-    (``pool_pre_ping``), which a kept connection would skip."""
-    pooled = not isinstance(engine.pool, NullPool)
+    (`in_transaction`); with a pool of connections apart (a `QueuePool`:
+    ``NullPool`` asks for none kept, and an in-memory SQLite database's
+    ``StaticPool`` shares its one connection among threads); and not where
+    the caller asked for a ping at each checkout (``pool_pre_ping``), which
+    a kept connection would skip."""
+    pooled = isinstance(engine.pool, QueuePool)
     known = engine.dialect.driver in _IN_TRANSACTION
     return known and autocommit_engine(engine) and pooled and not pre_ping
 
@@ -607,8 +617,17 @@ def own_transaction(conn: Connection) -> Iterator[None]:
 
 
 def rollback(conn: Connection) -> None:
-    """ROLLBACK on the driver's cursor: what a failed script began (`runs_scripts`)."""
-    control(conn.dialect, "ROLLBACK").run(conn, {})
+    """ROLLBACK on the driver's cursor, after a failure: what a failed script
+    (`runs_scripts`) or `own_transaction` began. The failure is what the
+    caller raises: none is on a connection found dead (nothing to roll
+    back), and one of the ROLLBACK's own is dropped. A connection left in a
+    transaction is then not reused (`bind._KeptConnections.failed`)."""
+    if conn.invalidated:
+        return
+    try:
+        control(conn.dialect, "ROLLBACK").run(conn, {})
+    except Exception:  # the caller's error says what went wrong
+        pass
 
 
 def runs_scripts(conn: Connection) -> bool:

@@ -724,6 +724,45 @@ def test_connection_left_in_a_transaction_is_not_kept(backend: Any, thread_id: s
         assert (kept_open(saver), pool.checkedout()) == (1, 1)
 
 
+class Interrupted(BaseException):
+    """Not an `Exception`: as a cancelled task's `CancelledError`."""
+
+
+@pytest.mark.parametrize(
+    "failure", ["error", "error in a transaction", "interrupted"], ids=lambda f: f
+)
+def test_connection_an_operation_failed_on(backend: Any, thread_id: str, failure: str) -> None:
+    """goes back to the pool after an error; it is closed for good when the
+    operation left it in a transaction, or was interrupted (a cancelled
+    task may leave a reply unread on it)."""
+    raised = Interrupted if failure == "interrupted" else ValueError
+
+    def fail(conn: Any) -> None:
+        if failure == "error in a transaction":
+            conn.exec_driver_sql("BEGIN")
+        raise raised(failure)
+
+    invalidated: list[object] = []
+    with SQLSaver.from_url(backend.sync_url) as saver:
+        config = saver.put(*put_args(thread_id))
+        pool = saver._owned_engine.pool
+        event.listen(pool, "invalidate", lambda *args: invalidated.append(args))
+        with pytest.raises(raised):
+            saver._bind.read(fail)
+        assert len(invalidated) == (0 if failure == "error" else 1)
+        assert (kept_open(saver), pool.checkedout()) == (0, 0)
+        assert saver.get_tuple(config) is not None
+
+
+def test_no_connection_is_kept_on_an_in_memory_sqlite_database() -> None:
+    """Its one connection is shared by every thread (``StaticPool``)."""
+    with SQLSaver.from_url("sqlite://") as saver:
+        saver.setup()
+        config = saver.put(*put_args("t"))
+        assert saver.get_tuple(config) is not None
+        assert saver._bind._kept is None
+
+
 def test_kept_connections_never_starve_a_small_pool(backend: Any, thread_id: str) -> None:
     """With a pool smaller than what a saver may keep open, operations
     waiting for the pool get the connections that others finish with."""
@@ -851,6 +890,25 @@ def test_dead_kept_connections_are_replaced(
         _kill_kept_connections(backend, kept_of(saver), app_engine)
         saver.put(*put_args(thread_id + "-2"))
     assert counts(app_engine, thread_id + "-2") == rows(checkpoints=1, blobs=1)
+
+
+def test_dead_pooled_connections_are_replaced(
+    backend: Any, app_engine: Engine, thread_id: str
+) -> None:
+    """A disconnect replaces the pool too: its connections, opened before,
+    are as dead (a server restart), and a retry must not meet them, in
+    whatever order the pool hands them out."""
+    engine_kwargs = {"pool_use_lifo": False}  # the oldest first
+    with SQLSaver.from_url(backend.sync_url, engine_kwargs=engine_kwargs) as saver:
+        saver.put(*put_args(thread_id))
+        kept = kept_of(saver)
+        _keep(kept, ATTEMPTS + 2)
+        _kill_kept_connections(backend, kept, app_engine)
+        with kept._lock:  # back to the pool, dead
+            pooled, kept._idle = kept._idle, []
+        for conn, _ in pooled:
+            conn.close()
+        assert saver.get_tuple(config_of(thread_id)) is not None
 
 
 async def test_async_dead_kept_connections_are_replaced(
