@@ -203,11 +203,11 @@ def padded(name: str, values: Iterable[Any]) -> tuple[int, dict[str, Any]]:
     two (the last value repeated) so that a few compiled statements serve
     every length: the count, and the values by parameter name (`slots`)."""
     items = sorted(set(values))
-    size = 1
-    while size < len(items):
-        size *= 2
-    items += items[-1:] * (size - len(items))
-    return size, dict(zip(_slot_names(name, size), items, strict=False))
+    count = len(items)
+    size = 1 << (count - 1).bit_length() if count > 1 else 1
+    if size != count:
+        items += items[-1:] * (size - count)
+    return size, dict(zip(_slot_names(name, size), items, strict=True))
 
 
 @cache
