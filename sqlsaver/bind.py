@@ -166,8 +166,8 @@ class _KeptConnections:
                 conn = None
             self._waiting += 1
         try:
-            if conn is not None:  # its lease is over: back to the pool
-                conn.close()
+            if conn is not None:  # its lease is over
+                _to_pool(conn)
             return self._engine.connect(), now
         finally:
             with self._lock:
@@ -207,7 +207,7 @@ class _KeptConnections:
             if keep and len(self._idle) < self.KEPT:
                 self._idle.append((conn, leased))
                 return
-        conn.close()
+        _to_pool(conn)
 
     def failed(self, conn: Connection, error: BaseException) -> None:
         """An operation failed on ``conn``: it goes back to the pool if it
@@ -215,10 +215,7 @@ class _KeptConnections:
         for good; after a disconnect the idle connections go with it, and
         the engine's pool is replaced."""
         if isinstance(error, Exception) and _clean(conn):
-            try:
-                conn.close()
-            except Exception:
-                _discard(conn)
+            _to_pool(conn)
         else:
             _discard(conn)
         if isinstance(error, DBAPIError) and error.connection_invalidated:
@@ -236,7 +233,7 @@ class _KeptConnections:
                 self._forked()
             idle, self._idle = self._idle, []
         for conn, _ in idle:
-            conn.close()
+            _to_pool(conn)
 
     def _forked(self) -> None:
         self._parents += self._idle
@@ -251,6 +248,15 @@ def _clean(conn: Connection) -> bool:
         return not conn.invalidated and not dialects.in_transaction(conn)
     except Exception:
         return False
+
+
+def _to_pool(conn: Connection) -> None:
+    """Give a connection back to its pool (which resets it); close it for
+    good if that fails."""
+    try:
+        conn.close()
+    except Exception:
+        _discard(conn)
 
 
 def _discard(conn: Connection) -> None:
