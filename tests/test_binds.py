@@ -724,6 +724,24 @@ def test_connection_left_in_a_transaction_is_not_kept(backend: Any, thread_id: s
         assert (kept_open(saver), pool.checkedout()) == (1, 1)
 
 
+async def test_async_connection_left_in_a_transaction_is_not_kept(
+    backend: Any, thread_id: str
+) -> None:
+    """The same for an async saver, as its driver tells (asyncpg, asyncmy;
+    on SQLite, sqlite3 under `ThreadedBind`)."""
+
+    def leave_a_transaction_open(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    async with AsyncSQLSaver.from_url(backend.async_url) as saver:
+        config = await saver.aput(*put_args(thread_id))
+        pool = (saver._threaded_engine or saver._owned_engine.sync_engine).pool
+        await saver._bind.read(leave_a_transaction_open)
+        assert (kept_open(saver), pool.checkedout()) == (0, 0)
+        assert await saver.aget_tuple(config) is not None
+        assert (kept_open(saver), pool.checkedout()) == (1, 1)
+
+
 class Interrupted(BaseException):
     """Not an `Exception`: as a cancelled task's `CancelledError`."""
 
