@@ -270,12 +270,19 @@ def _discard(conn: Connection) -> None:
 
 
 class _Bind:
-    """What both binds share: the one-time schema check, and running an
-    operation on a connection of theirs."""
+    """What both binds share: the one-time schema check, the connections
+    kept open, and running an operation on a connection of theirs."""
 
     def __init__(self, check_schema: bool) -> None:
         # Apps whose own migrations manage sqlsaver's tables opt out.
         self.schema_checked = not check_schema
+        self._kept: _KeptConnections | None = None
+
+    def _keep(self, engine: Engine, pre_ping: bool) -> None:
+        """Keep ``engine``'s connections open between operations, where
+        that pays (`dialects.keeps_connections`)."""
+        if dialects.keeps_connections(engine, pre_ping):
+            self._kept = _KeptConnections(engine)
 
     def _invoke(
         self, conn: Connection, atomic: bool | None, op: Callable[..., T], *args: Any, **kwargs: Any
@@ -313,15 +320,14 @@ class SyncBind(_Bind):
             self._read_engine = target.execution_options(**dialects.read_options(target.dialect))
             if dialects.single_writer(target.dialect):
                 self._writer = threading.Lock()
-        self._kept: _KeptConnections | None = None
 
     def keep_connections(self, pre_ping: bool = False) -> None:
         """Keep connections open between operations, where that pays
         (`dialects.keeps_connections`): for an engine of the saver's own
         (`from_url`; ``pre_ping``: created with ``pool_pre_ping``), released
         by `close`."""
-        if isinstance(self.target, Engine) and dialects.keeps_connections(self.target, pre_ping):
-            self._kept = _KeptConnections(self.target)
+        if isinstance(self.target, Engine):
+            self._keep(self.target, pre_ping)
 
     def close(self) -> None:
         """Close the connections kept open (`keep_connections`)."""
@@ -423,15 +429,12 @@ class AsyncBind(_Bind):
             self._read_engine = target.execution_options(**dialects.read_options(target.dialect))
             if dialects.single_writer(target.dialect):
                 self._writer = asyncio.Lock()
-        self._kept: _KeptConnections | None = None
 
     def keep_connections(self, pre_ping: bool = False) -> None:
         """Keep connections open between operations (see `SyncBind`): the
         sync connections under the async ones, used as `run_sync` would."""
         if isinstance(self.target, AsyncEngine):
-            engine = self.target.sync_engine
-            if dialects.keeps_connections(engine, pre_ping):
-                self._kept = _KeptConnections(engine)
+            self._keep(self.target.sync_engine, pre_ping)
 
     async def close(self) -> None:
         """Close the connections kept open (`keep_connections`)."""

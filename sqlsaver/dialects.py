@@ -483,17 +483,30 @@ SERVER_STATUS_IN_TRANS = 1
 # psycopg's and psycopg2's ``TransactionStatus.IDLE``: no transaction open.
 _PG_IDLE = 0
 
+
+def _sqlite3_in_transaction(driver_conn: Any) -> bool:
+    return bool(driver_conn.in_transaction)  # sqlite3, and aiosqlite's proxy of it
+
+
+def _libpq_in_transaction(driver_conn: Any) -> bool:
+    return bool(driver_conn.info.transaction_status != _PG_IDLE)
+
+
+def _mysql_in_transaction(driver_conn: Any) -> bool:
+    return bool(driver_conn.server_status & SERVER_STATUS_IN_TRANS)
+
+
 # How each driver tells, from what it already knows (no round trip), whether
 # its connection is in a transaction (`in_transaction`). A driver missing
 # here has no connections kept (`keeps_connections`).
 _IN_TRANSACTION: dict[str, Callable[[Any], bool]] = {
-    "pysqlite": lambda driver_conn: bool(driver_conn.in_transaction),
-    "psycopg": lambda driver_conn: driver_conn.info.transaction_status != _PG_IDLE,
-    "psycopg2": lambda driver_conn: driver_conn.info.transaction_status != _PG_IDLE,
-    "pymysql": lambda driver_conn: bool(driver_conn.server_status & SERVER_STATUS_IN_TRANS),
-    "aiosqlite": lambda driver_conn: bool(driver_conn.in_transaction),
+    "pysqlite": _sqlite3_in_transaction,
+    "aiosqlite": _sqlite3_in_transaction,
+    "psycopg": _libpq_in_transaction,
+    "psycopg2": _libpq_in_transaction,
     "asyncpg": lambda driver_conn: bool(driver_conn.is_in_transaction()),
-    "asyncmy": lambda driver_conn: bool(driver_conn.server_status & SERVER_STATUS_IN_TRANS),
+    "pymysql": _mysql_in_transaction,
+    "asyncmy": _mysql_in_transaction,
 }
 
 
