@@ -56,13 +56,7 @@ class Address:
 
     def config(self, checkpoint_id: str | None = None) -> RunnableConfig:
         """The LangGraph config naming this address (or a sibling id)."""
-        return {
-            "configurable": {
-                "thread_id": self.thread_id,
-                "checkpoint_ns": self.checkpoint_ns,
-                "checkpoint_id": checkpoint_id or self.checkpoint_id,
-            }
-        }
+        return _config(self.thread_id, self.checkpoint_ns, checkpoint_id or self.checkpoint_id)
 
 
 # -- writing -----------------------------------------------------------------
@@ -101,7 +95,8 @@ def _checkpoint_row(
     inline: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The checkpoints-table row of a `put` (see `put_rows`)."""
-    stored = {k: v for k, v in checkpoint.items() if k != "channel_values"}
+    stored: dict[str, Any] = dict(checkpoint)
+    stored.pop("channel_values", None)
     versions = checkpoint["channel_versions"]
     versions_column = None
     if inline is not None:
@@ -245,7 +240,7 @@ def replaces(channel: str) -> bool:
 
 
 def load(serde: SerializerProtocol, type_: str, data: bytes | None) -> Any:
-    return serde.loads_typed((type_, _bytes(data)))
+    return serde.loads_typed((type_, data if type(data) is bytes else _bytes(data)))
 
 
 def _bytes(data: Any) -> bytes:
@@ -264,8 +259,9 @@ WRITE_ORDER = operator.itemgetter(2, 0, 1)
 def pending_writes(serde: SerializerProtocol, rows: Iterable[Sequence[Any]]) -> list[PendingWrite]:
     """Writes as (task_id, idx, task_path, channel, type, blob) tuples, in the
     order LangGraph applies them: `writes_sort_key`."""
+    loads = serde.loads_typed  # called here, not through `load`: a frame less per write
     return [
-        (task_id, channel, load(serde, type_, blob))
+        (task_id, channel, loads((type_, blob if type(blob) is bytes else _bytes(blob))))
         for task_id, _, _, channel, type_, blob in sorted(rows, key=WRITE_ORDER)
     ]
 
@@ -316,16 +312,28 @@ def checkpoint_tuple(
 ) -> CheckpointTuple:
     """Assemble a `CheckpointTuple` from a checkpoints row, its decoded
     checkpoint, the loaded blobs it may reference, and its pending writes."""
-    at = Address(row.thread_id, row.checkpoint_ns, row.checkpoint_id)
+    thread_id, checkpoint_ns = row.thread_id, row.checkpoint_ns
     channel_values = dict(stored["channel_values"])
     for channel, version in stored["channel_versions"].items():
-        key = (at.thread_id, at.checkpoint_ns, channel, str(version))
-        if channel not in channel_values and key in blob_values:
-            channel_values[channel] = blob_values[key]
+        if channel not in channel_values:
+            key = (thread_id, checkpoint_ns, channel, str(version))
+            if key in blob_values:
+                channel_values[channel] = blob_values[key]
+    parent_id = row.parent_checkpoint_id
     return CheckpointTuple(
-        config=at.config(),
+        config=_config(thread_id, checkpoint_ns, row.checkpoint_id),
         checkpoint={**stored, "channel_values": channel_values},  # type: ignore[typeddict-item]
         metadata=load(serde, row.metadata_type, row.metadata_blob),
-        parent_config=(at.config(row.parent_checkpoint_id) if row.parent_checkpoint_id else None),
+        parent_config=_config(thread_id, checkpoint_ns, parent_id) if parent_id else None,
         pending_writes=writes,
     )
+
+
+def _config(thread_id: str, checkpoint_ns: str, checkpoint_id: str | None) -> RunnableConfig:
+    return {
+        "configurable": {
+            "thread_id": thread_id,
+            "checkpoint_ns": checkpoint_ns,
+            "checkpoint_id": checkpoint_id,
+        }
+    }

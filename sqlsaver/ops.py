@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import operator
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cache, cached_property, lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -897,6 +898,25 @@ def _row_slots(shape: Shape) -> tuple[tuple[tuple[str, str], ...], ...]:
     )
 
 
+@lru_cache(maxsize=256)
+def _row_binding(shape: Shape) -> tuple[tuple[str, ...], tuple[Callable[[Any], Any], ...]]:
+    """`_row_slots` flat, and for each row the getter of its values in that
+    order: every parameter of the rows of `shape` named in C, not by a
+    Python step per value."""
+    slots = _row_slots(shape)
+    names = tuple(name for row in slots for _, name in row)
+    return names, tuple(operator.itemgetter(*(column for column, _ in row)) for row in slots)
+
+
+@cache
+def _sized_columns(table: Table) -> Callable[[Any], tuple[Any, ...]]:
+    """The getter of a row's string and binary values (keys, serialized
+    values), which make up its size."""
+    return operator.itemgetter(
+        *(c.name for c in table.columns if c.type.python_type in (str, bytes))
+    )
+
+
 def _inserts(dialect: Dialect, shape: Shape) -> list[Insert]:
     """The inserts of `shape`, each row's columns bound by `_row_slots`."""
     slots = iter(_row_slots(shape))
@@ -931,31 +951,27 @@ def _insert_script(dialect: Dialect, shape: Shape) -> Prepared:
 @dataclass(frozen=True)
 class Rows:
     """What a `put` or `put_writes` stores, serialized before the saver
-    takes a connection (and on SQLite, the single writer's lock)."""
+    takes a connection (and on SQLite, the single writer's lock). Make it
+    with `of`, which counts what `one_round_trip` weighs."""
 
     thread_id: str
     batches: tuple[Batch, ...]  # the inserts that have rows
     checkpoint: bool  # a put's (shallow mode prunes after it)
+    count: int  # rows
+    binds: int  # bind parameters of the inserts, one per column of each row
+    size: int  # bytes (or characters) of their keys and serialized values
 
-    @property
-    def count(self) -> int:
-        return sum(len(rows) for _, _, rows in self.batches)
-
-    @cached_property
-    def binds(self) -> int:
-        """Bind parameters of the inserts, one per column of each row."""
-        return sum(len(rows) * len(table.columns) for table, _, rows in self.batches)
-
-    @cached_property
-    def size(self) -> int:
-        """Bytes (or characters) of their string and binary values."""
-        return sum(
-            len(value)
-            for _, _, rows in self.batches
-            for row in rows
-            for value in row.values()
-            if isinstance(value, (bytes, str))
-        )
+    @classmethod
+    def of(cls, thread_id: str, batches: Iterable[Batch], checkpoint: bool) -> Rows:
+        """The rows of these inserts (those that have any)."""
+        batches = tuple(b for b in batches if b[2])
+        count = binds = size = 0
+        for table, _, rows in batches:
+            count += len(rows)
+            binds += len(rows) * len(table.columns)
+            values = itertools.chain.from_iterable(map(_sized_columns(table), rows))
+            size += sum(map(len, filter(None, values)))  # NULLs left out
+        return cls(thread_id, batches, checkpoint, count, binds, size)
 
     def one_round_trip(self, dialect: Dialect) -> bool:
         """Whether the inserts can go in one round trip, atomic on their own:
@@ -980,7 +996,7 @@ def put_rows(
     replaces it but keeps its original parent)."""
     row, values = codec.put_rows(opts.serde, config, checkpoint, metadata, new_versions)
     batches = ((B, None, values), (C, CHECKPOINT_UPDATE, [row]))
-    return Rows(row["thread_id"], tuple(b for b in batches if b[2]), checkpoint=True)
+    return Rows.of(row["thread_id"], batches, checkpoint=True)
 
 
 def write_rows(
@@ -997,7 +1013,7 @@ def write_rows(
     keeping = [r for r in rows if not codec.replaces(r["channel"])]
     batches = ((W, WRITE_UPDATE, replacing), (W, None, keeping))
     thread_id = rows[0]["thread_id"] if rows else Address.of(config).thread_id
-    return Rows(thread_id, tuple(b for b in batches if b[2]), checkpoint=False)
+    return Rows.of(thread_id, batches, checkpoint=False)
 
 
 def one_round_trip(dialect: Dialect, opts: Options, rows: Rows) -> bool:
@@ -1020,12 +1036,12 @@ def store(conn: Connection, opts: Options, rows: Rows) -> None:
     dialect = conn.dialect
     if 1 < rows.count and rows.one_round_trip(dialect):
         shape = tuple((table, updated, len(batch)) for table, updated, batch in rows.batches)
-        every_row = (row for _, _, batch in rows.batches for row in batch)
-        params = {
-            slot: row[column]
-            for row, slots in zip(every_row, _row_slots(shape), strict=True)
-            for column, slot in slots
-        }
+        names, getters = _row_binding(shape)
+        every_row = itertools.chain.from_iterable(batch for _, _, batch in rows.batches)
+        values = itertools.chain.from_iterable(
+            get(row) for get, row in zip(getters, every_row, strict=True)
+        )
+        params = dict(zip(names, values, strict=True))
         if len(shape) == 1 or dialects.chains_inserts(dialect):
             _chained_insert(dialect, shape).run(conn, params)
         elif dialects.runs_scripts(conn):

@@ -8,7 +8,7 @@ PostgreSQL one. A `Prepared` statement is still a SQLAlchemy Core construct,
 compiled by SQLAlchemy for the connection's dialect, but compiled once: each
 run is one call on the DBAPI cursor plus the type conversions SQLAlchemy
 would apply (`TypeEngine.bind_processor` / `result_processor`, e.g. UTF-8
-keys on MySQL). That works on the sync drivers and, under
+keys on MySQL; not ``Binary()``, see `_binary`). That works on the sync drivers and, under
 `AsyncConnection.run_sync`, on the async drivers' adapted cursors alike.
 
 What is given up: engine events and echo logging for these statements.
@@ -62,8 +62,9 @@ class Prepared:
         self._defaults = {n: bp.effective_value for bp, n in names.items() if not bp.required}
         self._binds: dict[str, Processor] = {}
         for bp, name in names.items():
-            process = bp.type.dialect_impl(dialect).bind_processor(dialect)
-            if process is not None:
+            impl = bp.type.dialect_impl(dialect)
+            process = impl.bind_processor(dialect)
+            if process is not None and not _binary(impl):
                 self._binds[name] = process
         columns = list(getattr(stmt, "selected_columns", ()))
         self._row: Callable[..., Any] | None = None
@@ -132,6 +133,17 @@ class Prepared:
             self.run(conn, params[0])
             return
         _run(conn, self, [self._params(p) for p in params], many=True)
+
+
+def _binary(impl: Any) -> bool:
+    """Whether a type is binary, whose bind processor only wraps a value in
+    the DBAPI's ``Binary``, which is skipped: what sqlsaver binds there is
+    always `bytes`, which every driver takes as binary as it is. The wrapper
+    costs a copy (PyMySQL) or a Python object and its dumper (psycopg)."""
+    try:
+        return impl.python_type is bytes
+    except NotImplementedError:
+        return False
 
 
 def _picker(order: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:

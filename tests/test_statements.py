@@ -28,6 +28,7 @@ sqlsaver runs on its fast path.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import uuid
@@ -42,7 +43,7 @@ from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.pool import NullPool, Pool
 
-from sqlsaver import SQLSaver, codec
+from sqlsaver import SQLSaver, codec, dialects
 from sqlsaver.models import blobs
 
 
@@ -252,6 +253,31 @@ def test_only_exact_json_safe_string_versions_go_to_their_column() -> None:
     assert codec.columnar({})
     for versions in ({"a": 1}, {"a": 1.5}, {"a": "1\x00"}, {"a\x00": "1"}, {"\ud800": "1"}):
         assert not codec.columnar(versions), versions
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        '{"messages": "00000000000000000000000000000002.0.5", "x": "1"}',
+        "{}",
+        '{"a":"\\u0000 \\ud800 é \\"q\\""}',
+        ' {"a": 1} ',  # spaces around: json.loads takes it
+        '[1, 2.5, null, true, "NaN"]',
+        b'{"from": "psycopg", "as": "bytes"}',
+        memoryview('{"ü": "UTF-8 in a memoryview"}'.encode()),
+    ],
+)
+def test_json_columns_decode_as_json_loads_does(document: Any) -> None:
+    expected = json.loads(bytes(document) if isinstance(document, memoryview) else document)
+    assert dialects.json_loads(document) == expected
+
+
+@pytest.mark.parametrize("document", ['{"a": }', '{"a": 1} x', "", b"\xff"])
+def test_bad_json_in_a_column_fails_as_json_loads_does(document: Any) -> None:
+    with pytest.raises(ValueError) as expected:
+        json.loads(document)
+    with pytest.raises(type(expected.value), match=re.escape(str(expected.value))):
+        dialects.json_loads(document)
 
 
 async def test_small_values_are_kept_in_the_checkpoint_row(
