@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -28,9 +27,9 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from sqlsaver.dialects import filter_document, json_safe
 
 
-@dataclass(frozen=True, slots=True)
-class Address:
-    """Where a checkpoint lives: thread, namespace and (optionally) its id."""
+class Address(NamedTuple):
+    """Where a checkpoint lives: thread, namespace and (optionally) its id.
+    (A named tuple: made in C, several times per operation.)"""
 
     thread_id: str
     checkpoint_ns: str = ""
@@ -128,10 +127,10 @@ def columnar(versions: ChannelVersions) -> bool:
     string (LangGraph's own are), which the column gives back as it is and
     which SQL compares with the blob keys, and every string is `json_safe`.
     Others stay inside the checkpoint bytes, as exact as the serde is."""
-    return all(
-        type(version) is str and json_safe(version) and json_safe(channel)
-        for channel, version in versions.items()
-    )
+    if not set(map(type, versions.values())) <= {str}:
+        return False
+    # One check of all the strings together: no NUL in any, each UTF-8.
+    return json_safe("".join(versions) + "".join(cast(Iterable[str], versions.values())))
 
 
 # Strings up to this many characters are small values (`small`).

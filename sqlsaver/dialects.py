@@ -284,6 +284,9 @@ def _verbatim(text: str) -> bool:
     return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
+_EMPTY: dict[type, str] = {dict: "{}", list: "[]", tuple: "[]"}
+
+
 def canonical_json(value: Any) -> str:
     """Canonical JSON text of a metadata value: values equal under Python's
     ``==`` (as `InMemorySaver` compares them) get equal text."""
@@ -294,6 +297,8 @@ def canonical_json(value: Any) -> str:
         return str(int(value))
     if value is None:
         return "null"
+    if kind in _EMPTY and not value:  # LangGraph's "parents": {} in every put
+        return _EMPTY[kind]
     return json.dumps(
         _python_equal_form(value),
         ensure_ascii=True,

@@ -866,6 +866,7 @@ CHAIN_BYTES = 1_000_000
 # An insert: the table, the columns a key conflict replaces (None: keep the
 # stored row), and the rows.
 Batch = tuple[Table, tuple[str, ...] | None, list[dict[str, Any]]]
+_ROWS_OF_BATCH = operator.itemgetter(2)
 
 
 def _insert_statement(dialect: Dialect, table: Table, updated: tuple[str, ...] | None) -> Any:
@@ -957,6 +958,7 @@ class Rows:
     thread_id: str
     batches: tuple[Batch, ...]  # the inserts that have rows
     checkpoint: bool  # a put's (shallow mode prunes after it)
+    shape: Shape  # each insert's table, update and row count
     count: int  # rows
     binds: int  # bind parameters of the inserts, one per column of each row
     size: int  # bytes (or characters) of their keys and serialized values
@@ -964,14 +966,18 @@ class Rows:
     @classmethod
     def of(cls, thread_id: str, batches: Iterable[Batch], checkpoint: bool) -> Rows:
         """The rows of these inserts (those that have any)."""
-        batches = tuple(b for b in batches if b[2])
+        kept, shape = [], []
         count = binds = size = 0
-        for table, _, rows in batches:
-            count += len(rows)
-            binds += len(rows) * len(table.columns)
-            values = itertools.chain.from_iterable(map(_sized_columns(table), rows))
-            size += sum(map(len, filter(None, values)))  # NULLs left out
-        return cls(thread_id, batches, checkpoint, count, binds, size)
+        for batch in batches:
+            table, updated, rows = batch
+            if rows:
+                kept.append(batch)
+                shape.append((table, updated, len(rows)))
+                count += len(rows)
+                binds += len(rows) * len(table.columns)
+                values = itertools.chain.from_iterable(map(_sized_columns(table), rows))
+                size += sum(map(len, filter(None, values)))  # NULLs left out
+        return cls(thread_id, tuple(kept), checkpoint, tuple(shape), count, binds, size)
 
     def one_round_trip(self, dialect: Dialect) -> bool:
         """Whether the inserts can go in one round trip, atomic on their own:
@@ -1035,9 +1041,9 @@ def store(conn: Connection, opts: Options, rows: Rows) -> None:
     transaction the saver opened."""
     dialect = conn.dialect
     if 1 < rows.count and rows.one_round_trip(dialect):
-        shape = tuple((table, updated, len(batch)) for table, updated, batch in rows.batches)
+        shape = rows.shape
         names, getters = _row_binding(shape)
-        every_row = itertools.chain.from_iterable(batch for _, _, batch in rows.batches)
+        every_row = itertools.chain.from_iterable(map(_ROWS_OF_BATCH, rows.batches))
         values = itertools.chain.from_iterable(
             get(row) for get, row in zip(getters, every_row, strict=True)
         )

@@ -429,7 +429,7 @@ async def test_hostile_filter_keys_and_values(saver: Saver, thread_id: str) -> N
 
 def test_canonical_spellings_are_json_dumps_spellings() -> None:
     """The shortcuts of `canonical_key` and `canonical_json` (strings JSON
-    writes as they are, ints, bools, None) spell exactly what `json.dumps`
+    writes as they are, ints, bools, None, empty containers) spell exactly what `json.dumps`
     does, which the filters and every stored filter document rely on."""
 
     def slow(value: Any) -> str:
@@ -440,7 +440,8 @@ def test_canonical_spellings_are_json_dumps_spellings() -> None:
     for word in words:
         assert dialects.canonical_key(word) == slow(word)[1:-1], word
         assert dialects.canonical_json(word) == slow(word), word
-    for value in [0, 1, -7, 2**70, True, False, None, 2.0, 2.5, [True], {"b": 1, "a": None}]:
+    values = [0, 1, -7, 2**70, True, False, None, 2.0, 2.5, [True], {"b": 1, "a": None}]
+    for value in [*values, {}, [], ()]:
         assert dialects.canonical_json(value) == slow(value), value
 
 

@@ -251,7 +251,10 @@ async def test_writes_are_one_statement_per_insert_and_one_on_postgres(
 def test_only_exact_json_safe_string_versions_go_to_their_column() -> None:
     assert codec.columnar({"messages": "00000000000000000000000000000002.0.5", "x": "1"})
     assert codec.columnar({})
-    for versions in ({"a": 1}, {"a": 1.5}, {"a": "1\x00"}, {"a\x00": "1"}, {"\ud800": "1"}):
+    assert codec.columnar({"é": "ü", "b": "2"})
+    unsafe = ({"a": "1\x00"}, {"a\x00": "1"}, {"\ud800": "1"}, {"a": "\udc00"}, {"a": "\ud800"})
+    not_strings = ({"a": 1}, {"a": 1.5}, {"a": "1", "b": 2}, {"a": type("S", (str,), {})("1")})
+    for versions in (*unsafe, *not_strings):
         assert not codec.columnar(versions), versions
 
 
