@@ -8,8 +8,9 @@ PostgreSQL one. A `Prepared` statement is still a SQLAlchemy Core construct,
 compiled by SQLAlchemy for the connection's dialect, but compiled once: each
 run is one call on the DBAPI cursor plus the type conversions SQLAlchemy
 would apply (`TypeEngine.bind_processor` / `result_processor`, e.g. UTF-8
-keys on MySQL; not ``Binary()``, see `_binary`). That works on the sync drivers and, under
-`AsyncConnection.run_sync`, on the async drivers' adapted cursors alike.
+keys on MySQL; but not ``Binary()``, see `_binary`). That works on the sync
+drivers and, under `AsyncConnection.run_sync`, on the async drivers'
+adapted cursors alike.
 
 What is given up: engine events and echo logging for these statements.
 Errors still arrive as SQLAlchemy's `DBAPIError` subclasses, and a dropped
@@ -27,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import BindParameter, Connection, Dialect, bindparam
+from sqlalchemy import BindParameter, Connection, Dialect, TypeDecorator, bindparam
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -136,10 +137,14 @@ class Prepared:
 
 
 def _binary(impl: Any) -> bool:
-    """Whether a type is binary, whose bind processor only wraps a value in
-    the DBAPI's ``Binary``, which is skipped: what sqlsaver binds there is
-    always `bytes`, which every driver takes as binary as it is. The wrapper
-    costs a copy (PyMySQL) or a Python object and its dumper (psycopg)."""
+    """Whether a type is plainly binary, whose bind processor only wraps a
+    value in the DBAPI's ``Binary``, which is skipped: what sqlsaver binds
+    there is always `bytes`, which every driver takes as binary as it is.
+    The wrapper costs a copy (PyMySQL) or a Python object and its dumper
+    (psycopg). A `TypeDecorator`'s processor does work of its own (MySQL's
+    UTF-8 keys), and is kept."""
+    if isinstance(impl, TypeDecorator):
+        return False
     try:
         return impl.python_type is bytes
     except NotImplementedError:
