@@ -117,16 +117,10 @@ def expands_json(dialect: Dialect) -> bool:
     statement that finds their checkpoints: PostgreSQL. Not MySQL and
     MariaDB: ``JSON_TABLE`` cannot list an object's keys, and its strings
     compare under a collation where our binary key columns compare bytes.
-    Not SQLite, where ``json_each`` would: a narrow statement of their own
-    costs less there (`embedded`)."""
+    Not SQLite, where ``json_each`` would, at ten times the cost of looking
+    the values up by their keys. Elsewhere a read takes the checkpoints,
+    then their writes and values (`ops._writes_and_values`)."""
     return dialect.name == "postgresql"
-
-
-def embedded(dialect: Dialect) -> bool:
-    """Whether the database runs inside this process (SQLite): a statement
-    is a function call, not a round trip to a server, so a read may take a
-    narrow statement per kind of row where a server is sent one union."""
-    return dialect.name == "sqlite"
 
 
 def json_entries(dialect: Dialect, column: ColumnElement[Any]) -> TableValuedAlias:

@@ -7,12 +7,10 @@ transactions each operation costs.
 - `get_tuple` and a `list` page: one connection (from the pool, or on
   SQLite one the saver keeps open), no BEGIN or COMMIT statement, and on
   PostgreSQL one statement, whatever the page size (the checkpoints with
-  their writes and their channel values). Two on MySQL/MariaDB, which
-  cannot expand the channel versions in SQL (the values come second).
-  Three on SQLite, where a statement costs no round trip: the
-  checkpoints, their writes and their values, each by a narrow statement.
-  On PostgreSQL, one more for checkpoints whose versions are not in their
-  column.
+  their writes and their channel values). Two on SQLite and MySQL/MariaDB,
+  which cannot expand the channel versions in SQL: the checkpoints, then
+  their writes and values by one narrow statement. On PostgreSQL, one more
+  for checkpoints whose versions are not in their column.
 - `put` and `put_writes` on PostgreSQL: one statement and no transaction
   (a chained insert is atomic on its own); elsewhere one statement per
   table, in a transaction, except where all rows go to one insert: that
@@ -151,9 +149,9 @@ async def test_reads_take_one_connection_and_no_transaction(
     await _thread(aio, saver, thread_id, 30)
     config = {"configurable": {"thread_id": thread_id}}
     await call(aio, saver, "get_tuple", config)  # the schema check is behind us
-    # PostgreSQL: one union; MySQL: the checkpoints joined with their writes,
-    # then the values; SQLite: a narrow statement each (`_tuples_statement`).
-    statements = {"postgres": 1, "sqlite": 3}.get(backend.name, 2)
+    # PostgreSQL: one union; elsewhere the checkpoints, then their writes and
+    # values (`_tuples_statement`).
+    statements = 1 if backend.name == "postgres" else 2
 
     with recorded() as seen:
         found = await call(aio, saver, "get_tuple", config)
@@ -195,7 +193,7 @@ async def test_versions_outside_their_column_take_a_second_statement(
     for tuple_ in (found, *listed):
         assert tuple_.checkpoint["channel_versions"] == versions
         assert tuple_.checkpoint["channel_values"] == {channels[0]: ["a", "b"], "step": 1}
-    assert reads(seen) == reads(listing) == (3 if backend.name == "sqlite" else 2)
+    assert reads(seen) == reads(listing) == 2
 
 
 def assert_one_write(backend: Backend, seen: list[str], tables: int) -> None:
