@@ -221,6 +221,8 @@ def padded(name: str, values: Iterable[Any]) -> tuple[int, dict[str, Any]]:
     every length: the count, and the values by parameter name (`slots`)."""
     items = sorted(set(values))
     count = len(items)
+    if count == 1:  # one checkpoint, channel or version: most reads
+        return 1, {_slot_names(name, 1)[0]: items[0]}
     size = 1 << (count - 1).bit_length() if count > 1 else 1
     if size != count:
         items += items[-1:] * (size - count)
