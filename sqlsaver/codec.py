@@ -47,10 +47,11 @@ class Address(NamedTuple):
                 "config={'configurable': {'thread_id': '<your thread id>'}} "
                 f"(got configurable={dict(configurable)!r})"
             )
+        checkpoint_id = get_checkpoint_id(config)
         return cls(
             str(thread_id),
-            configurable.get("checkpoint_ns") or "",
-            get_checkpoint_id(config),
+            str(configurable.get("checkpoint_ns") or ""),
+            None if checkpoint_id is None else str(checkpoint_id),
         )
 
     def config(self, checkpoint_id: str | None = None) -> RunnableConfig:
@@ -85,6 +86,23 @@ def put_rows(
     )
 
 
+def dump(serde: SerializerProtocol, value: Any) -> tuple[str, bytes]:
+    """``serde.dumps_typed(value)``, its data as `bytes` exactly: binary
+    columns are bound as they are (`prepared._binary`), and MySQL's drivers
+    would write another buffer (a ``memoryview``; a ``bytearray`` on
+    asyncmy) as its repr."""
+    type_, data = serde.dumps_typed(value)
+    if type(data) is bytes:
+        return type_, data
+    try:
+        return type_, bytes(memoryview(data))
+    except TypeError:
+        raise TypeError(
+            f"{type(serde).__name__}.dumps_typed returned {type(data).__name__} data: "
+            "a serializer must return (type, bytes)"
+        ) from None
+
+
 def _checkpoint_row(
     serde: SerializerProtocol,
     at: Address,
@@ -104,8 +122,8 @@ def _checkpoint_row(
         stored["channel_values"] = inline
         del stored["id"]
     full_metadata = get_serializable_checkpoint_metadata(config, metadata)
-    checkpoint_type, checkpoint_bytes = serde.dumps_typed(stored)
-    metadata_type, metadata_bytes = serde.dumps_typed(full_metadata)
+    checkpoint_type, checkpoint_bytes = dump(serde, stored)
+    metadata_type, metadata_bytes = dump(serde, full_metadata)
     run_id = full_metadata.get("run_id")
     return {
         "thread_id": at.thread_id,
@@ -178,7 +196,7 @@ def _blob_rows(
     rows = []
     for channel, version in new_versions.items():
         if channel in values and channel not in inline:
-            value_type, value_bytes = serde.dumps_typed(values[channel])
+            value_type, value_bytes = dump(serde, values[channel])
             rows.append(
                 {
                     "thread_id": at.thread_id,
@@ -206,9 +224,10 @@ def write_rows(
             "put_writes needs the checkpoint the writes belong to: "
             "config['configurable']['checkpoint_id'] is missing"
         )
+    task_id, task_path = str(task_id), str(task_path)  # a UUID, say: stored as its text
     rows = []
     for idx, (channel, value) in enumerate(writes):
-        value_type, value_bytes = serde.dumps_typed(value)
+        value_type, value_bytes = dump(serde, value)
         rows.append(
             {
                 "thread_id": at.thread_id,

@@ -289,8 +289,10 @@ def _assemble(conn: Connection, serde: SerializerProtocol, found: Found) -> list
     ]
 
 
-# Parameters one `_writes_and_values` statement binds at most, its lists
-# padded: within SQLite's oldest limit of 999.
+# The padded lists of one `_writes_and_values` statement, with its thread
+# and namespace, hold at most this many values (bound as up to 514
+# parameters where both branches bind those two): within SQLite's oldest
+# limit of 999 parameters.
 WRITES_AND_VALUES_BINDS = 512
 
 
@@ -462,21 +464,16 @@ def _found(dialect: Dialect, serde: SerializerProtocol, rows: Sequence[Row]) -> 
     checkpoints: list[Row] = []
     writes: dict[tuple[str, str, str], list[Sequence[Any]]] = defaultdict(list)
     values: dict[tuple[str, str, str, str], Any] = {}
-    seen: set[tuple[str, str, str]] = set()
     for r in rows:
         if r.value_channel is not None:
             if r.value_type is not None:  # else: that version has no value
                 blob_key = (r.thread_id, r.checkpoint_ns, r.value_channel, r.value_version)
                 values[blob_key] = codec.load(serde, r.value_type, r.value_blob)
             continue
-        key = (r.thread_id, r.checkpoint_ns, r.checkpoint_id)
-        # A row of a checkpoint (joined with one of its writes, or not), or
-        # of a write alone.
-        if r.checkpoint_type is not None and key not in seen:
-            seen.add(key)
+        if r.write_task_id is not None:  # a write, else a checkpoint
+            writes[(r.thread_id, r.checkpoint_ns, r.checkpoint_id)].append(r[_WRITES])
+        else:
             checkpoints.append(r)
-        if r.write_task_id is not None:
-            writes[key].append(r[_WRITES])
     pending = {k: codec.pending_writes(serde, w) for k, w in writes.items() if w}
     return checkpoints, pending, values
 
@@ -498,8 +495,7 @@ def _checkpoint_with_writes(dialect: Dialect, by_id: bool, visibility: Visibilit
 
 def get_tuple(conn: Connection, opts: Options, config: RunnableConfig) -> CheckpointTuple | None:
     """The checkpoint `config` names, or the latest of its thread/namespace:
-    one statement on PostgreSQL, two on MySQL, three on SQLite (see
-    `_tuples_statement`)."""
+    one statement on PostgreSQL, two elsewhere (see `_tuples_statement`)."""
     at = Address.of(config)
     stmt = _checkpoint_with_writes(conn.dialect, bool(at.checkpoint_id), opts.policies.visibility)
     params: dict[str, Any] = {"thread_id": at.thread_id, "checkpoint_ns": at.checkpoint_ns}
@@ -607,8 +603,7 @@ def list_page(
     conn: Connection, opts: Options, query: ListQuery
 ) -> tuple[list[CheckpointTuple], ListQuery | None]:
     """One page of a `list`, newest first, and the query for the next page:
-    one statement on PostgreSQL, two on MySQL, three on SQLite (see
-    `_tuples_statement`)."""
+    one statement on PostgreSQL, two elsewhere (see `_tuples_statement`)."""
     if query.done:
         return [], None
     pinned = (

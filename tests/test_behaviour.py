@@ -782,6 +782,58 @@ async def test_failed_put_writes_leaves_no_rows(
         assert (await saver.get_tuple(config)).pending_writes == [("task-0", ERROR, "old error")]
 
 
+class BufferSerde(JsonPlusSerializer):
+    """LangGraph's serde, its data handed back as a bytearray or memoryview."""
+
+    def __init__(self, kind: type) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
+        type_, data = super().dumps_typed(obj)
+        return type_, self.kind(data)
+
+
+@pytest.mark.parametrize("buffer", [bytearray, memoryview])
+async def test_serializer_data_as_any_buffer_round_trips(
+    kind: str, backend: Any, thread_id: str, buffer: type
+) -> None:
+    """Data a serializer gives as another buffer than bytes is stored as its
+    bytes (PyMySQL, given a bytearray, would write its repr)."""
+    serde = BufferSerde(buffer)
+    async with open_saver(kind, backend, serde=serde) as saver, cleanup(saver, thread_id):
+        values = {"c": ["x" * 100], "s": "small"}
+        config = await put(saver, thread_id, values, {"source": "input", "n": 1})
+        await saver.put_writes(config, [("c", {"v": [1, 2]})], "task-1")
+        found = await saver.get_tuple(config)
+        assert found.checkpoint["channel_values"] == values
+        assert found.metadata["source"] == "input" and found.metadata["n"] == 1
+        assert found.pending_writes == [("task-1", "c", {"v": [1, 2]})]
+
+
+async def test_task_ids_and_paths_that_are_not_strings_are_stored_as_their_text(
+    saver: Saver, thread_id: str
+) -> None:
+    config = await put(saver, thread_id, {"c": 1})
+    task_id = uuid.uuid4()
+    await saver.put_writes(config, [("c", 2)], task_id, 7)  # type: ignore[arg-type]
+    assert (await saver.get_tuple(config)).pending_writes == [(str(task_id), "c", 2)]
+
+
+class BrokenSerde(JsonPlusSerializer):
+    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
+        return "msgpack", 7  # type: ignore[return-value]
+
+
+async def test_serializer_data_that_is_no_buffer_is_refused(
+    kind: str, backend: Any, db: Engine, thread_id: str
+) -> None:
+    async with open_saver(kind, backend, serde=BrokenSerde()) as saver:
+        with pytest.raises(TypeError, match="BrokenSerde.dumps_typed returned int data"):
+            await put(saver, thread_id, {"c": 1})
+    assert not any(rows(db, thread_id).values())
+
+
 async def test_keys_beyond_mysql_limits(
     saver: Saver, backend: Any, db: Engine, thread_id: str
 ) -> None:

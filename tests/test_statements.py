@@ -266,6 +266,7 @@ def test_only_exact_json_safe_string_versions_go_to_their_column() -> None:
         '[1, 2.5, null, true, "NaN"]',
         b'{"from": "psycopg", "as": "bytes"}',
         memoryview('{"ü": "UTF-8 in a memoryview"}'.encode()),
+        '{"a": "UTF-16, as json.loads detects it"}'.encode("utf-16-le"),
     ],
 )
 def test_json_columns_decode_as_json_loads_does(document: Any) -> None:
