@@ -321,22 +321,37 @@ def blob_keys(
     }
 
 
+BlobKey = tuple[str, str, str, str]
+
+
+def value_keys(row: Any, stored: Mapping[str, Any]) -> dict[str, BlobKey]:
+    """The blob key of each channel of a checkpoints row whose value is in a
+    blob row (not inline), by channel: its versions from their column, or
+    from its `stored_checkpoint` where they are not in the column."""
+    versions = row.channel_versions
+    if versions is None:
+        versions = stored_blob_versions(stored)
+    thread_id, checkpoint_ns = row.thread_id, row.checkpoint_ns
+    return {ch: (thread_id, checkpoint_ns, ch, str(v)) for ch, v in versions.items()}
+
+
 def checkpoint_tuple(
     serde: SerializerProtocol,
     row: Any,
     stored: Mapping[str, Any],
-    blob_values: Mapping[tuple[str, str, str, str], Any],
+    keys: Mapping[str, BlobKey],
+    blob_values: Mapping[BlobKey, Any],
     writes: list[PendingWrite],
 ) -> CheckpointTuple:
     """Assemble a `CheckpointTuple` from a checkpoints row, its decoded
-    checkpoint, the loaded blobs it may reference, and its pending writes."""
+    checkpoint, the blob keys of its values (`value_keys`) and the loaded
+    blobs, and its pending writes. A version without a stored value leaves
+    its channel out (a `DeltaChannel` between snapshots)."""
     thread_id, checkpoint_ns = row.thread_id, row.checkpoint_ns
     channel_values = dict(stored["channel_values"])
-    for channel, version in stored["channel_versions"].items():
-        if channel not in channel_values:
-            key = (thread_id, checkpoint_ns, channel, str(version))
-            if key in blob_values:
-                channel_values[channel] = blob_values[key]
+    for channel, key in keys.items():
+        if key in blob_values:
+            channel_values[channel] = blob_values[key]
     parent_id = row.parent_checkpoint_id
     return CheckpointTuple(
         config=_config(thread_id, checkpoint_ns, row.checkpoint_id),

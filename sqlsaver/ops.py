@@ -262,17 +262,14 @@ def _assemble(conn: Connection, serde: SerializerProtocol, found: Found) -> list
     if not rows:
         return []
     stored = [codec.stored_checkpoint(serde, r) for r in rows]
+    keys = [codec.value_keys(r, s) for r, s in zip(rows, stored, strict=True)]
     joined = dialects.expands_json(conn.dialect)
-    missing = (
-        set().union(
-            *(
-                codec.blob_keys(r.thread_id, r.checkpoint_ns, codec.stored_blob_versions(s))
-                for r, s in zip(rows, stored, strict=True)
-                if not joined or r.channel_versions is None
-            )
-        )
-        - blob_values.keys()
-    )
+    missing = {
+        key
+        for r, row_keys in zip(rows, keys, strict=True)
+        if not joined or r.channel_versions is None
+        for key in row_keys.values()
+    } - blob_values.keys()
     if not joined:
         writes, blob_values = _writes_and_values(conn, serde, rows, missing)
     elif missing:
@@ -282,10 +279,11 @@ def _assemble(conn: Connection, serde: SerializerProtocol, found: Found) -> list
             serde,
             r,
             s,
+            row_keys,
             blob_values,
             writes.get((r.thread_id, r.checkpoint_ns, r.checkpoint_id), []),
         )
-        for r, s in zip(rows, stored, strict=True)
+        for r, s, row_keys in zip(rows, stored, keys, strict=True)
     ]
 
 
