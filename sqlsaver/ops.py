@@ -287,22 +287,23 @@ def _assemble(conn: Connection, serde: SerializerProtocol, found: Found) -> list
     ]
 
 
-# The padded lists of one `_writes_and_values` statement, with its thread
-# and namespace, hold at most this many values (bound as up to 514
-# parameters where both branches bind those two): within SQLite's oldest
-# limit of 999 parameters.
-WRITES_AND_VALUES_BINDS = 512
+# The padded lists of one `_writes_and_values_statement` hold at most this
+# many values: with its thread and namespace (bound twice by positional
+# drivers), within SQLite's oldest limit of 999 parameters.
+WRITES_AND_VALUES_BINDS = 990
 
 
 @cache
 def _writes_and_values_statement(
-    dialect: Dialect, id_count: int, channel_count: int, version_count: int
+    dialect: Dialect, id_count: int, channel_count: int, version_count: int, write_channels: int
 ) -> Prepared:
-    """The writes of checkpoints of one namespace (`padded` ``checkpoint_id``
-    slots) and channel values of that namespace (``value_channel`` and
-    ``value_version`` slots), as one statement of narrow rows: a write's
-    checkpoint id, `WRITE_COLUMNS` and a NULL version; or a value's
-    channel, type, blob and version, its other columns NULL."""
+    """In one namespace, the writes of checkpoints (`padded` slots
+    ``checkpoint_id_<i>``; with ``write_channels``, only those to channels
+    ``channel_<i>``) and channel values (``value_channel_<i>`` and
+    ``value_version_<i>``; the exact pairs are picked from the rows), as one
+    statement of narrow rows: a write's checkpoint id, `WRITE_COLUMNS` and a
+    NULL version; or a value's channel, type, blob and version, its other
+    columns NULL."""
 
     def in_namespace(table: Table) -> tuple[ColumnElement[bool], ...]:
         return (
@@ -316,12 +317,47 @@ def _writes_and_values_statement(
         *in_namespace(W),
         W.c.checkpoint_id.in_(slots("checkpoint_id", id_count, W.c.checkpoint_id.type)),
     )
+    if write_channels:
+        writes = writes.where(W.c.channel.in_(slots("channel", write_channels, W.c.channel.type)))
     values = select(*[null()] * 4, B.c.channel, B.c.type, B.c.blob, B.c.version).where(
         *in_namespace(B),
         B.c.channel.in_(slots("value_channel", channel_count, B.c.channel.type)),
         B.c.version.in_(slots("value_version", version_count, B.c.version.type)),
     )
     return Prepared(union_all(writes, values), dialect)
+
+
+def _writes_and_values_rows(
+    conn: Connection,
+    at: Address,
+    ids: Iterable[str],
+    channels: Iterable[str],
+    versions: Iterable[str],
+    write_channels: Sequence[str] | None = None,
+) -> list[Any] | None:
+    """The rows of `_writes_and_values_statement` in one namespace: the
+    writes of checkpoints ``ids`` (to ``write_channels``, or all) and the
+    channel values whose channel is among ``channels`` and version among
+    ``versions`` (at least one of each; the caller picks the exact pairs).
+    None where its padded lists would hold more than
+    `WRITES_AND_VALUES_BINDS` values."""
+    id_count, params = padded("checkpoint_id", ids)
+    # Channels and versions matched apart (two plain IN lists, cheaper than
+    # a row-value IN).
+    channel_count, channel_params = padded("value_channel", channels)
+    version_count, version_params = padded("value_version", versions)
+    write_channel_count = 0
+    if write_channels is not None:
+        write_channel_count, write_channel_params = padded("channel", write_channels)
+        params.update(write_channel_params)
+    if id_count + channel_count + version_count + write_channel_count > WRITES_AND_VALUES_BINDS:
+        return None
+    params.update(channel_params, **version_params)
+    params.update(thread_id=at.thread_id, checkpoint_ns=at.checkpoint_ns)
+    stmt = _writes_and_values_statement(
+        conn.dialect, id_count, channel_count, version_count, write_channel_count
+    )
+    return stmt.rows(conn, params, named=False)
 
 
 def _writes_and_values(
@@ -337,25 +373,21 @@ def _writes_and_values(
     namespaces = {(r.thread_id, r.checkpoint_ns) for r in rows} | {k[:2] for k in keys}
     if len(namespaces) == 1 and keys:
         ((thread_id, ns),) = namespaces
-        id_count, params = padded("checkpoint_id", (r.checkpoint_id for r in rows))
-        # Channels and versions matched apart (two plain IN lists, cheaper
-        # than a row-value IN); the exact pairs are picked below.
-        channel_count, channel_params = padded("value_channel", (k[2] for k in keys))
-        version_count, version_params = padded("value_version", (k[3] for k in keys))
-        if id_count + channel_count + version_count + 2 <= WRITES_AND_VALUES_BINDS:
-            params.update(channel_params, **version_params, thread_id=thread_id, checkpoint_ns=ns)
-            stmt = _writes_and_values_statement(
-                conn.dialect, id_count, channel_count, version_count
-            )
-            found: dict[str, list[Sequence[Any]]] = defaultdict(list)
+        ids = (r.checkpoint_id for r in rows)
+        found = _writes_and_values_rows(
+            conn, Address(thread_id, ns), ids, (k[2] for k in keys), (k[3] for k in keys)
+        )
+        if found is not None:
+            writes: dict[str, list[Sequence[Any]]] = defaultdict(list)
             values = {}
-            for r in stmt.rows(conn, params, named=False):
+            for r in found:
                 if r[0] is not None:  # a write
-                    found[r[0]].append(r[1:7])
+                    writes[r[0]].append(r[1:7])
                 elif (key := (thread_id, ns, r[4], r[7])) in keys:
                     values[key] = codec.load(serde, r[5], r[6])
-            writes = {(thread_id, ns, k): codec.pending_writes(serde, w) for k, w in found.items()}
-            return writes, values
+            return {
+                (thread_id, ns, k): codec.pending_writes(serde, w) for k, w in writes.items()
+            }, values
     return _writes_of(conn, serde, rows), _load_blobs(conn, serde, keys)
 
 
@@ -793,42 +825,6 @@ def _walk_to_seeds(
     return chain, seeds
 
 
-_SEED_COLUMNS = (B.c.channel, B.c.version, B.c.type, B.c.blob)
-
-
-@cache
-def _seeds_and_writes_statement(
-    dialect: Dialect, seed_channels: int, seed_versions: int, ids: int, channels: int
-) -> Prepared:
-    """In one namespace, the values of seeds (`slots` ``seed_channel_<i>``
-    and ``seed_version_<i>``; the exact pairs are picked from the rows) and
-    the writes to channels ``channel_<i>`` of checkpoints
-    ``checkpoint_id_<i>``: one statement, rows of two kinds (the other
-    kind's columns NULL)."""
-    in_namespace = (
-        W.c.thread_id == bindparam("thread_id"),
-        W.c.checkpoint_ns == bindparam("checkpoint_ns"),
-    )
-    writes = select(*[null()] * len(_SEED_COLUMNS), W.c.checkpoint_id, *WRITE_COLUMNS).where(
-        *in_namespace,
-        W.c.checkpoint_id.in_(slots("checkpoint_id", ids, W.c.checkpoint_id.type)),
-        W.c.channel.in_(slots("channel", channels, W.c.channel.type)),
-    )
-    seed_values = select(
-        *(col.label(f"seed_{col.name}") for col in _SEED_COLUMNS),
-        *(
-            type_coerce(null(), col.type).label(col.name)
-            for col in (W.c.checkpoint_id, *WRITE_COLUMNS)
-        ),
-    ).where(
-        B.c.thread_id == bindparam("thread_id"),
-        B.c.checkpoint_ns == bindparam("checkpoint_ns"),
-        B.c.channel.in_(slots("seed_channel", seed_channels, B.c.channel.type)),
-        B.c.version.in_(slots("seed_version", seed_versions, B.c.version.type)),
-    )
-    return Prepared(union_all(seed_values, writes), dialect)
-
-
 def _seeds_and_writes(
     conn: Connection,
     serde: SerializerProtocol,
@@ -845,26 +841,19 @@ def _seeds_and_writes(
     # The seeds are in the chain, so it has a first chunk.
     first, rest = chain[:CHUNK], chain[CHUNK:]
     writes = _load_writes(conn, serde, at, rest, channels) if rest else {}
-    id_count, params = padded("checkpoint_id", first)
-    channel_count, channel_params = padded("channel", channels)
-    seed_channel_count, seed_channels = padded("seed_channel", seeds)
-    seed_version_count, seed_versions = padded("seed_version", seeds.values())
-    params.update(channel_params, **seed_channels, **seed_versions)
-    params.update(thread_id=at.thread_id, checkpoint_ns=at.checkpoint_ns)
-    stmt = _seeds_and_writes_statement(
-        conn.dialect, seed_channel_count, seed_version_count, id_count, channel_count
-    )
-    rows = stmt.rows(conn, params)
-    values = {
-        r.seed_channel: codec.load(serde, r.seed_type, r.seed_blob)
-        for r in rows
-        if r.seed_channel is not None and seeds.get(r.seed_channel) == r.seed_version
-    }
-    found: dict[str, list[Sequence[Any]]] = defaultdict(list)
-    for r in rows:
-        if r.seed_channel is None:
-            found[r.checkpoint_id].append(r[len(_SEED_COLUMNS) + 1 :])
-    writes.update((key, codec.pending_writes(serde, group)) for key, group in found.items())
+    found = _writes_and_values_rows(conn, at, first, seeds, seeds.values(), channels)
+    if found is None:  # too many to bind at once: each kind apart
+        writes.update(_load_writes(conn, serde, at, first, channels))
+        keys = codec.blob_keys(at.thread_id, at.checkpoint_ns, seeds)
+        return {key[2]: value for key, value in _load_blobs(conn, serde, keys).items()}, writes
+    values = {}
+    grouped: dict[str, list[Sequence[Any]]] = defaultdict(list)
+    for r in found:
+        if r[0] is not None:  # a write
+            grouped[r[0]].append(r[1:7])
+        elif seeds.get(r[4]) == r[7]:
+            values[r[4]] = codec.load(serde, r[5], r[6])
+    writes.update((key, codec.pending_writes(serde, group)) for key, group in grouped.items())
     return values, writes
 
 

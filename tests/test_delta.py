@@ -164,7 +164,13 @@ CHANNELS = ["items", "plain", "n", "goal", "nope", "__start__", "branch:to:tick"
 # -- tests --------------------------------------------------------------------
 
 
-async def test_delta_history_matches_base_walk(aio: bool, saver: Any, thread_id: str) -> None:
+@pytest.mark.parametrize("binds", [ops.WRITES_AND_VALUES_BINDS, 1], ids=["joint", "apart"])
+async def test_delta_history_matches_base_walk(
+    aio: bool, saver: Any, thread_id: str, binds: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also with a bind limit that no read's writes and values fit under
+    together ("apart"), where each kind takes a statement of its own."""
+    monkeypatch.setattr(ops, "WRITES_AND_VALUES_BINDS", binds)
     memory = InMemorySaver()
     outcomes = []
     for checkpointer in (saver, memory):
