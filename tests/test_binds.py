@@ -692,6 +692,24 @@ def test_kept_connection_goes_back_to_the_pool_when_its_lease_ends(
         assert kept_open(saver) == 1
 
 
+async def test_async_kept_connection_goes_back_to_the_pool_when_its_lease_ends(
+    backend: Any, thread_id: str
+) -> None:
+    """So does an async saver's (its sync connections under the async
+    driver's; on SQLite, `ThreadedBind`'s)."""
+    checkouts: list[object] = []
+    async with AsyncSQLSaver.from_url(backend.async_url) as saver:
+        config = await saver.aput(*put_args(thread_id))
+        engine = saver._threaded_engine or saver._owned_engine.sync_engine
+        event.listen(engine.pool, "checkout", lambda *args: checkouts.append(args))
+        await saver.aget_tuple(config)
+        assert len(checkouts) == 0
+        kept_of(saver).LEASE = 0.0
+        assert (await saver.aget_tuple(config)) is not None
+        assert len(checkouts) == 1
+        assert kept_open(saver) == 1
+
+
 def test_no_connection_is_kept_where_the_pool_pings_at_checkout(
     backend: Any, thread_id: str
 ) -> None:
