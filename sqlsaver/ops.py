@@ -327,20 +327,23 @@ def _writes_and_values_statement(
     return Prepared(union_all(writes, values), dialect)
 
 
-def _writes_and_values_rows(
+def _writes_and_values_in(
     conn: Connection,
+    serde: SerializerProtocol,
     at: Address,
     ids: Iterable[str],
     channels: Iterable[str],
     versions: Iterable[str],
+    key_of: Callable[[str, str], Any],
     write_channels: Sequence[str] | None = None,
-) -> list[Any] | None:
-    """The rows of `_writes_and_values_statement` in one namespace: the
-    writes of checkpoints ``ids`` (to ``write_channels``, or all) and the
-    channel values whose channel is among ``channels`` and version among
-    ``versions`` (at least one of each; the caller picks the exact pairs).
-    None where its padded lists would hold more than
-    `WRITES_AND_VALUES_BINDS` values."""
+) -> tuple[dict[str, list[PendingWrite]], dict[Any, Any]] | None:
+    """In one namespace, by one `_writes_and_values_statement`: the writes
+    of checkpoints ``ids`` (to ``write_channels``, or all), by checkpoint
+    id, each list in `writes_sort_key` order; and the channel values whose
+    channel is among ``channels`` and version among ``versions`` (at least
+    one of each), under ``key_of(channel, version)``, or left out where that
+    is None (the caller picks the exact pairs). None where the statement's
+    padded lists would hold more than `WRITES_AND_VALUES_BINDS` values."""
     id_count, params = padded("checkpoint_id", ids)
     # Channels and versions matched apart (two plain IN lists, cheaper than
     # a row-value IN).
@@ -357,7 +360,14 @@ def _writes_and_values_rows(
     stmt = _writes_and_values_statement(
         conn.dialect, id_count, channel_count, version_count, write_channel_count
     )
-    return stmt.rows(conn, params, named=False)
+    writes: dict[str, list[Sequence[Any]]] = defaultdict(list)
+    values = {}
+    for r in stmt.rows(conn, params, named=False):
+        if r[0] is not None:  # a write
+            writes[r[0]].append(r[1:7])
+        elif (key := key_of(r[4], r[7])) is not None:
+            values[key] = codec.load(serde, r[5], r[6])
+    return {k: codec.pending_writes(serde, w) for k, w in writes.items()}, values
 
 
 def _writes_and_values(
@@ -373,21 +383,23 @@ def _writes_and_values(
     namespaces = {(r.thread_id, r.checkpoint_ns) for r in rows} | {k[:2] for k in keys}
     if len(namespaces) == 1 and keys:
         ((thread_id, ns),) = namespaces
-        ids = (r.checkpoint_id for r in rows)
-        found = _writes_and_values_rows(
-            conn, Address(thread_id, ns), ids, (k[2] for k in keys), (k[3] for k in keys)
+
+        def key_of(channel: str, version: str) -> tuple[str, str, str, str] | None:
+            key = (thread_id, ns, channel, version)
+            return key if key in keys else None
+
+        found = _writes_and_values_in(
+            conn,
+            serde,
+            Address(thread_id, ns),
+            (r.checkpoint_id for r in rows),
+            (k[2] for k in keys),
+            (k[3] for k in keys),
+            key_of,
         )
         if found is not None:
-            writes: dict[str, list[Sequence[Any]]] = defaultdict(list)
-            values = {}
-            for r in found:
-                if r[0] is not None:  # a write
-                    writes[r[0]].append(r[1:7])
-                elif (key := (thread_id, ns, r[4], r[7])) in keys:
-                    values[key] = codec.load(serde, r[5], r[6])
-            return {
-                (thread_id, ns, k): codec.pending_writes(serde, w) for k, w in writes.items()
-            }, values
+            writes, values = found
+            return {(thread_id, ns, k): w for k, w in writes.items()}, values
     return _writes_of(conn, serde, rows), _load_blobs(conn, serde, keys)
 
 
@@ -841,19 +853,22 @@ def _seeds_and_writes(
     # The seeds are in the chain, so it has a first chunk.
     first, rest = chain[:CHUNK], chain[CHUNK:]
     writes = _load_writes(conn, serde, at, rest, channels) if rest else {}
-    found = _writes_and_values_rows(conn, at, first, seeds, seeds.values(), channels)
+    found = _writes_and_values_in(
+        conn,
+        serde,
+        at,
+        first,
+        seeds,
+        seeds.values(),
+        lambda channel, version: channel if seeds.get(channel) == version else None,
+        channels,
+    )
     if found is None:  # too many to bind at once: each kind apart
         writes.update(_load_writes(conn, serde, at, first, channels))
         keys = codec.blob_keys(at.thread_id, at.checkpoint_ns, seeds)
         return {key[2]: value for key, value in _load_blobs(conn, serde, keys).items()}, writes
-    values = {}
-    grouped: dict[str, list[Sequence[Any]]] = defaultdict(list)
-    for r in found:
-        if r[0] is not None:  # a write
-            grouped[r[0]].append(r[1:7])
-        elif seeds.get(r[4]) == r[7]:
-            values[r[4]] = codec.load(serde, r[5], r[6])
-    writes.update((key, codec.pending_writes(serde, group)) for key, group in grouped.items())
+    first_writes, values = found
+    writes.update(first_writes)
     return values, writes
 
 

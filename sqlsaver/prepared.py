@@ -140,9 +140,8 @@ def _binary(impl: Any) -> bool:
     """Whether a type is plainly binary, whose bind processor only wraps a
     value in the DBAPI's ``Binary``, which is skipped: what sqlsaver binds
     there is always `bytes` (`codec.dump`), which every driver takes as
-    binary as it is.
-    The wrapper costs a copy (PyMySQL) or a Python object and its dumper
-    (psycopg). A `TypeDecorator`'s processor does work of its own (MySQL's
+    binary as it is. The wrapper costs a copy (PyMySQL) or a Python object
+    and its dumper (psycopg). A `TypeDecorator`'s processor does work of its own (MySQL's
     UTF-8 keys), and is kept."""
     if isinstance(impl, TypeDecorator):
         return False
