@@ -665,6 +665,56 @@ def rollback(conn: Connection) -> None:
         pass
 
 
+@contextmanager
+def snapshot(conn: Connection) -> Iterator[None]:
+    """Make the reads in the block see one state of the database, where
+    each statement would otherwise see its own: a read-only transaction on
+    an AUTOCOMMIT connection (sqlsaver's own engines), and on pysqlite, which
+    begins none for a SELECT. Without it, a checkpoint read by one statement
+    may have lost its channel values to a shallow `put` (or `prune`) by the
+    next. Inside a transaction already (a caller's, or a write's), the block
+    reads in that one.
+
+    SQLite: a deferred BEGIN, whose snapshot is taken at the first read
+    (and under WAL holds no writer back). MySQL/MariaDB: REPEATABLE READ,
+    whose snapshot InnoDB takes at the first read, whatever the session's
+    level (one round trip, where the connection takes scripts). PostgreSQL:
+    REPEATABLE READ, as READ COMMITTED takes a snapshot per statement."""
+    try:
+        inside = in_transaction(conn)
+    except conn.dialect.loaded_dbapi.Error:  # a dead connection: the BEGIN
+        inside = False  # fails as SQLAlchemy's error, which a retry knows
+    if inside:
+        yield
+        return
+    for begin in _begin_snapshot(conn):
+        begin.run(conn, {})
+    try:
+        yield
+    except BaseException:
+        rollback(conn)
+        raise
+    control(conn.dialect, "COMMIT").run(conn, {})
+
+
+def _begin_snapshot(conn: Connection) -> list[Prepared]:
+    dialect = conn.dialect
+    if dialect.name == "sqlite":
+        return [control(dialect, "BEGIN")]
+    if dialect.name == "postgresql":
+        return [control(dialect, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")]
+    # Not `SET SESSION`: the level of the next transaction only.
+    begin = ("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", "START TRANSACTION READ ONLY")
+    if runs_scripts(conn):
+        return [_script(dialect, begin)]
+    return [control(dialect, statement) for statement in begin]
+
+
+@cache
+def _script(dialect: Dialect, statements: tuple[str, ...]) -> Prepared:
+    return Prepared.script([control(dialect, s) for s in statements])
+
+
 def runs_scripts(conn: Connection) -> bool:
     """Whether a write may go as one script of statements, BEGIN to COMMIT,
     in one round trip (`Prepared.script`): on MySQL, whose drivers can send

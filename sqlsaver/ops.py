@@ -14,6 +14,7 @@ import json
 import operator
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
 from typing import Any
@@ -535,6 +536,17 @@ def _checkpoint_with_writes(dialect: Dialect, by_id: bool, visibility: Visibilit
     return Prepared(_tuples_statement(dialect, chosen), dialect)
 
 
+def _one_snapshot(conn: Connection) -> AbstractContextManager[None]:
+    """The reads of tuples in the block see one state of the database: on
+    PostgreSQL, their one statement does (`_tuples_statement`); elsewhere
+    the checkpoints, then their writes and values, take a transaction
+    (`dialects.snapshot`)."""
+    return _ONE_STATEMENT if dialects.expands_json(conn.dialect) else dialects.snapshot(conn)
+
+
+_ONE_STATEMENT = nullcontext()
+
+
 def get_tuple(conn: Connection, opts: Options, config: RunnableConfig) -> CheckpointTuple | None:
     """The checkpoint `config` names, or the latest of its thread/namespace:
     one statement on PostgreSQL, two elsewhere (see `_tuples_statement`)."""
@@ -544,12 +556,13 @@ def get_tuple(conn: Connection, opts: Options, config: RunnableConfig) -> Checkp
     params.update(opts.policies.params())
     if at.checkpoint_id:
         params["checkpoint_id"] = at.checkpoint_id
-    rows = stmt.rows(conn, params)
-    if not rows:
-        return None
-    if opts.policies.refreshes_on_read:
-        policies.touch(conn, opts.policies, at.thread_id)
-    return _assemble(conn, opts.serde, _found(conn.dialect, opts.serde, rows))[0]
+    with _one_snapshot(conn):
+        rows = stmt.rows(conn, params)
+        if not rows:
+            return None
+        if opts.policies.refreshes_on_read:
+            policies.touch(conn, opts.policies, at.thread_id)
+        return _assemble(conn, opts.serde, _found(conn.dialect, opts.serde, rows))[0]
 
 
 @dataclass(frozen=True)
@@ -675,8 +688,9 @@ def list_page(
         tuple(value is None for _, value in query.filter),
         opts.policies.visibility,
     )
-    found = _found(conn.dialect, opts.serde, stmt.rows(conn, params))
-    page = _assemble(conn, opts.serde, found)
+    with _one_snapshot(conn):
+        found = _found(conn.dialect, opts.serde, stmt.rows(conn, params))
+        page = _assemble(conn, opts.serde, found)
     rows = found[0]
     remaining = None if query.remaining is None else query.remaining - len(rows)
     # No next page after a short one, nor once the limit is reached (which
@@ -885,11 +899,14 @@ def get_delta_channel_history(
     if not channels:
         return {}
     at = Address.of(config)
-    target_id = at.checkpoint_id or _latest_id(conn, at)
-    if target_id is None:
-        return {ch: {"writes": []} for ch in channels}
-    chain, seeds = _walk_to_seeds(conn, opts, at, target_id, channels)
-    values, writes = _seeds_and_writes(conn, opts.serde, at, seeds.blob_versions, chain, channels)
+    with dialects.snapshot(conn):  # a prune would not cut the chain halfway
+        target_id = at.checkpoint_id or _latest_id(conn, at)
+        if target_id is None:
+            return {ch: {"writes": []} for ch in channels}
+        chain, seeds = _walk_to_seeds(conn, opts, at, target_id, channels)
+        values, writes = _seeds_and_writes(
+            conn, opts.serde, at, seeds.blob_versions, chain, channels
+        )
     values.update(seeds.inline)
     history: dict[str, DeltaChannelHistory] = {}
     for ch in channels:

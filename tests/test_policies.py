@@ -44,7 +44,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, Send, interrupt
-from sqlalchemy import Engine, create_engine, delete, func, insert, select, update
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
 
 from sqlsaver import AsyncSQLSaver, SQLSaver
 from sqlsaver.models import blobs as B
@@ -450,6 +450,52 @@ async def test_shallow_graphs_match_in_memory_and_stay_flat(
     # Flat: the same rows after every turn (writes: see above).
     flat = [(s["checkpoints"], s["blobs"], s["threads"]) for s in storage]
     assert flat[0][0] == 1 and flat == [flat[0]] * turns, storage
+
+
+@pytest.mark.parametrize("read", ["latest", "by id", "list"])
+async def test_shallow_read_racing_a_put_shows_whole_checkpoints(
+    aio: bool, make: Any, backend: Any, thread_id: str, read: str
+) -> None:
+    """A shallow `put` from elsewhere lands between a read's statements (on
+    SQLite and MySQL: the checkpoints, then their writes and values), and
+    prunes the checkpoint just read with its values: the read shows the old
+    checkpoint or the new one (by id: the old one or none), each whole,
+    never one with its channel values gone."""
+    reader = make(shallow=True)
+    (first,) = await seed(aio, reader, thread_id, n=1)
+    writer = SQLSaver.from_url(backend.sync_url, shallow=True)
+    second = empty_checkpoint()
+    version = writer.get_next_version(writer.get_next_version(None, None), None)
+    second["channel_values"], second["channel_versions"] = {"x": ["new"]}, {"x": version}
+    expected = {first["configurable"]["checkpoint_id"]: {"x": [0]}, second["id"]: {"x": ["new"]}}
+    selects, raced = [], []
+
+    def put_before_the_second_select(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        if raced or not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+            return
+        selects.append(sql)
+        if len(selects) == 2:
+            raced.append(True)  # before the put: its own statements come here too
+            writer.put(cfg(thread_id, checkpoint_ns=""), second, {"step": 1}, {"x": version})
+
+    config = first if read == "by id" else cfg(thread_id)
+    event.listen(Engine, "before_cursor_execute", put_before_the_second_select)
+    try:
+        if read == "list":
+            shown = await call(aio, reader, "list", config)
+        else:
+            shown = [await call(aio, reader, "get_tuple", config)]
+    finally:
+        event.remove(Engine, "before_cursor_execute", put_before_the_second_select)
+        writer.close()
+    # PostgreSQL reads a checkpoint with its writes and values in one statement.
+    assert raced == ([] if backend.name == "postgres" else [True])
+    assert shown, "list shows the old checkpoint or the new one"
+    for found in shown:
+        if found is None:
+            assert read == "by id", "get_tuple of the latest shows one or the other"
+            continue  # the put pruned it
+        assert found.checkpoint["channel_values"] == expected[found.checkpoint["id"]]
 
 
 async def test_shallow_drops_writes_that_arrive_after_their_checkpoint(
