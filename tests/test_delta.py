@@ -17,7 +17,8 @@ Covered:
 * ``prune(strategy="keep_latest")`` keeps delta state rebuildable (also
   while paused inside a subgraph) and the thread can go on; on a plain
   thread it keeps one checkpoint per namespace;
-* ``copy_thread`` of a delta thread, and ``delete_for_runs`` on real runs.
+* ``copy_thread`` of a delta thread, and ``delete_for_runs`` on real runs;
+* a ``delete_thread`` landing between the statements of a history.
 """
 
 import operator
@@ -30,8 +31,9 @@ from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
+from sqlalchemy import Engine, event
 
-from sqlsaver import ops
+from sqlsaver import SQLSaver, ops
 
 # -- running sync or async ----------------------------------------------------
 
@@ -428,3 +430,35 @@ async def test_delete_for_runs(aio: bool, saver: Any, thread_id: str) -> None:
     # delta state may need the deleted ancestors: the documented caveat).
     await call(aio, saver, "delete_for_runs", [f"{thread_id}-r1", "no-such-run"])
     assert await runs() == {k: v for k, v in before.items() if k[1] in ("r2", "r4")}
+
+
+async def test_delta_history_racing_a_delete_reads_one_snapshot(
+    aio: bool, saver: Any, backend: Any, thread_id: str
+) -> None:
+    """A `delete_thread` from elsewhere lands between the statements of a
+    history (the latest id, the walk, the seeds and writes): the history is
+    read on one snapshot, as whole as before the delete."""
+    config = cfg(thread_id)
+    await turns(aio, long_graph().compile(checkpointer=saver), config, [6])
+    expected = await delta_history(aio, saver, config, ["items"], base=False)
+    assert len(expected["items"]["writes"]) == 7  # the input, then six ticks
+    deleter = SQLSaver.from_url(backend.sync_url)
+    selects, raced = [], []
+
+    def delete_before_the_second_select(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        if raced or not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+            return
+        selects.append(sql)
+        if len(selects) == 2:
+            raced.append(True)  # before the delete: its own statements come here too
+            deleter.delete_thread(thread_id)
+
+    event.listen(Engine, "before_cursor_execute", delete_before_the_second_select)
+    try:
+        found = await delta_history(aio, saver, config, ["items"], base=False)
+    finally:
+        event.remove(Engine, "before_cursor_execute", delete_before_the_second_select)
+        deleter.close()
+    assert raced == [True]
+    assert found == expected
+    assert await call(aio, saver, "get_tuple", config) is None  # the delete did land

@@ -461,7 +461,31 @@ async def test_shallow_read_racing_a_put_shows_whole_checkpoints(
     prunes the checkpoint just read with its values: the read shows the old
     checkpoint or the new one (by id: the old one or none), each whole,
     never one with its channel values gone."""
-    reader = make(shallow=True)
+    await read_racing_a_put(aio, make(shallow=True), backend, thread_id, read)
+
+
+@pytest.mark.parametrize("backend", ["mysql"], indirect=True)
+async def test_shallow_read_racing_a_put_on_mysql_read_committed(
+    aio: bool, make: Any, backend: Any, db: Engine, thread_id: str
+) -> None:
+    """The same on a MySQL server whose sessions default to READ COMMITTED,
+    where each statement of a transaction would see its own state."""
+    with db.connect() as conn:
+        # MariaDB before 11.1 knows the variable by its older name only.
+        variable = "tx_isolation" if db.dialect.is_mariadb else "transaction_isolation"
+        (level,) = conn.exec_driver_sql(f"SELECT @@global.{variable}").one()
+        conn.exec_driver_sql("SET GLOBAL TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        try:
+            reader = make(shallow=True)  # its connections open at READ COMMITTED
+            await read_racing_a_put(aio, reader, backend, thread_id, "latest")
+        finally:
+            restored = level.replace("-", " ")
+            conn.exec_driver_sql(f"SET GLOBAL TRANSACTION ISOLATION LEVEL {restored}")
+
+
+async def read_racing_a_put(aio: bool, reader: Any, backend: Any, thread_id: str, read: str) -> None:
+    """Read (``read``) a thread of one checkpoint while a shallow `put`
+    lands between the read's first two statements, and check what shows."""
     (first,) = await seed(aio, reader, thread_id, n=1)
     writer = SQLSaver.from_url(backend.sync_url, shallow=True)
     second = empty_checkpoint()
