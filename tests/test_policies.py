@@ -483,7 +483,9 @@ async def test_shallow_read_racing_a_put_on_mysql_read_committed(
             conn.exec_driver_sql(f"SET GLOBAL TRANSACTION ISOLATION LEVEL {restored}")
 
 
-async def read_racing_a_put(aio: bool, reader: Any, backend: Any, thread_id: str, read: str) -> None:
+async def read_racing_a_put(
+    aio: bool, reader: Any, backend: Any, thread_id: str, read: str
+) -> None:
     """Read (``read``) a thread of one checkpoint while a shallow `put`
     lands between the read's first two statements, and check what shows."""
     (first,) = await seed(aio, reader, thread_id, n=1)
