@@ -8,6 +8,8 @@ is the subject. Covered:
   blobs it references after many puts that change some channels (one channel
   emptied); the latest checkpoint's pending writes, also those stored before
   its ``put``; ``get_tuple`` of an older id is None; ``list`` one per namespace;
+* a shallow ``put`` from elsewhere landing between a read's statements: the
+  read shows whole checkpoints (also on MySQL at READ COMMITTED);
 * real graphs on a shallow saver (interrupt/resume, a subgraph, a subgraph
   interrupting and resumed from the parent, a ``Send`` fan-out): same results
   as `InMemorySaver`, storage flat over turns, finished subgraph calls gone;
