@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -296,15 +296,21 @@ WRITES_AND_VALUES_BINDS = 990
 
 @cache
 def _writes_and_values_statement(
-    dialect: Dialect, id_count: int, channel_count: int, version_count: int, write_channels: int
+    dialect: Dialect,
+    id_count: int,
+    channel_count: int,
+    version_count: int,
+    write_channels: int,
+    present: bool = False,
 ) -> Prepared:
     """In one namespace, the writes of checkpoints (`padded` slots
     ``checkpoint_id_<i>``; with ``write_channels``, only those to channels
     ``channel_<i>``) and channel values (``value_channel_<i>`` and
-    ``value_version_<i>``; the exact pairs are picked from the rows), as one
-    statement of narrow rows: a write's checkpoint id, `WRITE_COLUMNS` and a
-    NULL version; or a value's channel, type, blob and version, its other
-    columns NULL."""
+    ``value_version_<i>``; the exact pairs are picked from the rows; none
+    for no channels), as one statement of narrow rows: a write's checkpoint
+    id, `WRITE_COLUMNS` and a NULL version; or a value's channel, type, blob
+    and version, its other columns NULL. With ``present``, also the ids of
+    those checkpoints still stored, the other columns NULL."""
 
     def in_namespace(table: Table) -> tuple[ColumnElement[bool], ...]:
         return (
@@ -320,12 +326,29 @@ def _writes_and_values_statement(
     )
     if write_channels:
         writes = writes.where(W.c.channel.in_(slots("channel", write_channels, W.c.channel.type)))
-    values = select(*[null()] * 4, B.c.channel, B.c.type, B.c.blob, B.c.version).where(
-        *in_namespace(B),
-        B.c.channel.in_(slots("value_channel", channel_count, B.c.channel.type)),
-        B.c.version.in_(slots("value_version", version_count, B.c.version.type)),
-    )
-    return Prepared(union_all(writes, values), dialect)
+    parts: list[Any] = [writes]
+    if channel_count:
+        values = select(*[null()] * 4, B.c.channel, B.c.type, B.c.blob, B.c.version).where(
+            *in_namespace(B),
+            B.c.channel.in_(slots("value_channel", channel_count, B.c.channel.type)),
+            B.c.version.in_(slots("value_version", version_count, B.c.version.type)),
+        )
+        parts.append(values)
+    if present:
+        stored = select(C.c.checkpoint_id, *[null()] * 7).where(
+            *in_namespace(C),
+            C.c.checkpoint_id.in_(slots("checkpoint_id", id_count, C.c.checkpoint_id.type)),
+        )
+        parts.append(stored)
+    return Prepared(union_all(*parts) if len(parts) > 1 else writes, dialect)
+
+
+class WritesAndValues(NamedTuple):
+    """What `_writes_and_values_in` read."""
+
+    writes: dict[str, list[PendingWrite]]  # by checkpoint id
+    values: dict[Any, Any]  # by `key_of`
+    present: set[str]  # the checkpoint ids still stored, where asked
 
 
 def _writes_and_values_in(
@@ -337,19 +360,22 @@ def _writes_and_values_in(
     versions: Iterable[str],
     key_of: Callable[[str, str], Any],
     write_channels: Sequence[str] | None = None,
-) -> tuple[dict[str, list[PendingWrite]], dict[Any, Any]] | None:
+    present: bool = False,
+) -> WritesAndValues | None:
     """In one namespace, by one `_writes_and_values_statement`: the writes
-    of checkpoints ``ids`` (to ``write_channels``, or all), by checkpoint
-    id, each list in `writes_sort_key` order; and the channel values whose
-    channel is among ``channels`` and version among ``versions`` (at least
-    one of each), under ``key_of(channel, version)``, or left out where that
-    is None (the caller picks the exact pairs). None where the statement's
-    padded lists would hold more than `WRITES_AND_VALUES_BINDS` values."""
+    of checkpoints ``ids`` (at least one; to ``write_channels``, or all), by
+    checkpoint id, each list in `writes_sort_key` order; the channel values
+    whose channel is among ``channels`` and version among ``versions`` (one
+    of each at least, or no channels), under ``key_of(channel, version)``,
+    or left out where that is None (the caller picks the exact pairs); and
+    with ``present``, which of the checkpoints are still stored. None where
+    the statement's padded lists would hold more than
+    `WRITES_AND_VALUES_BINDS` values."""
     id_count, params = padded("checkpoint_id", ids)
     # Channels and versions matched apart (two plain IN lists, cheaper than
     # a row-value IN).
-    channel_count, channel_params = padded("value_channel", channels)
-    version_count, version_params = padded("value_version", versions)
+    channel_count, channel_params = padded("value_channel", channels) if channels else (0, {})
+    version_count, version_params = padded("value_version", versions) if channels else (0, {})
     write_channel_count = 0
     if write_channels is not None:
         write_channel_count, write_channel_params = padded("channel", write_channels)
@@ -359,16 +385,21 @@ def _writes_and_values_in(
     params.update(channel_params, **version_params)
     params.update(thread_id=at.thread_id, checkpoint_ns=at.checkpoint_ns)
     stmt = _writes_and_values_statement(
-        conn.dialect, id_count, channel_count, version_count, write_channel_count
+        conn.dialect, id_count, channel_count, version_count, write_channel_count, present
     )
     writes: dict[str, list[Sequence[Any]]] = defaultdict(list)
     values = {}
+    stored = set()
     for r in stmt.rows(conn, params, named=False):
-        if r[0] is not None:  # a write
-            writes[r[0]].append(r[1:7])
+        if r[0] is not None:  # a write, or (no task id) a checkpoint still stored
+            if r[1] is None:
+                stored.add(r[0])
+            else:
+                writes[r[0]].append(r[1:7])
         elif (key := key_of(r[4], r[7])) is not None:
             values[key] = codec.load(serde, r[5], r[6])
-    return {k: codec.pending_writes(serde, w) for k, w in writes.items()}, values
+    pending = {k: codec.pending_writes(serde, w) for k, w in writes.items()}
+    return WritesAndValues(pending, values, stored)
 
 
 def _writes_and_values(
@@ -399,8 +430,7 @@ def _writes_and_values(
             key_of,
         )
         if found is not None:
-            writes, values = found
-            return {(thread_id, ns, k): w for k, w in writes.items()}, values
+            return {(thread_id, ns, k): w for k, w in found.writes.items()}, found.values
     return _writes_of(conn, serde, rows), _load_blobs(conn, serde, keys)
 
 
@@ -800,6 +830,9 @@ class Seeds:
     index: dict[str, int] = field(default_factory=dict)
     blob_versions: dict[str, str] = field(default_factory=dict)
     inline: dict[str, Any] = field(default_factory=dict)
+    # The walk ended, channels unseeded, at a parent it did not find: one
+    # deleted before, or while, it walked.
+    cut: bool = False
 
 
 def _walk_to_seeds(
@@ -823,12 +856,14 @@ def _walk_to_seeds(
     # The first step starts at `below` itself, which is no ancestor.
     cursor: str | None = below
     skip = 1
+    parent: str | None = None  # of the last checkpoint walked
     for step in itertools.count():
         if cursor is None or not remaining:
             break
         steps = WALK_STEPS[min(step, len(WALK_STEPS) - 1)]
         rows, stored_now = _walk_step(conn, at, cursor, steps, remaining if step == 0 else ())
         stored |= stored_now
+        parent = rows[-1].parent_checkpoint_id if rows else parent
         for row in rows[skip:]:
             chain.append(row.checkpoint_id)
             versions = codec.blob_versions(opts.serde, row)
@@ -848,6 +883,7 @@ def _walk_to_seeds(
                 break
         cursor = rows[-1].parent_checkpoint_id if len(rows) == steps else None
         skip = 0
+    seeds.cut = bool(remaining) and parent is not None
     return chain, seeds
 
 
@@ -858,32 +894,33 @@ def _seeds_and_writes(
     seeds: dict[str, str],
     chain: Sequence[str],
     channels: Sequence[str],
-) -> tuple[dict[str, Any], dict[str, list[PendingWrite]]]:
+    checked: bool,
+) -> tuple[dict[str, Any], dict[str, list[PendingWrite]]] | None:
     """The values of the seeds (channel -> version) and the writes to
     ``channels`` of the checkpoints of ``chain``, each list in
-    `writes_sort_key` order: one statement for up to `CHUNK` checkpoints."""
-    if not seeds:  # no value to load: the writes alone
-        return {}, _load_writes(conn, serde, at, chain, channels) if chain else {}
-    # The seeds are in the chain, so it has a first chunk.
-    first, rest = chain[:CHUNK], chain[CHUNK:]
-    writes = _load_writes(conn, serde, at, rest, channels) if rest else {}
-    found = _writes_and_values_in(
-        conn,
-        serde,
-        at,
-        first,
-        seeds,
-        seeds.values(),
-        lambda channel, version: channel if seeds.get(channel) == version else None,
-        channels,
-    )
-    if found is None:  # too many to bind at once: each kind apart
-        writes.update(_load_writes(conn, serde, at, first, channels))
-        keys = codec.blob_keys(at.thread_id, at.checkpoint_ns, seeds)
-        return {key[2]: value for key, value in _load_blobs(conn, serde, keys).items()}, writes
-    first_writes, values = found
-    writes.update(first_writes)
-    return values, writes
+    `writes_sort_key` order: one statement for up to `CHUNK` checkpoints.
+    ``checked``: None unless one statement read them all and found every
+    checkpoint of the chain still stored (see `get_delta_channel_history`)."""
+    if not chain:  # no ancestor: no writes, and no seed (seeds are in the chain)
+        return {}, {}
+
+    def key_of(channel: str, version: str) -> str | None:
+        return channel if seeds.get(channel) == version else None
+
+    if len(chain) <= CHUNK:
+        found = _writes_and_values_in(
+            conn, serde, at, chain, seeds, seeds.values(), key_of, channels, present=checked
+        )
+        if found is not None:
+            if checked and len(found.present) < len(set(chain)):
+                return None  # one went since the walk found it
+            return found.values, found.writes
+    if checked:
+        return None
+    # Too many to bind at once: each kind apart.
+    writes = _load_writes(conn, serde, at, chain, channels)
+    keys = codec.blob_keys(at.thread_id, at.checkpoint_ns, seeds)
+    return {key[2]: value for key, value in _load_blobs(conn, serde, keys).items()}, writes
 
 
 def get_delta_channel_history(
@@ -895,18 +932,40 @@ def get_delta_channel_history(
     reads one whole checkpoint per ancestor), from a few set-based queries:
     a recursive CTE per step of `WALK_STEPS` ancestors, the blobs that could seed,
     and the requested channels' writes along the chain.
+
+    Its statements see one state of the database without a transaction
+    around them (two round trips more on PostgreSQL and MySQL): the last
+    one also finds the chain's checkpoints still stored, and as values and
+    writes go only with their checkpoints, what it read of them is whole.
+    Where a checkpoint went meanwhile (a prune, a delete), or that cannot be
+    told, the history is read again on one snapshot (`dialects.snapshot`).
     """
     if not channels:
         return {}
     at = Address.of(config)
-    with dialects.snapshot(conn):  # a prune would not cut the chain halfway
-        target_id = at.checkpoint_id or _latest_id(conn, at)
-        if target_id is None:
-            return {ch: {"writes": []} for ch in channels}
-        chain, seeds = _walk_to_seeds(conn, opts, at, target_id, channels)
-        values, writes = _seeds_and_writes(
-            conn, opts.serde, at, seeds.blob_versions, chain, channels
-        )
+    history = _delta_history(conn, opts, at, channels, checked=True)
+    if history is None:
+        with dialects.snapshot(conn):
+            history = _delta_history(conn, opts, at, channels, checked=False)
+    assert history is not None
+    return history
+
+
+def _delta_history(
+    conn: Connection, opts: Options, at: Address, channels: Sequence[str], checked: bool
+) -> dict[str, DeltaChannelHistory] | None:
+    """`get_delta_channel_history`'s reads; ``checked``: None unless it can
+    tell that they saw one state of the database."""
+    target_id = at.checkpoint_id or _latest_id(conn, at)
+    if target_id is None:
+        return {ch: {"writes": []} for ch in channels}
+    chain, seeds = _walk_to_seeds(conn, opts, at, target_id, channels)
+    if checked and seeds.cut:
+        return None
+    found = _seeds_and_writes(conn, opts.serde, at, seeds.blob_versions, chain, channels, checked)
+    if found is None:
+        return None
+    values, writes = found
     values.update(seeds.inline)
     history: dict[str, DeltaChannelHistory] = {}
     for ch in channels:

@@ -432,16 +432,20 @@ async def test_delete_for_runs(aio: bool, saver: Any, thread_id: str) -> None:
     assert await runs() == {k: v for k, v in before.items() if k[1] in ("r2", "r4")}
 
 
-async def test_delta_history_racing_a_delete_reads_one_snapshot(
+async def test_delta_history_racing_a_delete_sees_one_state(
     aio: bool, saver: Any, backend: Any, thread_id: str
 ) -> None:
-    """A `delete_thread` from elsewhere lands between the statements of a
-    history (the latest id, the walk, the seeds and writes): the history is
-    read on one snapshot, as whole as before the delete."""
-    config = cfg(thread_id)
-    await turns(aio, long_graph().compile(checkpointer=saver), config, [6])
-    expected = await delta_history(aio, saver, config, ["items"], base=False)
-    assert len(expected["items"]["writes"]) == 7  # the input, then six ticks
+    """`delete_for_runs` from elsewhere deletes the middle of a chain
+    between the walk and the statement that reads the chain's writes: the
+    history is as it was before the delete, or as it is after it (ending
+    at the gap), never the writes of both ends without the middle's."""
+    graph = long_graph().compile(checkpointer=saver)
+    for run, goal in (("r1", 2), ("r2", 4), ("r3", 6)):
+        run_config = {**cfg(thread_id), "metadata": {"run_id": f"{thread_id}-{run}"}}
+        await call(aio, graph, "invoke", {"goal": goal, "items": [run]}, run_config)
+    config = (await call(aio, saver, "get_tuple", cfg(thread_id))).config
+    before = await delta_history(aio, saver, config, ["items"], base=False)
+    assert len(before["items"]["writes"]) == 9  # three inputs, six ticks
     deleter = SQLSaver.from_url(backend.sync_url)
     selects, raced = [], []
 
@@ -449,9 +453,9 @@ async def test_delta_history_racing_a_delete_reads_one_snapshot(
         if raced or not sql.lstrip().upper().startswith(("SELECT", "WITH")):
             return
         selects.append(sql)
-        if len(selects) == 2:
+        if len(selects) == 2:  # the walk is done
             raced.append(True)  # before the delete: its own statements come here too
-            deleter.delete_thread(thread_id)
+            deleter.delete_for_runs([f"{thread_id}-r2"])
 
     event.listen(Engine, "before_cursor_execute", delete_before_the_second_select)
     try:
@@ -460,5 +464,6 @@ async def test_delta_history_racing_a_delete_reads_one_snapshot(
         event.remove(Engine, "before_cursor_execute", delete_before_the_second_select)
         deleter.close()
     assert raced == [True]
-    assert found == expected
-    assert await call(aio, saver, "get_tuple", config) is None  # the delete did land
+    after = await delta_history(aio, saver, config, ["items"], base=False)
+    assert len(after["items"]["writes"]) == 3  # r3's input and ticks, back to the gap
+    assert found in (before, after)
