@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import json.scanner
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
 from typing import Any, cast
@@ -687,14 +687,8 @@ def snapshot(conn: Connection) -> Iterator[None]:
     if inside:
         yield
         return
-    for begin in _begin_snapshot(conn):
-        begin.run(conn, {})
-    try:
+    with _driver_transaction(conn, _begin_snapshot(conn)):
         yield
-    except BaseException:
-        rollback(conn)
-        raise
-    control(conn.dialect, "COMMIT").run(conn, {})
 
 
 def _begin_snapshot(conn: Connection) -> list[Prepared]:
@@ -734,19 +728,29 @@ def _needs_own_transaction(conn: Connection) -> bool:
 
 @contextmanager
 def _own_transaction(conn: Connection) -> Iterator[None]:
-    """BEGIN (IMMEDIATE on SQLite: the writer's lock up front), then COMMIT,
-    or ROLLBACK if the block raises; on the driver's cursor (`Prepared`),
-    as SQLAlchemy does not know of this transaction anyway."""
+    """BEGIN (IMMEDIATE on SQLite: the writer's lock up front) ... COMMIT
+    (`_driver_transaction`), marked in ``conn.info`` while it holds."""
     begin = "BEGIN IMMEDIATE" if conn.dialect.name == "sqlite" else "BEGIN"
-    control(conn.dialect, begin).run(conn, {})
-    conn.info[_OWN_TRANSACTION] = True
+    with _driver_transaction(conn, [control(conn.dialect, begin)]):
+        conn.info[_OWN_TRANSACTION] = True
+        try:
+            yield
+        finally:
+            del conn.info[_OWN_TRANSACTION]
+
+
+@contextmanager
+def _driver_transaction(conn: Connection, begin: Sequence[Prepared]) -> Iterator[None]:
+    """The ``begin`` statements, then COMMIT, or ROLLBACK if the block
+    raises; on the driver's cursor (`Prepared`), as SQLAlchemy does not know
+    of this transaction anyway."""
+    for statement in begin:
+        statement.run(conn, {})
     try:
         yield
     except BaseException:
         rollback(conn)
         raise
-    finally:
-        del conn.info[_OWN_TRANSACTION]
     control(conn.dialect, "COMMIT").run(conn, {})
 
 
