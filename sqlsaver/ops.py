@@ -31,6 +31,7 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from sqlalchemy import (
+    Column,
     ColumnElement,
     CompoundSelect,
     Connection,
@@ -302,9 +303,12 @@ def _writes_and_values_statement(
     version_count: int,
     write_channels: int,
     present: bool = False,
+    hull: tuple[int, int] = (0, 0),
 ) -> Prepared:
     """In one namespace, the writes of checkpoints (`padded` slots
-    ``checkpoint_id_<i>``; with ``write_channels``, only those to channels
+    ``checkpoint_id_<i>``; or for no ``id_count``, all from the least of
+    slots ``first_id_<i>`` to the greatest of ``last_id_<i>``, ``hull``
+    counting each; with ``write_channels``, only those to channels
     ``channel_<i>``) and channel values (``value_channel_<i>`` and
     ``value_version_<i>``; the exact pairs are picked from the rows; none
     for no channels), as one statement of narrow rows: a write's checkpoint
@@ -318,11 +322,21 @@ def _writes_and_values_statement(
             table.c.checkpoint_ns == bindparam("checkpoint_ns"),
         )
 
+    def of_checkpoints(column: Column[str]) -> ColumnElement[bool]:
+        if id_count:
+            return column.in_(slots("checkpoint_id", id_count, column.type))
+        # A range of the primary key, its ends found by the database in its
+        # own order. (A long IN list is slower on PostgreSQL: the plan it
+        # keeps for a prepared statement does not probe the index with the
+        # list, but builds it anew to test each row of the namespace.)
+        firsts = slots("first_id", hull[0], column.type)
+        lasts = slots("last_id", hull[1], column.type)
+        return column.between(dialects.least(dialect, firsts), dialects.greatest(dialect, lasts))
+
     # Typed: the first branch's types decide how each column is read.
     no_version = type_coerce(null(), B.c.version.type).label("version")
     writes = select(W.c.checkpoint_id, *WRITE_COLUMNS, no_version).where(
-        *in_namespace(W),
-        W.c.checkpoint_id.in_(slots("checkpoint_id", id_count, W.c.checkpoint_id.type)),
+        *in_namespace(W), of_checkpoints(W.c.checkpoint_id)
     )
     if write_channels:
         writes = writes.where(W.c.channel.in_(slots("channel", write_channels, W.c.channel.type)))
@@ -336,8 +350,7 @@ def _writes_and_values_statement(
         parts.append(values)
     if present:
         stored = select(C.c.checkpoint_id, *[null()] * 7).where(
-            *in_namespace(C),
-            C.c.checkpoint_id.in_(slots("checkpoint_id", id_count, C.c.checkpoint_id.type)),
+            *in_namespace(C), of_checkpoints(C.c.checkpoint_id)
         )
         parts.append(stored)
     return Prepared(union_all(*parts) if len(parts) > 1 else writes, dialect)
@@ -361,6 +374,7 @@ def _writes_and_values_in(
     key_of: Callable[[str, str], Any],
     write_channels: Sequence[str] | None = None,
     present: bool = False,
+    ranges: Sequence[tuple[str, str]] = (),
 ) -> WritesAndValues | None:
     """In one namespace, by one `_writes_and_values_statement`: the writes
     of checkpoints ``ids`` (at least one; to ``write_channels``, or all), by
@@ -368,10 +382,22 @@ def _writes_and_values_in(
     whose channel is among ``channels`` and version among ``versions`` (one
     of each at least, or no channels), under ``key_of(channel, version)``,
     or left out where that is None (the caller picks the exact pairs); and
-    with ``present``, which of the checkpoints are still stored. None where
-    the statement's padded lists would hold more than
-    `WRITES_AND_VALUES_BINDS` values."""
-    id_count, params = padded("checkpoint_id", ids)
+    with ``present``, which of the checkpoints are still stored. With
+    ``ranges`` (each the least and the greatest id, in the database's
+    order, of some of ``ids``), the writes and ids are those of every
+    checkpoint from the least of the ranges to the greatest, the caller's
+    among them: a few parameters for any number of ids. None where the
+    statement's padded lists would hold more than `WRITES_AND_VALUES_BINDS`
+    values."""
+    hull = (0, 0)
+    if ranges:
+        firsts, lasts = zip(*ranges, strict=True)
+        first_count, params = padded("first_id", firsts)
+        last_count, last_params = padded("last_id", lasts)
+        params.update(last_params)
+        id_count, hull = 0, (first_count, last_count)
+    else:
+        id_count, params = padded("checkpoint_id", ids)
     # Channels and versions matched apart (two plain IN lists, cheaper than
     # a row-value IN).
     channel_count, channel_params = padded("value_channel", channels) if channels else (0, {})
@@ -380,12 +406,14 @@ def _writes_and_values_in(
     if write_channels is not None:
         write_channel_count, write_channel_params = padded("channel", write_channels)
         params.update(write_channel_params)
-    if id_count + channel_count + version_count + write_channel_count > WRITES_AND_VALUES_BINDS:
+    if id_count + sum(hull) + channel_count + version_count + write_channel_count > (
+        WRITES_AND_VALUES_BINDS
+    ):
         return None
     params.update(channel_params, **version_params)
     params.update(thread_id=at.thread_id, checkpoint_ns=at.checkpoint_ns)
     stmt = _writes_and_values_statement(
-        conn.dialect, id_count, channel_count, version_count, write_channel_count, present
+        conn.dialect, id_count, channel_count, version_count, write_channel_count, present, hull
     )
     writes: dict[str, list[Sequence[Any]]] = defaultdict(list)
     values = {}
@@ -733,92 +761,71 @@ def list_page(
     )
 
 
-# What a walk step tells of stored values: their keys in a namespace.
+# What a walk's first page tells of stored values: their keys in a namespace.
 _STORED_COLUMNS = (B.c.channel, B.c.version)
+# What a walk reads of each checkpoint.
+_WALKED_COLUMNS = (
+    C.c.checkpoint_id,
+    C.c.parent_checkpoint_id,
+    C.c.channel_versions,
+    C.c.checkpoint_type,
+    C.c.checkpoint,
+)
 
 
 @cache
-def _walk_statement(dialect: Dialect, stored_of: int) -> Prepared:
-    """A step of a parent-chain walk: up to ``steps`` checkpoints of the
-    chain from ``start_id`` on (itself first), with their ``depth``, by one
-    recursive CTE that looks every parent up by its key. With ``stored_of``
-    channels (`slots` ``channel_<i>``), the same statement also returns
-    which versions of theirs have a stored value (`_STORED_COLUMNS`, keys
-    only; the other columns NULL)."""
-    key = (C.c.thread_id, C.c.checkpoint_ns)
-    chain = (
-        select(
-            *key, C.c.checkpoint_id, C.c.parent_checkpoint_id, literal_column("0").label("depth")
-        )
+def _walk_statement(dialect: Dialect, size: int, stored_of: int) -> Prepared:
+    """A page of a parent-chain walk: up to ``size`` checkpoints of a
+    namespace (`_WALKED_COLUMNS`) from ``start_id`` down, in the database's
+    order of ids, newest first: one range of the primary key, read
+    backwards. With ``stored_of`` channels (`slots` ``channel_<i>``), the
+    same statement also returns which versions of theirs have a stored
+    value (`_STORED_COLUMNS`, keys only; the other columns NULL)."""
+    newest_first = C.c.checkpoint_id.desc()
+    page = (
+        select(*_WALKED_COLUMNS)
         .where(
             C.c.thread_id == bindparam("thread_id"),
             C.c.checkpoint_ns == bindparam("checkpoint_ns"),
-            C.c.checkpoint_id == bindparam("start_id"),
+            C.c.checkpoint_id <= bindparam("start_id"),
         )
-        .cte("chain", recursive=True)
+        .order_by(newest_first)
+        .limit(literal_column(str(size), Integer))
     )
-    # Each step looks its parent's parent up by the whole primary key, in a
-    # subquery: planners cannot turn that into a join, which PostgreSQL, on
-    # a table it has no statistics of yet, would run as a scan of the whole
-    # table per step.
-    grandparent = (
-        select(C.c.parent_checkpoint_id)
-        .where(
-            C.c.thread_id == chain.c.thread_id,
-            C.c.checkpoint_ns == chain.c.checkpoint_ns,
-            C.c.checkpoint_id == chain.c.parent_checkpoint_id,
-        )
-        .scalar_subquery()
-    )
-    chain = chain.union_all(
-        select(
-            chain.c.thread_id,
-            chain.c.checkpoint_ns,
-            chain.c.parent_checkpoint_id,
-            grandparent,
-            chain.c.depth + literal_column("1"),
-        ).where(
-            chain.c.parent_checkpoint_id.is_not(None),
-            chain.c.depth < bindparam("steps", type_=Integer) - literal_column("1"),
-        )
-    )
-    # What the walk reads of each.
-    walked = (
-        chain.c.depth,
-        C.c.checkpoint_id,
-        C.c.parent_checkpoint_id,
-        C.c.channel_versions,
-        C.c.checkpoint_type,
-        C.c.checkpoint,
-    )
-    no_stored = [cast(null(), col.type).label(f"stored_{col.name}") for col in _STORED_COLUMNS]
-    ancestors = select(*walked, *no_stored).select_from(chain.join(C, _same_checkpoint(C, chain)))
     if not stored_of:
-        return Prepared(ancestors, dialect)
-    stored = select(*[null()] * len(walked), *_STORED_COLUMNS).where(
+        return Prepared(page, dialect)
+    no_stored = [cast(null(), col.type).label(f"stored_{col.name}") for col in _STORED_COLUMNS]
+    # A subquery: SQLite takes no ORDER BY or LIMIT in a part of a UNION.
+    walked = page.add_columns(*no_stored).subquery("page")
+    stored = select(*[null()] * len(_WALKED_COLUMNS), *_STORED_COLUMNS).where(
         B.c.thread_id == bindparam("thread_id"),
         B.c.checkpoint_ns == bindparam("checkpoint_ns"),
         B.c.channel.in_(slots("channel", stored_of, B.c.channel.type)),
     )
-    return Prepared(union_all(ancestors, stored), dialect)
+    both: CompoundSelect[Any] = union_all(select(walked), stored)
+    return Prepared(both.order_by(literal_column("checkpoint_id").desc()), dialect)
 
 
-def _walk_step(
-    conn: Connection, at: Address, start_id: str, steps: int, stored_of: Iterable[str] = ()
-) -> tuple[list[Row], set[tuple[str, str]]]:
-    """One `_walk_statement`: the checkpoints, nearest first, and the
-    (channel, version) pairs of ``stored_of`` that have a stored value."""
-    params = {
-        "thread_id": at.thread_id,
-        "checkpoint_ns": at.checkpoint_ns,
-        "start_id": start_id,
-        "steps": steps,
-    }
+@dataclass
+class WalkPage:
+    """The checkpoints one `_walk_statement` found, by id, in its order,
+    and the (channel, version) pairs of the channels asked that have a
+    stored value."""
+
+    rows: dict[str, Row]
+    stored: set[tuple[str, str]]
+
+
+def _walk_page(
+    conn: Connection, at: Address, start_id: str, size: int, stored_of: Iterable[str] = ()
+) -> WalkPage:
+    """One `_walk_statement`, from ``start_id`` down."""
+    params = {"thread_id": at.thread_id, "checkpoint_ns": at.checkpoint_ns, "start_id": start_id}
     count, channel_params = padded("channel", stored_of) if stored_of else (0, {})
-    rows = _walk_statement(conn.dialect, count).rows(conn, {**params, **channel_params})
-    ancestors = sorted((r for r in rows if r.depth is not None), key=lambda r: int(r.depth))
-    stored = {(r.stored_channel, r.stored_version) for r in rows if r.depth is None}
-    return ancestors, stored
+    rows = _walk_statement(conn.dialect, size, count).rows(conn, {**params, **channel_params})
+    walked = {r.checkpoint_id: r for r in rows if r.checkpoint_id is not None}
+    stored = {(r.stored_channel, r.stored_version) for r in rows if r.checkpoint_id is None}
+    return WalkPage(walked, stored)
 
 
 @dataclass
@@ -833,6 +840,9 @@ class Seeds:
     # The walk ended, channels unseeded, at a parent it did not find: one
     # deleted before, or while, it walked.
     cut: bool = False
+    # For each page the walk read, the least and the greatest id of the
+    # chain's checkpoints in it, in the database's order (the page's).
+    ranges: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _walk_to_seeds(
@@ -844,7 +854,14 @@ def _walk_to_seeds(
     `_DeltaSnapshot`, or a plain value). Returns the chain walked (ids,
     nearest first) and the seeds.
 
-    Which versions have a value in a blob row comes with the first step
+    The walk reads pages of the namespace's checkpoints, newest first from
+    the one it looks for (`_walk_statement`; LangGraph's ids grow with
+    time, so a parent is in the same page or the next), and follows the
+    parent links through them, passing over the checkpoints of other
+    branches. Where a parent is not in the page, the next page starts at
+    it: one that holds no checkpoint of that id shows it is not stored.
+    Ids are never compared here, so the walk holds under any collation.
+    Which versions have a value in a blob row comes with the first page
     (keys only), so the walk decodes an ancestor only when a channel it
     looks for has no version in the row's column (it may be a small value
     kept inside), and loads no blob.
@@ -853,37 +870,44 @@ def _walk_to_seeds(
     chain: list[str] = []
     seeds = Seeds()
     stored: set[tuple[str, str]] = set()
-    # The first step starts at `below` itself, which is no ancestor.
-    cursor: str | None = below
-    skip = 1
-    parent: str | None = None  # of the last checkpoint walked
-    for step in itertools.count():
-        if cursor is None or not remaining:
-            break
-        steps = WALK_STEPS[min(step, len(WALK_STEPS) - 1)]
-        rows, stored_now = _walk_step(conn, at, cursor, steps, remaining if step == 0 else ())
-        stored |= stored_now
-        parent = rows[-1].parent_checkpoint_id if rows else parent
-        for row in rows[skip:]:
-            chain.append(row.checkpoint_id)
-            versions = codec.blob_versions(opts.serde, row)
-            inline: Mapping[str, Any] = {}
-            if row.channel_versions is not None and remaining - versions.keys():
-                inline = codec.stored_checkpoint(opts.serde, row)["channel_values"]
-            for ch in list(remaining):
-                if ch in inline:
-                    seeds.inline[ch] = inline[ch]
-                elif ch not in versions or (ch, str(versions[ch])) not in stored:
-                    continue
-                else:
-                    seeds.blob_versions[ch] = str(versions[ch])
-                seeds.index[ch] = len(chain) - 1
-                remaining.discard(ch)
-            if not remaining:
+    pages: list[tuple[WalkPage, list[str]]] = []  # each page read, and the chain's ids in it
+    wanted: str | None = below  # the next checkpoint to find (`below` is no ancestor)
+    walked: set[str] = set()  # (a parent link back to one of them would never end)
+    while wanted is not None and remaining and wanted not in walked:
+        if not pages or wanted not in pages[-1][0].rows:
+            size = WALK_STEPS[min(len(pages), len(WALK_STEPS) - 1)]
+            page = _walk_page(conn, at, wanted, size, () if pages else remaining)
+            pages.append((page, []))
+            stored |= page.stored
+            if wanted not in page.rows:  # not stored
+                seeds.cut = wanted != below
                 break
-        cursor = rows[-1].parent_checkpoint_id if len(rows) == steps else None
-        skip = 0
-    seeds.cut = bool(remaining) and parent is not None
+        page, in_page = pages[-1]
+        row = page.rows[wanted]
+        walked.add(wanted)
+        wanted = row.parent_checkpoint_id
+        if row.checkpoint_id == below:
+            continue
+        chain.append(row.checkpoint_id)
+        in_page.append(row.checkpoint_id)
+        versions = codec.blob_versions(opts.serde, row)
+        inline: Mapping[str, Any] = {}
+        if row.channel_versions is not None and remaining - versions.keys():
+            inline = codec.stored_checkpoint(opts.serde, row)["channel_values"]
+        for ch in list(remaining):
+            if ch in inline:
+                seeds.inline[ch] = inline[ch]
+            elif ch not in versions or (ch, str(versions[ch])) not in stored:
+                continue
+            else:
+                seeds.blob_versions[ch] = str(versions[ch])
+            seeds.index[ch] = len(chain) - 1
+            remaining.discard(ch)
+    for page, in_page in pages:
+        if in_page:
+            position = {checkpoint_id: i for i, checkpoint_id in enumerate(page.rows)}
+            ordered = sorted(in_page, key=position.__getitem__)  # greatest first
+            seeds.ranges.append((ordered[-1], ordered[0]))
     return chain, seeds
 
 
@@ -891,35 +915,45 @@ def _seeds_and_writes(
     conn: Connection,
     serde: SerializerProtocol,
     at: Address,
-    seeds: dict[str, str],
     chain: Sequence[str],
+    seeds: Seeds,
     channels: Sequence[str],
     checked: bool,
 ) -> tuple[dict[str, Any], dict[str, list[PendingWrite]]] | None:
-    """The values of the seeds (channel -> version) and the writes to
-    ``channels`` of the checkpoints of ``chain``, each list in
-    `writes_sort_key` order: one statement for up to `CHUNK` checkpoints.
-    ``checked``: None unless one statement read them all and found every
-    checkpoint of the chain still stored (see `get_delta_channel_history`)."""
+    """The values of the seeds in blob rows and the writes to ``channels``
+    of the checkpoints of ``chain``, each list in `writes_sort_key` order:
+    one statement, over the ranges of ids the walk found them in.
+    ``checked``: None unless that one statement read them all and found
+    every checkpoint of the chain still stored (see
+    `get_delta_channel_history`)."""
     if not chain:  # no ancestor: no writes, and no seed (seeds are in the chain)
         return {}, {}
+    versions = seeds.blob_versions
 
     def key_of(channel: str, version: str) -> str | None:
-        return channel if seeds.get(channel) == version else None
+        return channel if versions.get(channel) == version else None
 
-    if len(chain) <= CHUNK:
-        found = _writes_and_values_in(
-            conn, serde, at, chain, seeds, seeds.values(), key_of, channels, present=checked
-        )
-        if found is not None:
-            if checked and len(found.present) < len(set(chain)):
-                return None  # one went since the walk found it
-            return found.values, found.writes
+    found = _writes_and_values_in(
+        conn,
+        serde,
+        at,
+        chain,
+        versions,
+        versions.values(),
+        key_of,
+        channels,
+        present=checked,
+        ranges=seeds.ranges,
+    )
+    if found is not None:
+        if checked and not found.present.issuperset(chain):
+            return None  # one went since the walk found it
+        return found.values, found.writes
     if checked:
         return None
-    # Too many to bind at once: each kind apart.
+    # Too many channels to bind at once: each kind apart.
     writes = _load_writes(conn, serde, at, chain, channels)
-    keys = codec.blob_keys(at.thread_id, at.checkpoint_ns, seeds)
+    keys = codec.blob_keys(at.thread_id, at.checkpoint_ns, versions)
     return {key[2]: value for key, value in _load_blobs(conn, serde, keys).items()}, writes
 
 
@@ -930,8 +964,9 @@ def get_delta_channel_history(
 
     Same result as `BaseCheckpointSaver.get_delta_channel_history` (which
     reads one whole checkpoint per ancestor), from a few set-based queries:
-    a recursive CTE per step of `WALK_STEPS` ancestors, the blobs that could seed,
-    and the requested channels' writes along the chain.
+    a page of up to `WALK_STEPS` checkpoints at each step of the walk (the
+    first also finds which values could seed), then the seeds' values and
+    the requested channels' writes along the chain.
 
     Its statements see one state of the database without a transaction
     around them (two round trips more on PostgreSQL and MySQL): the last
@@ -962,7 +997,7 @@ def _delta_history(
     chain, seeds = _walk_to_seeds(conn, opts, at, target_id, channels)
     if checked and seeds.cut:
         return None
-    found = _seeds_and_writes(conn, opts.serde, at, seeds.blob_versions, chain, channels, checked)
+    found = _seeds_and_writes(conn, opts.serde, at, chain, seeds, channels, checked)
     if found is None:
         return None
     values, writes = found

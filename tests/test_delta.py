@@ -21,17 +21,20 @@ Covered:
 * a ``delete_thread`` landing between the statements of a history.
 """
 
+import asyncio
 import operator
+import random
 from collections import Counter
+from collections.abc import Iterator
 from typing import Annotated, Any, TypedDict
 
 import pytest
 from helpers import call
 from langgraph.channels.delta import DeltaChannel
-from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.base import BaseCheckpointSaver, empty_checkpoint
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, create_engine, event, make_url, text
 
 from sqlsaver import SQLSaver, ops
 
@@ -293,9 +296,11 @@ async def test_long_walk_over_many_chunks(
         assert (
             await async_saver.aget_delta_channel_history(config=at, channels=channels) == expected
         )
-        # Chains longer than one IN list (`ops.CHUNK` checkpoints) load
-        # their writes in chunks, the seeds with the first one.
+        # Where writes and values cannot share a statement, chains longer
+        # than one IN list (`ops.CHUNK` checkpoints) load their writes in
+        # chunks.
         with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(ops, "WRITES_AND_VALUES_BINDS", 1)
             patch.setattr(ops, "CHUNK", 7)
             assert sync_saver.get_delta_channel_history(config=at, channels=channels) == expected
 
@@ -467,3 +472,97 @@ async def test_delta_history_racing_a_delete_sees_one_state(
     after = await delta_history(aio, saver, config, ["items"], base=False)
     assert len(after["items"]["writes"]) == 3  # r3's input and ticks, back to the gap
     assert found in (before, after)
+
+
+# Ids out of every order: parents both above and below their children, in
+# code point order and in Danish (where "aa" is "å", after "z").
+SHUFFLED_IDS = [f"{prefix}{n:02d}" for n, prefix in enumerate(["aa", "ab", "z", "b", "ø"] * 9)]
+random.Random(7).shuffle(SHUFFLED_IDS)
+
+
+async def put_chain(aio: bool, saver: Any, thread_id: str) -> list[str]:
+    """A thread whose checkpoints have `SHUFFLED_IDS`, each the parent of
+    the next, and a fork off every seventh; each writes its id to
+    ``items``, and the first and the 25th store a value of it (seeds).
+    Returns the ids of them all."""
+    forks = [f"{cid}-fork" for cid in SHUFFLED_IDS[::7]]
+    parents = {
+        **dict(zip(SHUFFLED_IDS[1:], SHUFFLED_IDS, strict=False)),
+        **dict(zip(forks, SHUFFLED_IDS[::7], strict=True)),
+    }
+    for step, cid in enumerate([*SHUFFLED_IDS, *forks]):
+        checkpoint = empty_checkpoint()
+        checkpoint["id"] = cid
+        # Every checkpoint a new version; only the seeds a stored value.
+        checkpoint["channel_versions"] = {"items": step + 1}
+        seeded = step in (0, 25)
+        if seeded:
+            checkpoint["channel_values"] = {"items": [f"seed {step}"]}
+        parent = {"checkpoint_id": parents[cid]} if cid in parents else {}
+        at = cfg(thread_id, checkpoint_ns="", **parent)
+        versions = {"items": step + 1} if seeded else {}
+        stored = await call(aio, saver, "put", at, checkpoint, {"step": step}, versions)
+        await call(aio, saver, "put_writes", stored, [("items", [cid])], f"task-{step}")
+    return [*SHUFFLED_IDS, *forks]
+
+
+async def assert_histories_follow_parents(aio: bool, saver: Any, thread_id: str) -> None:
+    """At every checkpoint of `put_chain`, the history equals the generic
+    walk of `BaseCheckpointSaver`."""
+    ids = await put_chain(aio, saver, thread_id)
+    channels = ["items", "nope"]
+    for cid in ids:
+        config = cfg(thread_id, checkpoint_ns="", checkpoint_id=cid)
+        mine = await delta_history(aio, saver, config, channels, base=False)
+        assert mine == await delta_history(aio, saver, config, channels, base=True), cid
+    # Sanity: the walks went far, past pages and seeds.
+    last = await delta_history(
+        aio, saver, cfg(thread_id, checkpoint_id=SHUFFLED_IDS[-1]), channels, base=False
+    )
+    assert last["items"]["seed"] == ["seed 25"] and len(last["items"]["writes"]) == 19
+
+
+async def test_walk_follows_parents_whatever_the_order_of_ids(
+    aio: bool, saver: Any, thread_id: str
+) -> None:
+    """The walk reads pages of checkpoints in the database's order of ids
+    and follows parent links through them; parents whose ids are greater
+    than their children's, forks between them, and chains over several
+    pages come out as the generic walk gives them."""
+    await assert_histories_follow_parents(aio, saver, thread_id)
+
+
+@pytest.fixture
+def danish_postgres(backend: Any) -> Iterator[str]:
+    """A PostgreSQL database whose text compares in Danish (ICU), set up
+    for sqlsaver: its order of ids is not Python's."""
+    admin = create_engine(backend.sync_url, isolation_level="AUTOCOMMIT")
+    name = "sqlsaver_test_danish"
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        conn.execute(
+            text(
+                f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu"
+                " ICU_LOCALE 'da-DK' LOCALE 'C.UTF-8'"
+            )
+        )
+    url = make_url(backend.sync_url).set(database=name)
+    with SQLSaver.from_url(url) as saver:
+        saver.setup()
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_walk_holds_under_a_collation_of_another_order(danish_postgres: str) -> None:
+    """The walk and the ranges of ids it reads writes over take their order
+    from the database, never from Python: on a database where "aa" comes
+    after "z", every history still equals the generic walk's."""
+    with SQLSaver.from_url(danish_postgres) as saver:
+        with saver._bind.target.connect() as conn:
+            assert conn.scalar(text("SELECT 'aa' > 'z' AND 'ab' < 'aa'"))
+        asyncio.run(assert_histories_follow_parents(False, saver, "danish"))
