@@ -39,11 +39,12 @@ import pytest
 from conftest import Backend
 from helpers import call
 from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, bindparam, create_engine, event, literal_column, select, union_all
 from sqlalchemy.pool import NullPool, Pool
 
 from sqlsaver import SQLSaver, codec, dialects
 from sqlsaver.models import blobs
+from sqlsaver.prepared import Prepared, padded, slots
 
 
 @contextmanager
@@ -373,6 +374,46 @@ def test_listeners_added_later_see_the_hot_statements(backend: Backend, thread_i
         assert sum(s.startswith(("SELECT", "WITH C AS")) for s in seen) >= 1, seen
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_psycopg_statements_carry_native_placeholders(
+    backend: Backend, sync_saver: SQLSaver, thread_id: str
+) -> None:
+    """On psycopg, a prepared statement carries PostgreSQL's own ``$n``
+    placeholders and runs on a `psycopg.RawCursor`: psycopg's default
+    cursor parses a statement of more than 50 parameters or 4096
+    characters again at each run. A parameter named twice is one, a "%" is
+    itself, and a connection with a listener runs the dialect's own
+    ``%(name)s`` form, with the same rows."""
+    config: dict[str, Any] = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    checkpoint = create_checkpoint(empty_checkpoint(), None, 1)
+    channels = ["a", "b", "100%"]
+    checkpoint["channel_values"] = {ch: [ch] * 3 for ch in channels}  # blob rows
+    checkpoint["channel_versions"] = dict.fromkeys(channels, "1")
+    sync_saver.put(config, checkpoint, {}, dict.fromkeys(channels, "1"))
+    of_thread = blobs.c.thread_id == bindparam("thread_id")
+    stmt = union_all(
+        select(blobs.c.channel).where(
+            of_thread, blobs.c.channel.in_(slots("channel", 64, blobs.c.channel.type))
+        ),
+        select(blobs.c.channel).where(of_thread, blobs.c.channel == literal_column("'100%'")),
+    )
+    engine = create_engine(backend.sync_url, poolclass=NullPool)
+    prepared = Prepared(stmt, engine.dialect)
+    assert "$65" in prepared.sql and "$66" not in prepared.sql and "%(" not in prepared.sql
+    count, params = padded("channel", ["a", *(f"x{i}" for i in range(60))])
+    assert count == 64
+    seen: list[str] = []
+    try:
+        with engine.connect() as conn:
+            plain = prepared.rows(conn, {"thread_id": thread_id, **params})
+            event.listen(conn, "before_cursor_execute", lambda c, cur, sql, *a: seen.append(sql))
+            watched = prepared.rows(conn, {"thread_id": thread_id, **params})
+    finally:
+        engine.dispose()
+    assert sorted(r.channel for r in plain) == ["100%", "a"] == sorted(r.channel for r in watched)
+    assert len(seen) == 1 and "%(channel_63)s" in seen[0] and "'100%%'" in seen[0]
 
 
 @pytest.mark.parametrize("backend", ["mysql"], indirect=True)
