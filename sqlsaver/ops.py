@@ -72,9 +72,9 @@ CHUNK = 500
 # Values looked up per statement by their keys in one namespace: two IN lists
 # of up to 256 each (padded), within SQLite's oldest limit of 999 parameters.
 VALUES_CHUNK = 256
-# Ancestors fetched by the steps of a parent-chain walk: few first (a
+# Checkpoints read by the pages of a parent-chain walk: few first (a
 # `DeltaChannel` is seeded every `snapshot_frequency` updates, 100 by
-# default, so its seed is often near), more at each further step.
+# default, so its seed is often near), more at each further page.
 WALK_STEPS = (32, 128, 512)
 
 CHECKPOINT_COLUMNS = (

@@ -11,7 +11,9 @@ Covered:
   every namespace (subgraph calls included), forks (``update_state`` on an
   older checkpoint, ``invoke`` from a ``checkpoint_id``), plain channels,
   unknown channels and checkpoints, and an empty channel list; and on a
-  260-step thread, where the walk spans several ``ops.WALK_STEPS`` steps;
+  260-step thread, where the walk spans several ``ops.WALK_STEPS`` pages;
+  and on checkpoints whose ids are out of order, on every backend and on a
+  PostgreSQL database whose collation orders ids unlike Python;
 * the state LangGraph rebuilds from it, at every checkpoint of the thread,
   equals the same graph's on `InMemorySaver`;
 * ``prune(strategy="keep_latest")`` keeps delta state rebuildable (also
@@ -270,7 +272,7 @@ async def test_long_walk_over_many_chunks(
 ) -> None:
     """A snapshot at the root (``update_state`` on a new thread), then 260
     steps without one: walks of up to 260 ancestors, across the boundaries
-    of `ops.WALK_STEPS` (32, then 128 more), by the sync and the async saver."""
+    of `ops.WALK_STEPS` pages (32, then 128 more), by the sync and the async saver."""
     config = {**cfg(thread_id), "recursion_limit": 1000}
     values = []
     for checkpointer in (sync_saver, InMemorySaver()):
