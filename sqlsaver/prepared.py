@@ -31,8 +31,14 @@ from typing import Any, cast
 
 from sqlalchemy import BindParameter, Connection, Dialect, TypeDecorator, bindparam
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
+
+try:  # SQLAlchemy 2.1 and later
+    from sqlalchemy.util import await_
+except ImportError:  # 2.0
+    from sqlalchemy.util import await_only as await_
 
 Processor = Callable[[Any], Any]
 
@@ -61,7 +67,9 @@ class Prepared:
         # How a cursor is had for it, and the statement as the dialect's
         # own cursor takes it, where that differs (a watched connection
         # runs that one: `_run`).
-        self._cursor: Callable[[Any], Any] = _raw_cursor if raw else _plain_cursor
+        self._cursor: Callable[[PoolProxiedConnection], Any] = _plain_cursor
+        if raw:
+            self._cursor = _awaited_raw_cursor if dialect.is_async else _raw_cursor
         self._watched = Prepared(stmt, dialect, native=False) if raw else self
         self.statements = 1
         names = {bp: compiled.bind_names[bp] for bp in compiled.binds.values()}
@@ -147,21 +155,60 @@ class Prepared:
         _run(conn, self, params, many=True)
 
 
-# The DBAPI cursor of a connection.
+# The DBAPI cursor of a pooled connection.
 _plain_cursor = operator.methodcaller("cursor")
 
 
-def _raw_cursor(dbapi_conn: Any) -> Any:
+def _raw_cursor(pooled: PoolProxiedConnection) -> Any:
     """A `psycopg.RawCursor` (``$n`` placeholders) on a psycopg connection."""
     import psycopg  # only where psycopg runs
 
-    return psycopg.RawCursor(dbapi_conn)
+    return psycopg.RawCursor(cast(psycopg.Connection[Any], pooled.driver_connection))
+
+
+def _awaited_raw_cursor(pooled: PoolProxiedConnection) -> Any:
+    """A `psycopg.AsyncRawCursor` on the psycopg connection under
+    SQLAlchemy's async adapter, driven as `_Awaited`."""
+    import psycopg
+
+    connection = cast(psycopg.AsyncConnection[Any], pooled.driver_connection)
+    return _Awaited(psycopg.AsyncRawCursor(connection))
+
+
+class _Awaited:
+    """An async cursor driven from SQLAlchemy's greenlet bridge (where
+    `AsyncConnection.run_sync` runs every operation): each call awaited in
+    place, as SQLAlchemy's own adapter does with the cursors it makes."""
+
+    __slots__ = ("_cursor",)
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    @property
+    def description(self) -> Any:
+        return self._cursor.description
+
+    def execute(self, sql: str, params: Any) -> None:
+        await_(self._cursor.execute(sql, params))
+
+    def executemany(self, sql: str, params: Any) -> None:
+        await_(self._cursor.executemany(sql, params))
+
+    def nextset(self) -> Any:
+        return self._cursor.nextset()
+
+    def fetchall(self) -> list[Any]:
+        return cast(list[Any], await_(self._cursor.fetchall()))
+
+    def close(self) -> None:
+        await_(self._cursor.close())
 
 
 @cache
 def _native_placeholders(dialect: Dialect) -> Dialect | None:
-    """For psycopg (sync): the dialect, copied to write PostgreSQL's own
-    ``$1`` placeholders, which `psycopg.RawCursor` sends as they are.
+    """For psycopg: the dialect, copied to write PostgreSQL's own ``$1``
+    placeholders, which `psycopg.RawCursor` sends as they are.
 
     psycopg's default cursor rewrites ``%(name)s`` placeholders into ``$n``
     at each execute by a regular expression over the whole statement, and
@@ -169,8 +216,8 @@ def _native_placeholders(dialect: Dialect) -> Dialect | None:
     parameters: each run of a wider insert or a longer ``IN`` list was
     parsed again, which cost more than its round trip (a `put_writes` of
     ten writes: 1.39 times `PostgresSaver`'s time)."""
-    if dialect.name != "postgresql" or dialect.driver != "psycopg" or dialect.is_async:
-        return None  # (the async dialect's connections are SQLAlchemy's adapters)
+    if dialect.name != "postgresql" or dialect.driver != "psycopg":
+        return None
     native = copy.copy(dialect)
     native.paramstyle = "numeric_dollar"
     native.positional = True
@@ -233,11 +280,12 @@ def _run(conn: Connection, stmt: Prepared, params: Any, many: bool = False) -> l
         result = conn.exec_driver_sql(watched.sql, values)
         return list(result.fetchall()) if result.returns_rows else []
     values = [stmt._params(p) for p in params] if many else stmt._params(params)
-    dbapi_conn = conn.connection.dbapi_connection
+    pooled = conn.connection
+    dbapi_conn = pooled.dbapi_connection
     assert dbapi_conn is not None
     cursor = None
     try:
-        cursor = stmt._cursor(dbapi_conn)  # fails too on a connection closed under us
+        cursor = stmt._cursor(pooled)  # fails too on a connection closed under us
         if many:
             cursor.executemany(stmt.sql, values)
         else:

@@ -39,7 +39,19 @@ import pytest
 from conftest import Backend
 from helpers import call
 from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
-from sqlalchemy import Engine, bindparam, create_engine, event, literal_column, select, union_all
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    create_engine,
+    event,
+    literal_column,
+    make_url,
+    select,
+    union_all,
+)
+from sqlalchemy.exc import DataError
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool, Pool
 
 from sqlsaver import SQLSaver, codec, dialects
@@ -377,15 +389,16 @@ def test_listeners_added_later_see_the_hot_statements(backend: Backend, thread_i
 
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
-def test_psycopg_statements_carry_native_placeholders(
-    backend: Backend, sync_saver: SQLSaver, thread_id: str
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg_async"])
+async def test_psycopg_statements_carry_native_placeholders(
+    backend: Backend, sync_saver: SQLSaver, thread_id: str, driver: str
 ) -> None:
-    """On psycopg, a prepared statement carries PostgreSQL's own ``$n``
-    placeholders and runs on a `psycopg.RawCursor`: psycopg's default
-    cursor parses a statement of more than 50 parameters or 4096
+    """On psycopg, sync and async, a prepared statement carries
+    PostgreSQL's own ``$n`` placeholders and runs on a raw cursor: psycopg's
+    default cursor parses a statement of more than 50 parameters or 4096
     characters again at each run. A parameter named twice is one, a "%" is
-    itself, and a connection with a listener runs the dialect's own
-    ``%(name)s`` form, with the same rows."""
+    itself, a driver's error comes as SQLAlchemy's, and a connection with
+    a listener runs the dialect's own ``%(name)s`` form, with the same rows."""
     config: dict[str, Any] = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
     checkpoint = create_checkpoint(empty_checkpoint(), None, 1)
     channels = ["a", "b", "100%"]
@@ -399,19 +412,39 @@ def test_psycopg_statements_carry_native_placeholders(
         ),
         select(blobs.c.channel).where(of_thread, blobs.c.channel == literal_column("'100%'")),
     )
-    engine = create_engine(backend.sync_url, poolclass=NullPool)
+    url = make_url(backend.sync_url).set(drivername=f"postgresql+{driver}")
+    aio = driver == "psycopg_async"
+    engine = (create_async_engine if aio else create_engine)(
+        url, poolclass=NullPool, isolation_level="AUTOCOMMIT"
+    )
     prepared = Prepared(stmt, engine.dialect)
     assert "$65" in prepared.sql and "$66" not in prepared.sql and "%(" not in prepared.sql
     count, params = padded("channel", ["a", *(f"x{i}" for i in range(60))])
     assert count == 64
     seen: list[str] = []
+
+    failing = Prepared(select(literal_column("1 / 0").label("x")), engine.dialect)
+
+    def rows(conn: Connection) -> tuple[list[Any], list[Any]]:
+        # A driver's error comes as SQLAlchemy's, and the connection goes on.
+        with pytest.raises(DataError, match="division by zero"):
+            failing.rows(conn, {})
+        assert not conn.invalidated
+        plain = prepared.rows(conn, {"thread_id": thread_id, **params})
+        event.listen(conn, "before_cursor_execute", lambda c, cur, sql, *a: seen.append(sql))
+        return plain, prepared.rows(conn, {"thread_id": thread_id, **params})
+
     try:
-        with engine.connect() as conn:
-            plain = prepared.rows(conn, {"thread_id": thread_id, **params})
-            event.listen(conn, "before_cursor_execute", lambda c, cur, sql, *a: seen.append(sql))
-            watched = prepared.rows(conn, {"thread_id": thread_id, **params})
+        if aio:
+            async with engine.connect() as async_conn:
+                plain, watched = await async_conn.run_sync(rows)
+        else:
+            with engine.connect() as conn:
+                plain, watched = rows(conn)
     finally:
-        engine.dispose()
+        disposed = engine.dispose()
+        if aio:
+            await disposed
     assert sorted(r.channel for r in plain) == ["100%", "a"] == sorted(r.channel for r in watched)
     assert len(seen) == 1 and "%(channel_63)s" in seen[0] and "'100%%'" in seen[0]
 
