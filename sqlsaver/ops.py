@@ -773,25 +773,74 @@ _WALKED_COLUMNS = (
 )
 
 
-@cache
-def _walk_statement(dialect: Dialect, size: int, stored_of: int) -> Prepared:
-    """A page of a parent-chain walk: up to ``size`` checkpoints of a
-    namespace (`_WALKED_COLUMNS`) from ``start_id`` down, in the database's
-    order of ids, newest first: one range of the primary key, read
-    backwards. With ``stored_of`` channels (`slots` ``channel_<i>``), the
-    same statement also returns which versions of theirs have a stored
-    value (`_STORED_COLUMNS`, keys only; the other columns NULL)."""
-    newest_first = C.c.checkpoint_id.desc()
-    page = (
-        select(*_WALKED_COLUMNS)
+def _chain_of_keys(size: int) -> Any:
+    """The keys of up to ``size`` checkpoints of the chain of parents from
+    ``start_id`` on (itself first): a recursive CTE that looks each parent
+    up by its key."""
+    key = (C.c.thread_id, C.c.checkpoint_ns)
+    chain = (
+        select(
+            *key, C.c.checkpoint_id, C.c.parent_checkpoint_id, literal_column("0").label("depth")
+        )
         .where(
             C.c.thread_id == bindparam("thread_id"),
             C.c.checkpoint_ns == bindparam("checkpoint_ns"),
-            C.c.checkpoint_id <= bindparam("start_id"),
+            C.c.checkpoint_id == bindparam("start_id"),
         )
-        .order_by(newest_first)
-        .limit(literal_column(str(size), Integer))
+        .cte("chain", recursive=True)
     )
+    # Each step looks its parent's parent up by the whole primary key, in a
+    # subquery: planners cannot turn that into a join, which PostgreSQL, on
+    # a table it has no statistics of yet, would run as a scan of the whole
+    # table per step.
+    grandparent = (
+        select(C.c.parent_checkpoint_id)
+        .where(
+            C.c.thread_id == chain.c.thread_id,
+            C.c.checkpoint_ns == chain.c.checkpoint_ns,
+            C.c.checkpoint_id == chain.c.parent_checkpoint_id,
+        )
+        .scalar_subquery()
+    )
+    return chain.union_all(
+        select(
+            chain.c.thread_id,
+            chain.c.checkpoint_ns,
+            chain.c.parent_checkpoint_id,
+            grandparent,
+            chain.c.depth + literal_column("1"),
+        ).where(
+            chain.c.parent_checkpoint_id.is_not(None),
+            chain.c.depth < literal_column(str(size - 1), Integer),
+        )
+    )
+
+
+@cache
+def _walk_statement(dialect: Dialect, size: int, stored_of: int, keyed: bool) -> Prepared:
+    """A page of a parent-chain walk: up to ``size`` checkpoints of a
+    namespace (`_WALKED_COLUMNS`), newest first in the database's order of
+    ids. Those from ``start_id`` down (one range of the primary key, read
+    backwards), or with ``keyed``, the chain of parents from ``start_id``
+    on (`_chain_of_keys`), for ids out of time order. With ``stored_of``
+    channels (`slots` ``channel_<i>``), the same statement also returns
+    which versions of theirs have a stored value (`_STORED_COLUMNS`, keys
+    only; the other columns NULL)."""
+    newest_first = C.c.checkpoint_id.desc()
+    if keyed:
+        chain = _chain_of_keys(size)
+        page = select(*_WALKED_COLUMNS).select_from(chain.join(C, _same_checkpoint(C, chain)))
+    else:
+        page = (
+            select(*_WALKED_COLUMNS)
+            .where(
+                C.c.thread_id == bindparam("thread_id"),
+                C.c.checkpoint_ns == bindparam("checkpoint_ns"),
+                C.c.checkpoint_id <= bindparam("start_id"),
+            )
+            .limit(literal_column(str(size), Integer))
+        )
+    page = page.order_by(newest_first)
     if not stored_of:
         return Prepared(page, dialect)
     no_stored = [cast(null(), col.type).label(f"stored_{col.name}") for col in _STORED_COLUMNS]
@@ -817,12 +866,18 @@ class WalkPage:
 
 
 def _walk_page(
-    conn: Connection, at: Address, start_id: str, size: int, stored_of: Iterable[str] = ()
+    conn: Connection,
+    at: Address,
+    start_id: str,
+    size: int,
+    keyed: bool,
+    stored_of: Iterable[str] = (),
 ) -> WalkPage:
-    """One `_walk_statement`, from ``start_id`` down."""
+    """One `_walk_statement`, from ``start_id``."""
     params = {"thread_id": at.thread_id, "checkpoint_ns": at.checkpoint_ns, "start_id": start_id}
     count, channel_params = padded("channel", stored_of) if stored_of else (0, {})
-    rows = _walk_statement(conn.dialect, size, count).rows(conn, {**params, **channel_params})
+    stmt = _walk_statement(conn.dialect, size, count, keyed)
+    rows = stmt.rows(conn, {**params, **channel_params})
     walked = {r.checkpoint_id: r for r in rows if r.checkpoint_id is not None}
     stored = {(r.stored_channel, r.stored_version) for r in rows if r.checkpoint_id is None}
     return WalkPage(walked, stored)
@@ -860,7 +915,9 @@ def _walk_to_seeds(
     parent links through them, passing over the checkpoints of other
     branches. Where a parent is not in the page, the next page starts at
     it: one that holds no checkpoint of that id shows it is not stored.
-    Ids are never compared here, so the walk holds under any collation.
+    Once a page holds little of the chain, the next ones follow the parent
+    links in SQL instead. Ids are never compared here, so the walk holds
+    under any collation.
     Which versions have a value in a blob row comes with the first page
     (keys only), so the walk decodes an ancestor only when a channel it
     looks for has no version in the row's column (it may be a small value
@@ -873,10 +930,17 @@ def _walk_to_seeds(
     pages: list[tuple[WalkPage, list[str]]] = []  # each page read, and the chain's ids in it
     wanted: str | None = below  # the next checkpoint to find (`below` is no ancestor)
     walked: set[str] = set()  # (a parent link back to one of them would never end)
+    keyed = False
     while wanted is not None and remaining and wanted not in walked:
         if not pages or wanted not in pages[-1][0].rows:
+            if pages:
+                # Pages of ids while the chain makes up a quarter of each
+                # at least; of keys from the first it does not (ids out of
+                # time order, or many forks), which could take a page a step.
+                page, in_page = pages[-1]
+                keyed = keyed or len(in_page) * 4 < len(page.rows)
             size = WALK_STEPS[min(len(pages), len(WALK_STEPS) - 1)]
-            page = _walk_page(conn, at, wanted, size, () if pages else remaining)
+            page = _walk_page(conn, at, wanted, size, keyed, () if pages else remaining)
             pages.append((page, []))
             stored |= page.stored
             if wanted not in page.rows:  # not stored

@@ -568,3 +568,39 @@ def test_walk_holds_under_a_collation_of_another_order(danish_postgres: str) -> 
         with saver._bind.target.connect() as conn:
             assert conn.scalar(text("SELECT 'aa' > 'z' AND 'ab' < 'aa'"))
         asyncio.run(assert_histories_follow_parents(False, saver, "danish"))
+
+
+async def test_walk_by_keys_where_ids_run_backwards(aio: bool, saver: Any, thread_id: str) -> None:
+    """Each parent's id greater than its child's: no page of ids holds the
+    next parent, so after the first page the walk follows the parent links
+    in SQL, a few statements for 200 ancestors (a page per ancestor
+    otherwise)."""
+    ids = [f"{999 - step:03d}" for step in range(201)]
+    parent: dict[str, str] = {}
+    for step, cid in enumerate(ids):
+        checkpoint = empty_checkpoint()
+        checkpoint["id"] = cid
+        checkpoint["channel_versions"] = {"items": step + 1}
+        if step == 0:
+            checkpoint["channel_values"] = {"items": ["seed"]}
+        at = cfg(thread_id, checkpoint_ns="", **parent)
+        stored = await call(
+            aio, saver, "put", at, checkpoint, {}, {"items": 1} if step == 0 else {}
+        )
+        await call(aio, saver, "put_writes", stored, [("items", [step])], f"task-{step}")
+        parent = {"checkpoint_id": cid}
+    config = cfg(thread_id, checkpoint_ns="", checkpoint_id=ids[-1])
+    selects: list[str] = []
+
+    def count(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        selects.append(sql)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        mine = await delta_history(aio, saver, config, ["items"], base=False)
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    assert mine == await delta_history(aio, saver, config, ["items"], base=True)
+    assert mine["items"]["seed"] == ["seed"] and len(mine["items"]["writes"]) == 200
+    # A page of ids, pages of keys of 128 and 512, then the writes.
+    assert len(selects) == 4, [" ".join(sql.split())[:60] for sql in selects]
