@@ -191,21 +191,6 @@ def chains_inserts(dialect: Dialect) -> bool:
     return dialect.name == "postgresql"
 
 
-def least(dialect: Dialect, values: Sequence[ColumnElement[Any]]) -> ColumnElement[Any]:
-    """The least of these values, in the database's own order (its
-    collation): ``LEAST``, or SQLite's ``min`` of several arguments."""
-    if len(values) == 1:
-        return values[0]
-    return (func.min if dialect.name == "sqlite" else func.least)(*values)
-
-
-def greatest(dialect: Dialect, values: Sequence[ColumnElement[Any]]) -> ColumnElement[Any]:
-    """The greatest of these values, as `least` finds the least."""
-    if len(values) == 1:
-        return values[0]
-    return (func.max if dialect.name == "sqlite" else func.greatest)(*values)
-
-
 def max_binds(dialect: Dialect) -> int:
     """Bind parameters one statement may have: asyncpg's protocol counts
     them in 16 bits (signed), SQLite builds before 3.32 took 999. PyMySQL

@@ -13,7 +13,7 @@ import itertools
 import json
 import operator
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
@@ -48,6 +48,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     null,
+    or_,
     select,
     true,
     tuple_,
@@ -303,18 +304,21 @@ def _writes_and_values_statement(
     version_count: int,
     write_channels: int,
     present: bool = False,
-    hull: tuple[int, int] = (0, 0),
+    range_count: int = 0,
 ) -> Prepared:
     """In one namespace, the writes of checkpoints (`padded` slots
-    ``checkpoint_id_<i>``; or for no ``id_count``, all from the least of
-    slots ``first_id_<i>`` to the greatest of ``last_id_<i>``, ``hull``
-    counting each; with ``write_channels``, only those to channels
-    ``channel_<i>``) and channel values (``value_channel_<i>`` and
-    ``value_version_<i>``; the exact pairs are picked from the rows; none
-    for no channels), as one statement of narrow rows: a write's checkpoint
-    id, `WRITE_COLUMNS` and a NULL version; or a value's channel, type, blob
-    and version, its other columns NULL. With ``present``, also the ids of
-    those checkpoints still stored, the other columns NULL."""
+    ``checkpoint_id_<i>``, and those from ``first_id_<i>`` to
+    ``last_id_<i>`` for each of ``range_count`` ranges; with
+    ``write_channels``, only those to channels ``channel_<i>``) and channel
+    values (``value_channel_<i>`` and ``value_version_<i>``; the exact
+    pairs are picked from the rows; none for no channels), as one statement
+    of narrow rows: a write's checkpoint id, `WRITE_COLUMNS` and a NULL
+    version; or a value's channel, type, blob and version, its other
+    columns NULL. With ``present``, also the ids of those checkpoints still
+    stored, the other columns NULL. (A range of the primary key is read by
+    the index where a long IN list is not: the plan PostgreSQL keeps for a
+    prepared statement builds the list anew to test each row of the
+    namespace.)"""
 
     def in_namespace(table: Table) -> tuple[ColumnElement[bool], ...]:
         return (
@@ -323,15 +327,16 @@ def _writes_and_values_statement(
         )
 
     def of_checkpoints(column: Column[str]) -> ColumnElement[bool]:
-        if id_count:
-            return column.in_(slots("checkpoint_id", id_count, column.type))
-        # A range of the primary key, its ends found by the database in its
-        # own order. (A long IN list is slower on PostgreSQL: the plan it
-        # keeps for a prepared statement does not probe the index with the
-        # list, but builds it anew to test each row of the namespace.)
-        firsts = slots("first_id", hull[0], column.type)
-        lasts = slots("last_id", hull[1], column.type)
-        return column.between(dialects.least(dialect, firsts), dialects.greatest(dialect, lasts))
+        ranges = [
+            column.between(first, last)
+            for first, last in zip(
+                slots("first_id", range_count, column.type),
+                slots("last_id", range_count, column.type),
+                strict=True,
+            )
+        ]
+        listed = [column.in_(slots("checkpoint_id", id_count, column.type))] if id_count else []
+        return or_(*ranges, *listed)
 
     # Typed: the first branch's types decide how each column is read.
     no_version = type_coerce(null(), B.c.version.type).label("version")
@@ -375,29 +380,24 @@ def _writes_and_values_in(
     write_channels: Sequence[str] | None = None,
     present: bool = False,
     ranges: Sequence[tuple[str, str]] = (),
+    keep: Container[str] | None = None,
 ) -> WritesAndValues | None:
     """In one namespace, by one `_writes_and_values_statement`: the writes
-    of checkpoints ``ids`` (at least one; to ``write_channels``, or all), by
-    checkpoint id, each list in `writes_sort_key` order; the channel values
-    whose channel is among ``channels`` and version among ``versions`` (one
-    of each at least, or no channels), under ``key_of(channel, version)``,
-    or left out where that is None (the caller picks the exact pairs); and
-    with ``present``, which of the checkpoints are still stored. With
-    ``ranges`` (each the least and the greatest id, in the database's
-    order, of some of ``ids``), the writes and ids are those of every
-    checkpoint from the least of the ranges to the greatest, the caller's
-    among them: a few parameters for any number of ids. None where the
-    statement's padded lists would hold more than `WRITES_AND_VALUES_BINDS`
-    values."""
-    hull = (0, 0)
-    if ranges:
-        firsts, lasts = zip(*ranges, strict=True)
-        first_count, params = padded("first_id", firsts)
-        last_count, last_params = padded("last_id", lasts)
-        params.update(last_params)
-        id_count, hull = 0, (first_count, last_count)
-    else:
-        id_count, params = padded("checkpoint_id", ids)
+    of checkpoints ``ids`` and of every checkpoint in ``ranges`` (each its
+    least and greatest id, in the database's order: a range of the primary
+    key, two parameters for any number of ids), at least one of the two,
+    to ``write_channels`` or all, by checkpoint id, each list in
+    `writes_sort_key` order (with ``keep``, only those of the checkpoints
+    it holds); the channel values whose channel is among ``channels`` and
+    version among ``versions`` (one of each at least, or no channels),
+    under ``key_of(channel, version)``, or left out where that is None (the
+    caller picks the exact pairs); and with ``present``, which of those
+    checkpoints are still stored. None where the statement's padded lists
+    would hold more than `WRITES_AND_VALUES_BINDS` values."""
+    id_count, params = padded("checkpoint_id", ids) if ids else (0, {})
+    range_count, by_slot = padded("range", ranges) if ranges else (0, {})
+    for i, (first, last) in enumerate(by_slot.values()):
+        params[f"first_id_{i}"], params[f"last_id_{i}"] = first, last
     # Channels and versions matched apart (two plain IN lists, cheaper than
     # a row-value IN).
     channel_count, channel_params = padded("value_channel", channels) if channels else (0, {})
@@ -406,14 +406,23 @@ def _writes_and_values_in(
     if write_channels is not None:
         write_channel_count, write_channel_params = padded("channel", write_channels)
         params.update(write_channel_params)
-    if id_count + sum(hull) + channel_count + version_count + write_channel_count > (
+    # The checkpoints' slots go in two parts of the union with ``present``,
+    # which positional drivers bind twice.
+    checkpoint_binds = (id_count + 2 * range_count) * (2 if present else 1)
+    if checkpoint_binds + channel_count + version_count + write_channel_count > (
         WRITES_AND_VALUES_BINDS
     ):
         return None
     params.update(channel_params, **version_params)
     params.update(thread_id=at.thread_id, checkpoint_ns=at.checkpoint_ns)
     stmt = _writes_and_values_statement(
-        conn.dialect, id_count, channel_count, version_count, write_channel_count, present, hull
+        conn.dialect,
+        id_count,
+        channel_count,
+        version_count,
+        write_channel_count,
+        present,
+        range_count,
     )
     writes: dict[str, list[Sequence[Any]]] = defaultdict(list)
     values = {}
@@ -422,7 +431,7 @@ def _writes_and_values_in(
         if r[0] is not None:  # a write, or (no task id) a checkpoint still stored
             if r[1] is None:
                 stored.add(r[0])
-            else:
+            elif keep is None or r[0] in keep:
                 writes[r[0]].append(r[1:7])
         elif (key := key_of(r[4], r[7])) is not None:
             values[key] = codec.load(serde, r[5], r[6])
@@ -895,9 +904,12 @@ class Seeds:
     # The walk ended, channels unseeded, at a parent it did not find: one
     # deleted before, or while, it walked.
     cut: bool = False
-    # For each page the walk read, the least and the greatest id of the
-    # chain's checkpoints in it, in the database's order (the page's).
+    # Where the chain's checkpoints are: for each page of ids that holds
+    # some, their least and greatest id in the database's order (the
+    # page's, so the range holds no more than the page); and those found by
+    # keys (ids out of time order), which may lie far apart.
     ranges: list[tuple[str, str]] = field(default_factory=list)
+    by_key: list[str] = field(default_factory=list)
 
 
 def _walk_to_seeds(
@@ -927,7 +939,8 @@ def _walk_to_seeds(
     chain: list[str] = []
     seeds = Seeds()
     stored: set[tuple[str, str]] = set()
-    pages: list[tuple[WalkPage, list[str]]] = []  # each page read, and the chain's ids in it
+    # Each page read, whether by keys, and the chain's ids in it.
+    pages: list[tuple[WalkPage, bool, list[str]]] = []
     wanted: str | None = below  # the next checkpoint to find (`below` is no ancestor)
     walked: set[str] = set()  # (a parent link back to one of them would never end)
     keyed = False
@@ -937,16 +950,16 @@ def _walk_to_seeds(
                 # Pages of ids while the chain makes up a quarter of each
                 # at least; of keys from the first it does not (ids out of
                 # time order, or many forks), which could take a page a step.
-                page, in_page = pages[-1]
+                page, _, in_page = pages[-1]
                 keyed = keyed or len(in_page) * 4 < len(page.rows)
             size = WALK_STEPS[min(len(pages), len(WALK_STEPS) - 1)]
             page = _walk_page(conn, at, wanted, size, keyed, () if pages else remaining)
-            pages.append((page, []))
+            pages.append((page, keyed, []))
             stored |= page.stored
             if wanted not in page.rows:  # not stored
                 seeds.cut = wanted != below
                 break
-        page, in_page = pages[-1]
+        page, _, in_page = pages[-1]
         row = page.rows[wanted]
         walked.add(wanted)
         wanted = row.parent_checkpoint_id
@@ -967,8 +980,10 @@ def _walk_to_seeds(
                 seeds.blob_versions[ch] = str(versions[ch])
             seeds.index[ch] = len(chain) - 1
             remaining.discard(ch)
-    for page, in_page in pages:
-        if in_page:
+    for page, by_key, in_page in pages:
+        if by_key:
+            seeds.by_key += in_page
+        elif in_page:
             position = {checkpoint_id: i for i, checkpoint_id in enumerate(page.rows)}
             ordered = sorted(in_page, key=position.__getitem__)  # greatest first
             seeds.ranges.append((ordered[-1], ordered[0]))
@@ -986,9 +1001,9 @@ def _seeds_and_writes(
 ) -> tuple[dict[str, Any], dict[str, list[PendingWrite]]] | None:
     """The values of the seeds in blob rows and the writes to ``channels``
     of the checkpoints of ``chain``, each list in `writes_sort_key` order:
-    one statement, over the ranges of ids the walk found them in.
-    ``checked``: None unless that one statement read them all and found
-    every checkpoint of the chain still stored (see
+    one statement, over the ranges of ids the walk found them in (and the
+    ids it found by keys). ``checked``: None unless that one statement read
+    them all and found every checkpoint of the chain still stored (see
     `get_delta_channel_history`)."""
     if not chain:  # no ancestor: no writes, and no seed (seeds are in the chain)
         return {}, {}
@@ -1001,13 +1016,14 @@ def _seeds_and_writes(
         conn,
         serde,
         at,
-        chain,
+        seeds.by_key,
         versions,
         versions.values(),
         key_of,
         channels,
         present=checked,
         ranges=seeds.ranges,
+        keep=set(chain),
     )
     if found is not None:
         if checked and not found.present.issuperset(chain):
@@ -1015,7 +1031,7 @@ def _seeds_and_writes(
         return found.values, found.writes
     if checked:
         return None
-    # Too many channels to bind at once: each kind apart.
+    # Too many channels, ranges or ids to bind at once: each kind apart.
     writes = _load_writes(conn, serde, at, chain, channels)
     keys = codec.blob_keys(at.thread_id, at.checkpoint_ns, versions)
     return {key[2]: value for key, value in _load_blobs(conn, serde, keys).items()}, writes
@@ -1383,15 +1399,14 @@ def prune_keep_latest(conn: Connection, opts: Options, thread_id: str) -> None:
     the root checkpoint it started from is itself pruned: it is history of
     that call, not state a later call resumes from.
     """
+    # In the database's order of ids (its collation), as `get_tuple` finds
+    # a namespace's latest: each namespace's last row is its head.
     rows = conn.execute(
-        select(C.c.checkpoint_ns, C.c.checkpoint_id, C.c.metadata_json).where(
-            C.c.thread_id == thread_id
-        )
+        select(C.c.checkpoint_ns, C.c.checkpoint_id, C.c.metadata_json)
+        .where(C.c.thread_id == thread_id)
+        .order_by(C.c.checkpoint_ns, C.c.checkpoint_id)
     ).all()
-    by_ns: dict[str, list[Row]] = defaultdict(list)
-    for r in rows:
-        by_ns[r.checkpoint_ns].append(r)
-    heads = {ns: max(group, key=lambda r: r.checkpoint_id) for ns, group in by_ns.items()}
+    heads = {r.checkpoint_ns: r for r in rows}
     kept = {(ns, h.checkpoint_id) for ns, h in heads.items()}
     for ns, head in heads.items():
         counters = json.loads(head.metadata_json.get(COUNTERS_KEY, "{}")) or {}
@@ -1403,10 +1418,17 @@ def prune_keep_latest(conn: Connection, opts: Options, thread_id: str) -> None:
     # moved past it. (A root newer than the root head is not saved yet: runs
     # save in the background, and a call can commit before its root does.)
     root_head = heads[""].checkpoint_id if "" in heads else None
+    root_order = {r.checkpoint_id: i for i, r in enumerate(rows) if r.checkpoint_ns == ""}
     calls = set()
     for ns, head in heads.items():
         root = (json.loads(head.metadata_json.get(PARENTS_KEY, "{}")) or {}).get("")
-        if ":" in ns and root and root_head and root < root_head and ("", root) not in kept:
+        if ":" not in ns or not root or not root_head or ("", root) in kept:
+            continue
+        if root in root_order:
+            finished = root_order[root] < root_order[root_head]
+        else:  # gone, or not saved yet: the database compares
+            finished = _comes_before(conn, root, root_head)
+        if finished:
             calls.add(ns)
     doomed = [
         (thread_id, r.checkpoint_ns, r.checkpoint_id)
@@ -1428,6 +1450,14 @@ def prune_keep_latest(conn: Connection, opts: Options, thread_id: str) -> None:
             ]
         )
         conn.execute(delete(W).where(W.c.thread_id == thread_id, W.c.checkpoint_ns == ns, *orphans))
+
+
+def _comes_before(conn: Connection, first: str, second: str) -> bool:
+    """Whether checkpoint id ``first`` comes before ``second`` in the
+    database's order of ids (its collation, which Python's may not be)."""
+    key = C.c.checkpoint_id.type
+    earlier = bindparam("first", first, type_=key) < bindparam("second", second, type_=key)
+    return bool(conn.execute(select(earlier)).scalar())
 
 
 def sweep_expired(conn: Connection, opts: Options, limit: int, strategy: Strategy) -> int:

@@ -10,11 +10,14 @@ run is one call on the DBAPI cursor plus the type conversions SQLAlchemy
 would apply (`TypeEngine.bind_processor` / `result_processor`, e.g. UTF-8
 keys on MySQL; but not ``Binary()``, see `_binary`). That works on the sync
 drivers and, under `AsyncConnection.run_sync`, on the async drivers'
-adapted cursors alike.
+adapted cursors alike. On psycopg, statements carry PostgreSQL's own ``$n``
+placeholders and run on its raw cursors (`_native_placeholders`).
 
-What is given up: engine events and echo logging for these statements.
-Errors still arrive as SQLAlchemy's `DBAPIError` subclasses, and a dropped
-connection is invalidated as `Connection.execute` would do it.
+A connection with ``before_cursor_execute``/``after_cursor_execute``
+listeners, or ``echo``, runs them through `Connection.exec_driver_sql`
+instead, so that tracing and logging see them (`observed`). Errors arrive
+as SQLAlchemy's `DBAPIError` subclasses, and a dropped connection is
+invalidated as `Connection.execute` would do it.
 
 Statements must have no expanding ``IN`` parameters; `padded` builds fixed
 ``IN`` lists instead.
@@ -205,7 +208,16 @@ class _Awaited:
         await_(self._cursor.close())
 
 
-@cache
+def _default_cursors(pooled: PoolProxiedConnection) -> bool:
+    """Whether a psycopg connection makes psycopg's own cursors: one given
+    another ``cursor_factory`` (such as ``ClientCursor``) keeps it, and
+    runs the dialect's own form of a statement (as a watched one does)."""
+    import psycopg
+
+    factory = getattr(pooled.driver_connection, "cursor_factory", None)
+    return factory is psycopg.Cursor or factory is psycopg.AsyncCursor
+
+
 def _native_placeholders(dialect: Dialect) -> Dialect | None:
     """For psycopg: the dialect, copied to write PostgreSQL's own ``$1``
     placeholders, which `psycopg.RawCursor` sends as they are.
@@ -218,7 +230,11 @@ def _native_placeholders(dialect: Dialect) -> Dialect | None:
     ten writes: 1.39 times `PostgresSaver`'s time)."""
     if dialect.name != "postgresql" or dialect.driver != "psycopg":
         return None
+    if not hasattr(dialect.loaded_dbapi, "RawCursor"):  # psycopg before 3.2
+        return None
     native = copy.copy(dialect)
+    # Its own memos of type processors: a literal's consults the preparer.
+    native.__dict__.pop("_type_memos", None)
     native.paramstyle = "numeric_dollar"
     native.positional = True
     # Which also stops doubling "%", as only the "format" styles need.
@@ -273,14 +289,14 @@ def _run(conn: Connection, stmt: Prepared, params: Any, many: bool = False) -> l
     with driver errors turned into SQLAlchemy's, as `execute` does. A
     connection someone watches takes `exec_driver_sql` instead, so that its
     listeners and logging see the statement as usual."""
-    if observed(conn):
+    pooled = conn.connection
+    if observed(conn) or (stmt._watched is not stmt and not _default_cursors(pooled)):
         assert stmt.statements == 1, "a script on a watched connection"
         watched = stmt._watched
         values = [watched._params(p) for p in params] if many else watched._params(params)
         result = conn.exec_driver_sql(watched.sql, values)
         return list(result.fetchall()) if result.returns_rows else []
     values = [stmt._params(p) for p in params] if many else stmt._params(params)
-    pooled = conn.connection
     dbapi_conn = pooled.dbapi_connection
     assert dbapi_conn is not None
     cursor = None

@@ -39,6 +39,7 @@ from langgraph.graph import END, START, StateGraph
 from sqlalchemy import Engine, create_engine, event, make_url, text
 
 from sqlsaver import SQLSaver, ops
+from sqlsaver.models import writes
 
 # -- running sync or async ----------------------------------------------------
 
@@ -604,3 +605,63 @@ async def test_walk_by_keys_where_ids_run_backwards(aio: bool, saver: Any, threa
     assert mine["items"]["seed"] == ["seed"] and len(mine["items"]["writes"]) == 200
     # A page of ids, pages of keys of 128 and 512, then the writes.
     assert len(selects) == 4, [" ".join(sql.split())[:60] for sql in selects]
+
+
+async def test_history_of_a_fork_reads_no_other_branch(
+    aio: bool, saver: Any, backend: Any, thread_id: str
+) -> None:
+    """A fork from early in a thread, made after the branch it left went
+    on: the range of ids its history reads also holds that branch's later
+    checkpoints, whose writes are passed over, not decoded. One that could
+    not be decoded (here a type no serializer knows) does not break the
+    fork's history."""
+    # Ids in time order: 21 checkpoints, then 11 forked from the third.
+    main = [f"{step:04d}" for step in range(21)]
+    fork = [f"{step:04d}" for step in range(21, 32)]
+    parents = {**dict(zip(main[1:], main, strict=False)), fork[0]: main[2]}
+    parents.update(zip(fork[1:], fork, strict=False))
+    for step, cid in enumerate([*main, *fork]):
+        checkpoint = empty_checkpoint()
+        checkpoint["id"] = cid
+        checkpoint["channel_versions"] = {"items": step + 1}
+        if step == 0:
+            checkpoint["channel_values"] = {"items": ["seed"]}
+        parent = {"checkpoint_id": parents[cid]} if cid in parents else {}
+        at = cfg(thread_id, checkpoint_ns="", **parent)
+        versions = {"items": 1} if step == 0 else {}
+        stored = await call(aio, saver, "put", at, checkpoint, {}, versions)
+        await call(aio, saver, "put_writes", stored, [("items", [cid])], f"task-{step}")
+    engine = create_engine(backend.sync_url)
+    try:
+        with engine.begin() as conn:
+            spoiled = conn.execute(
+                writes.update()
+                .where(writes.c.thread_id == thread_id, writes.c.checkpoint_id.in_(main[3:]))
+                .values(type="no-such-serializer")
+            ).rowcount
+    finally:
+        engine.dispose()
+    assert spoiled == 18
+    head = cfg(thread_id, checkpoint_ns="", checkpoint_id=fork[-1])
+    mine = await delta_history(aio, saver, head, ["items"], base=False)
+    assert mine == await delta_history(aio, saver, head, ["items"], base=True)
+    assert mine["items"]["seed"] == ["seed"]
+    assert [w[2] for w in mine["items"]["writes"]] == [[cid] for cid in [*main[:3], *fork[:-1]]]
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_prune_keeps_the_latest_under_a_collation_of_another_order(danish_postgres: str) -> None:
+    """``prune(strategy="keep_latest")`` keeps the checkpoint `get_tuple`
+    finds latest, in the database's order of ids, where Python's differs
+    ("aa" after "z" in Danish)."""
+    with SQLSaver.from_url(danish_postgres) as saver:
+        config = cfg("danish-prune", checkpoint_ns="")
+        for cid in ("z1", "aa2"):
+            checkpoint = empty_checkpoint()
+            checkpoint["id"] = cid
+            config = saver.put(config, checkpoint, {}, {})
+        latest = saver.get_tuple(cfg("danish-prune"))
+        assert latest is not None and latest.config["configurable"]["checkpoint_id"] == "aa2"
+        saver.prune(["danish-prune"], strategy="keep_latest")
+        kept = [c.config["configurable"]["checkpoint_id"] for c in saver.list(cfg("danish-prune"))]
+        assert kept == ["aa2"]

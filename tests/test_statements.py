@@ -557,3 +557,35 @@ def test_sqlite_list_page_values_stay_within_the_oldest_parameter_limit(tmp_path
     for t in page:
         step = t.metadata["step"]
         assert t.checkpoint["channel_values"] == {ch: [ch] * (step + 1) for ch in channels}
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_psycopg_connections_keep_their_own_cursors(backend: Backend, thread_id: str) -> None:
+    """An engine whose psycopg connections make cursors of their own
+    (``cursor_factory``, such as ``ClientCursor``) keeps them: the hot
+    statements run on them, in the dialect's ``%(name)s`` form, not on a
+    raw cursor."""
+    import psycopg
+
+    ran: list[str] = []
+
+    class Recording(psycopg.ClientCursor):  # type: ignore[type-arg]
+        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            ran.append(str(query))
+            return super().execute(query, params, **kwargs)
+
+    engine = create_engine(backend.sync_url, connect_args={"cursor_factory": Recording})
+    saver = SQLSaver(engine)
+    config: dict[str, Any] = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    checkpoint = create_checkpoint(empty_checkpoint(), None, 1)
+    checkpoint["channel_values"] = {"messages": ["a"]}
+    checkpoint["channel_versions"] = {"messages": "1"}
+    try:
+        config = saver.put(config, checkpoint, {}, {"messages": "1"})
+        saver.put_writes(config, [(f"ch{i}", [i]) for i in range(10)], "task-1")
+        found = saver.get_tuple(config)
+    finally:
+        engine.dispose()
+    assert found is not None and len(found.pending_writes) == 10
+    assert not [sql for sql in ran if "$1" in sql]
+    assert sum("sqlsaver_" in sql and "%(" in sql for sql in ran) >= 3, ran
