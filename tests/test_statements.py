@@ -359,6 +359,15 @@ def _blob_keys(backend: Backend, thread_id: str) -> list[tuple[str, str]]:
         engine.dispose()
 
 
+def one_message(thread_id: str) -> tuple[dict[str, Any], Any]:
+    """A thread's config, and a first checkpoint holding one message."""
+    config: dict[str, Any] = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    checkpoint = create_checkpoint(empty_checkpoint(), None, 1)
+    checkpoint["channel_values"] = {"messages": ["a"]}
+    checkpoint["channel_versions"] = {"messages": "1"}
+    return config, checkpoint
+
+
 def test_listeners_added_later_see_the_hot_statements(backend: Backend, thread_id: str) -> None:
     """Instrumentation attached to an application's engine after the saver
     is working (OpenTelemetry's SQLAlchemy instrumentor does this) sees the
@@ -366,10 +375,7 @@ def test_listeners_added_later_see_the_hot_statements(backend: Backend, thread_i
     driver's cursor."""
     engine = create_engine(backend.sync_url, poolclass=NullPool)
     saver = SQLSaver(engine)
-    config: dict[str, Any] = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
-    checkpoint = create_checkpoint(empty_checkpoint(), None, 1)
-    checkpoint["channel_values"] = {"messages": ["a"]}
-    checkpoint["channel_versions"] = {"messages": "1"}
+    config, checkpoint = one_message(thread_id)
     try:
         config = saver.put(config, checkpoint, {}, {"messages": "1"})
         assert saver.get_tuple(config) is not None  # unobserved so far
@@ -576,10 +582,7 @@ def test_psycopg_connections_keep_their_own_cursors(backend: Backend, thread_id:
 
     engine = create_engine(backend.sync_url, connect_args={"cursor_factory": Recording})
     saver = SQLSaver(engine)
-    config: dict[str, Any] = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
-    checkpoint = create_checkpoint(empty_checkpoint(), None, 1)
-    checkpoint["channel_values"] = {"messages": ["a"]}
-    checkpoint["channel_versions"] = {"messages": "1"}
+    config, checkpoint = one_message(thread_id)
     try:
         config = saver.put(config, checkpoint, {}, {"messages": "1"})
         saver.put_writes(config, [(f"ch{i}", [i]) for i in range(10)], "task-1")
