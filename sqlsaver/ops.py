@@ -930,6 +930,7 @@ def _walk_to_seeds(
     Once a page holds little of the chain, the next ones follow the parent
     links in SQL instead. Ids are never compared here, so the walk holds
     under any collation.
+
     Which versions have a value in a blob row comes with the first page
     (keys only), so the walk decodes an ancestor only when a channel it
     looks for has no version in the row's column (it may be a small value
