@@ -8,6 +8,7 @@ handling is written twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from functools import partial
@@ -77,7 +78,7 @@ class AsyncSQLSaver(SaverBase):
         self._bind: AsyncBind | ThreadedBind = AsyncBind(bind, self._check_schema)
         self._owned_engine: AsyncEngine | None = None
         self._threaded_engine: Engine | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper: tuple[asyncio.Task[None], asyncio.Event] | None = None
         try:
             self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -249,29 +250,35 @@ class AsyncSQLSaver(SaverBase):
         ``sweep_interval_minutes``) in a task on the running loop, until
         `stop_ttl_sweeper` or `aclose`."""
         interval = self._sweep_interval(interval_minutes)
-        if self._sweeper is not None and not self._sweeper.done():
+        if self._sweeper is not None and not self._sweeper[0].done():
             raise RuntimeError("the TTL sweeper is already running")
+        stop = asyncio.Event()
 
-        async def sweep_until_cancelled() -> None:
-            while True:
+        async def sweep_until_stopped() -> None:
+            # Until cancelled, or told to stop: a driver that swallows a
+            # cancellation in flight (and raises an error of its own
+            # instead, logged below) must not keep the sweeper going.
+            while not stop.is_set():
                 try:
                     await self.asweep_ttl()
                 except Exception:  # a failed sweep must not end the sweeper
                     logger.exception("sqlsaver TTL sweep failed; retrying next interval")
-                await asyncio.sleep(interval)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
 
-        self._sweeper = asyncio.get_running_loop().create_task(sweep_until_cancelled())
-        return self._sweeper
+        task = asyncio.get_running_loop().create_task(sweep_until_stopped())
+        self._sweeper = (task, stop)
+        return task
 
     async def stop_ttl_sweeper(self) -> None:
         """Stop the background sweeper (a sweep in flight rolls back)."""
         if self._sweeper is None:
             return
-        self._sweeper.cancel()
-        try:
-            await self._sweeper
-        except asyncio.CancelledError:
-            pass
+        task, stop = self._sweeper
+        stop.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         self._sweeper = None
 
     # -- sync twins: the async methods on the saver's loop -------------------

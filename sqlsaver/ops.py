@@ -14,7 +14,6 @@ import json
 import operator
 from collections import defaultdict
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
 from typing import Any, NamedTuple
@@ -256,10 +255,13 @@ def _writes_of(
     return {k: codec.pending_writes(serde, group) for k, group in grouped.items()}
 
 
-def _assemble(conn: Connection, serde: SerializerProtocol, found: Found) -> list[CheckpointTuple]:
+def _assemble(
+    conn: Connection, serde: SerializerProtocol, found: Found, checked: bool = False
+) -> list[CheckpointTuple] | None:
     """The tuples of what a `_tuples_statement` found. Where it found the
     checkpoints alone, their writes and channel values take one statement
-    more (`_writes_and_values`); where it joined them (PostgreSQL), those of
+    more (`_writes_and_values`; ``checked``: None unless it found the
+    checkpoints still stored); where it joined them (PostgreSQL), those of
     checkpoints whose versions are not in their column take one more."""
     rows, writes, blob_values = found
     if not rows:
@@ -274,7 +276,10 @@ def _assemble(conn: Connection, serde: SerializerProtocol, found: Found) -> list
         for key in row_keys.values()
     } - blob_values.keys()
     if not joined:
-        writes, blob_values = _writes_and_values(conn, serde, rows, missing)
+        read = _writes_and_values(conn, serde, rows, missing, checked)
+        if read is None:
+            return None
+        writes, blob_values = read
     elif missing:
         blob_values = {**blob_values, **_load_blobs(conn, serde, missing)}
     return [
@@ -444,30 +449,40 @@ def _writes_and_values(
     serde: SerializerProtocol,
     rows: Sequence[Row],
     keys: set[tuple[str, str, str, str]],
-) -> tuple[dict[tuple[str, str, str], list[PendingWrite]], dict[tuple[str, str, str, str], Any]]:
+    checked: bool = False,
+) -> (
+    tuple[dict[tuple[str, str, str], list[PendingWrite]], dict[tuple[str, str, str, str], Any]]
+    | None
+):
     """The writes of these checkpoint rows, by checkpoint key, and the
     channel values of these blob keys: one statement where all are in one
     namespace (a `get_tuple`, a `list` page of one thread), else one for
-    each kind (`_writes_of`, `_load_blobs`)."""
+    each kind (`_writes_of`, `_load_blobs`). ``checked``: None unless that
+    one statement read them all and found every checkpoint still stored
+    (see `_read_tuples`)."""
     namespaces = {(r.thread_id, r.checkpoint_ns) for r in rows} | {k[:2] for k in keys}
-    if len(namespaces) == 1 and keys:
+    if len(namespaces) == 1 and (keys or checked):
         ((thread_id, ns),) = namespaces
 
         def key_of(channel: str, version: str) -> tuple[str, str, str, str] | None:
             key = (thread_id, ns, channel, version)
             return key if key in keys else None
 
+        ids = [r.checkpoint_id for r in rows]
         found = _writes_and_values_in(
             conn,
             serde,
             Address(thread_id, ns),
-            (r.checkpoint_id for r in rows),
-            (k[2] for k in keys),
-            (k[3] for k in keys),
+            ids,
+            [k[2] for k in keys],
+            [k[3] for k in keys],
             key_of,
+            present=checked,
         )
-        if found is not None:
+        if found is not None and not (checked and not found.present.issuperset(ids)):
             return {(thread_id, ns, k): w for k, w in found.writes.items()}, found.values
+    if checked:
+        return None  # one went since the checkpoints were read, or they take more statements
     return _writes_of(conn, serde, rows), _load_blobs(conn, serde, keys)
 
 
@@ -603,15 +618,28 @@ def _checkpoint_with_writes(dialect: Dialect, by_id: bool, visibility: Visibilit
     return Prepared(_tuples_statement(dialect, chosen), dialect)
 
 
-def _one_snapshot(conn: Connection) -> AbstractContextManager[None]:
-    """The reads of tuples in the block see one state of the database: on
-    PostgreSQL, their one statement does (`_tuples_statement`); elsewhere
-    the checkpoints, then their writes and values, take a transaction
-    (`dialects.snapshot`)."""
-    return _ONE_STATEMENT if dialects.expands_json(conn.dialect) else dialects.snapshot(conn)
+def _read_tuples(
+    conn: Connection, serde: SerializerProtocol, read: Callable[[], list[Row]]
+) -> tuple[Found, list[CheckpointTuple]]:
+    """The tuples of the checkpoints that ``read()`` finds (by a
+    `_tuples_statement`), as of one state of the database.
 
-
-_ONE_STATEMENT = nullcontext()
+    On PostgreSQL that statement brings them whole. Elsewhere their writes
+    and values take one statement more, which also finds the checkpoints
+    still stored: values and writes go only with their checkpoints, so
+    what it read of them is whole, without a transaction around the two
+    (two round trips more on MySQL). Where one went meanwhile (a shallow
+    `put`'s prune, a delete), or that cannot be told (several namespaces),
+    both are read again on one snapshot (`dialects.snapshot`)."""
+    found = _found(conn.dialect, serde, read())
+    checked = not dialects.expands_json(conn.dialect)
+    tuples = _assemble(conn, serde, found, checked)
+    if tuples is None:
+        with dialects.snapshot(conn):
+            found = _found(conn.dialect, serde, read())
+            tuples = _assemble(conn, serde, found)
+    assert tuples is not None
+    return found, tuples
 
 
 def get_tuple(conn: Connection, opts: Options, config: RunnableConfig) -> CheckpointTuple | None:
@@ -623,13 +651,12 @@ def get_tuple(conn: Connection, opts: Options, config: RunnableConfig) -> Checkp
     params.update(opts.policies.params())
     if at.checkpoint_id:
         params["checkpoint_id"] = at.checkpoint_id
-    with _one_snapshot(conn):
-        rows = stmt.rows(conn, params)
-        if not rows:
-            return None
-        if opts.policies.refreshes_on_read:
-            policies.touch(conn, opts.policies, at.thread_id)
-        return _assemble(conn, opts.serde, _found(conn.dialect, opts.serde, rows))[0]
+    found, tuples = _read_tuples(conn, opts.serde, lambda: stmt.rows(conn, params))
+    if not tuples:
+        return None
+    if opts.policies.refreshes_on_read:
+        policies.touch(conn, opts.policies, at.thread_id)
+    return tuples[0]
 
 
 @dataclass(frozen=True)
@@ -755,9 +782,7 @@ def list_page(
         tuple(value is None for _, value in query.filter),
         opts.policies.visibility,
     )
-    with _one_snapshot(conn):
-        found = _found(conn.dialect, opts.serde, stmt.rows(conn, params))
-        page = _assemble(conn, opts.serde, found)
+    found, page = _read_tuples(conn, opts.serde, lambda: stmt.rows(conn, params))
     rows = found[0]
     remaining = None if query.remaining is None else query.remaining - len(rows)
     # No next page after a short one, nor once the limit is reached (which

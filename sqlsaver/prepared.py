@@ -308,9 +308,10 @@ def _run(conn: Connection, stmt: Prepared, params: Any, many: bool = False) -> l
             cursor.execute(stmt.sql, values)
         for _ in range(stmt.statements - 1):  # a script: each statement's result in turn
             cursor.nextset()
-        return list(cursor.fetchall()) if cursor.description is not None else []
+        rows = list(cursor.fetchall()) if cursor.description is not None else []
     except conn.dialect.loaded_dbapi.Error as error:
         disconnect = conn.dialect.is_disconnect(error, dbapi_conn, cursor)
+        _close_quietly(cursor)
         if disconnect and not conn.invalidated:
             conn.invalidate(error)
         raise DBAPIError.instance(
@@ -321,9 +322,23 @@ def _run(conn: Connection, stmt: Prepared, params: Any, many: bool = False) -> l
             dialect=conn.dialect,
             connection_invalidated=disconnect,
         ) from error
-    finally:
-        if cursor is not None:
-            cursor.close()
+    except BaseException:
+        _close_quietly(cursor)
+        raise
+    cursor.close()
+    return rows
+
+
+def _close_quietly(cursor: Any) -> None:
+    """Close the cursor of a statement that failed or was interrupted (a
+    cancelled task): an error of closing it, on a connection the failure
+    may have broken, must not stand in for what happened."""
+    if cursor is None:
+        return
+    try:
+        cursor.close()
+    except Exception:
+        pass
 
 
 def padded(name: str, values: Iterable[Any]) -> tuple[int, dict[str, Any]]:
