@@ -13,10 +13,18 @@ import itertools
 import json
 import operator
 from collections import defaultdict
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    Callable,
+    Collection,
+    Container,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -99,6 +107,7 @@ CHECKPOINT_UPDATE = (
 )
 # A result row of `CHECKPOINT_COLUMNS` (or a subset), read by attribute.
 Row = Any
+Read = TypeVar("Read")
 WRITE_UPDATE = ("task_path", "channel", "type", "blob")
 COUNTERS_KEY = dialects.canonical_key("counters_since_delta_snapshot")
 PARENTS_KEY = dialects.canonical_key("parents")
@@ -371,7 +380,6 @@ class WritesAndValues(NamedTuple):
 
     writes: dict[str, list[PendingWrite]]  # by checkpoint id
     values: dict[Any, Any]  # by `key_of`
-    present: set[str]  # the checkpoint ids still stored, where asked
 
 
 def _writes_and_values_in(
@@ -383,7 +391,7 @@ def _writes_and_values_in(
     versions: Iterable[str],
     key_of: Callable[[str, str], Any],
     write_channels: Sequence[str] | None = None,
-    present: bool = False,
+    stored: Collection[str] = (),
     ranges: Sequence[tuple[str, str]] = (),
     keep: Container[str] | None = None,
 ) -> WritesAndValues | None:
@@ -396,9 +404,12 @@ def _writes_and_values_in(
     it holds); the channel values whose channel is among ``channels`` and
     version among ``versions`` (one of each at least, or no channels),
     under ``key_of(channel, version)``, or left out where that is None (the
-    caller picks the exact pairs); and with ``present``, which of those
-    checkpoints are still stored. None where the statement's padded lists
-    would hold more than `WRITES_AND_VALUES_BINDS` values."""
+    caller picks the exact pairs). With ``stored``, checkpoints among those
+    that must still be stored: the same statement looks, and where one is
+    not, the result is None (see `_on_one_state`). None too where the
+    statement's padded lists would hold more than `WRITES_AND_VALUES_BINDS`
+    values."""
+    present = bool(stored)
     id_count, params = padded("checkpoint_id", ids) if ids else (0, {})
     range_count, by_slot = padded("range", ranges) if ranges else (0, {})
     for i, (first, last) in enumerate(by_slot.values()):
@@ -431,17 +442,19 @@ def _writes_and_values_in(
     )
     writes: dict[str, list[Sequence[Any]]] = defaultdict(list)
     values = {}
-    stored = set()
+    found_stored = set()
     for r in stmt.rows(conn, params, named=False):
         if r[0] is not None:  # a write, or (no task id) a checkpoint still stored
             if r[1] is None:
-                stored.add(r[0])
+                found_stored.add(r[0])
             elif keep is None or r[0] in keep:
                 writes[r[0]].append(r[1:7])
         elif (key := key_of(r[4], r[7])) is not None:
             values[key] = codec.load(serde, r[5], r[6])
+    if not found_stored.issuperset(stored):
+        return None  # one went since it was found
     pending = {k: codec.pending_writes(serde, w) for k, w in writes.items()}
-    return WritesAndValues(pending, values, stored)
+    return WritesAndValues(pending, values)
 
 
 def _writes_and_values(
@@ -477,9 +490,9 @@ def _writes_and_values(
             [k[2] for k in keys],
             [k[3] for k in keys],
             key_of,
-            present=checked,
+            stored=ids if checked else (),
         )
-        if found is not None and not (checked and not found.present.issuperset(ids)):
+        if found is not None:
             return {(thread_id, ns, k): w for k, w in found.writes.items()}, found.values
     if checked:
         return None  # one went since the checkpoints were read, or they take more statements
@@ -618,6 +631,22 @@ def _checkpoint_with_writes(dialect: Dialect, by_id: bool, visibility: Visibilit
     return Prepared(_tuples_statement(dialect, chosen), dialect)
 
 
+def _on_one_state(
+    conn: Connection, read: Callable[[bool], Read | None], checks: bool = True
+) -> Read:
+    """What ``read(checked)`` reads, as of one state of the database: read
+    first without a transaction, its last statement checking that what the
+    first ones found is still stored (``checked``; it returns None where
+    not, or where that cannot be told), else again on one snapshot
+    (`dialects.snapshot`). ``checks``: False where one statement reads all."""
+    found = read(checks)
+    if found is None:
+        with dialects.snapshot(conn):
+            found = read(False)
+    assert found is not None
+    return found
+
+
 def _read_tuples(
     conn: Connection, serde: SerializerProtocol, read: Callable[[], list[Row]]
 ) -> tuple[Found, list[CheckpointTuple]]:
@@ -631,15 +660,13 @@ def _read_tuples(
     (two round trips more on MySQL). Where one went meanwhile (a shallow
     `put`'s prune, a delete), or that cannot be told (several namespaces),
     both are read again on one snapshot (`dialects.snapshot`)."""
-    found = _found(conn.dialect, serde, read())
-    checked = not dialects.expands_json(conn.dialect)
-    tuples = _assemble(conn, serde, found, checked)
-    if tuples is None:
-        with dialects.snapshot(conn):
-            found = _found(conn.dialect, serde, read())
-            tuples = _assemble(conn, serde, found)
-    assert tuples is not None
-    return found, tuples
+
+    def tuples(checked: bool) -> tuple[Found, list[CheckpointTuple]] | None:
+        found = _found(conn.dialect, serde, read())
+        assembled = _assemble(conn, serde, found, checked)
+        return None if assembled is None else (found, assembled)
+
+    return _on_one_state(conn, tuples, checks=not dialects.expands_json(conn.dialect))
 
 
 def get_tuple(conn: Connection, opts: Options, config: RunnableConfig) -> CheckpointTuple | None:
@@ -1047,13 +1074,11 @@ def _seeds_and_writes(
         versions.values(),
         key_of,
         channels,
-        present=checked,
+        stored=chain if checked else (),
         ranges=seeds.ranges,
         keep=set(chain),
     )
     if found is not None:
-        if checked and not found.present.issuperset(chain):
-            return None  # one went since the walk found it
         return found.values, found.writes
     if checked:
         return None
@@ -1084,12 +1109,7 @@ def get_delta_channel_history(
     if not channels:
         return {}
     at = Address.of(config)
-    history = _delta_history(conn, opts, at, channels, checked=True)
-    if history is None:
-        with dialects.snapshot(conn):
-            history = _delta_history(conn, opts, at, channels, checked=False)
-    assert history is not None
-    return history
+    return _on_one_state(conn, lambda checked: _delta_history(conn, opts, at, channels, checked))
 
 
 def _delta_history(
