@@ -35,7 +35,14 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from langgraph.checkpoint.base import ERROR, INTERRUPT, WRITES_IDX_MAP, writes_sort_key
+from langgraph.checkpoint.base import (
+    ERROR,
+    INTERRUPT,
+    RESUME,
+    SCHEDULED,
+    WRITES_IDX_MAP,
+    writes_sort_key,
+)
 from langgraph.checkpoint.conformance.test_utils import generate_checkpoint
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
@@ -255,6 +262,14 @@ WRITE_SEQUENCES = {
     "ordinary": [[("a", 1), ("b", 2)], [("a", 10), ("b", 20), ("c", 30)], [("a", 100)]],
     "special-after-ordinary": [[("a", 1)], [(ERROR, "e1")], [("a", 2)], [(ERROR, "e2")]],
     "mixed-batch": [[("a", 1), (INTERRUPT, "i1")], [("a", 2), (INTERRUPT, "i2")]],
+    # One call, several writes to one special channel (one key): the last
+    # counts. LangGraph saves a task's resumes so (two interrupt() calls in
+    # one node); PostgreSQL refused such an upsert.
+    "special-repeated-in-one-call": [
+        [(RESUME, "r1"), (RESUME, "r2")],
+        [(INTERRUPT, "i1"), ("a", 1), (INTERRUPT, "i2"), (RESUME, "r3"), ("b", 2), (RESUME, "r4")],
+        [(ERROR, "e1"), (SCHEDULED, "s1"), (ERROR, "e2"), (SCHEDULED, "s2"), ("c", 3)],
+    ],
 }
 
 
@@ -264,6 +279,7 @@ WRITE_SEQUENCES = {
         "ordinary",
         "special-after-ordinary",
         "mixed-batch",
+        "special-repeated-in-one-call",
     ],
 )
 async def test_repeated_writes_match_in_memory_saver(
@@ -279,6 +295,15 @@ async def test_repeated_writes_match_in_memory_saver(
         await saver.put_writes(config, writes, "task-1", "path")
         mem.put_writes(config, writes, "task-1", "path")
     assert await pending(saver, config) == mem.get_tuple(config).pending_writes
+    if sequence == "special-repeated-in-one-call":
+        assert await pending(saver, config) == [
+            ("task-1", RESUME, "r4"),
+            ("task-1", INTERRUPT, "i2"),
+            ("task-1", SCHEDULED, "s2"),
+            ("task-1", ERROR, "e2"),
+            ("task-1", "a", 1),
+            ("task-1", "b", 2),  # idx 4: ("c", 3) has it too, and comes later
+        ]
 
 
 # -- 3: exact round trips ----------------------------------------------------
