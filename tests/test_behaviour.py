@@ -4,8 +4,9 @@ Every test runs on each real backend (SQLite, PostgreSQL, MySQL/MariaDB), and
 most of them through both savers: `SQLSaver`'s sync methods and
 `AsyncSQLSaver`'s async ones, behind one async interface (`Saver`).
 
-- pending writes: `writes_sort_key` order; special channels replace, ordinary
-  writes keep the first value (compared with `InMemorySaver`)
+- pending writes: `writes_sort_key` order; special channels replace (also
+  several writes to one in one call), ordinary writes keep the first value
+  (compared with `InMemorySaver`)
 - exact round trips: NUL, lone surrogates, non-BMP text in channel values,
   writes and metadata (top-level metadata strings lose NUL, as in LangGraph)
 - thread ids: 255 characters of any script, case, trailing spaces, Unicode
@@ -13,7 +14,8 @@ most of them through both savers: `SQLSaver`'s sync methods and
 - deep subgraph namespaces; a 16 MiB channel value
 - metadata filters: hostile keys and values, JSON-path look-alikes, and a
   randomized comparison with `InMemorySaver`
-- clear errors for bad input, a database not set up, bad prune/copy calls
+- clear errors for bad input, unknown or mistyped saver options, a database
+  not set up, bad prune/copy calls
 - `EncryptedSerializer`: no plaintext in the tables
 - atomicity: a failing put / put_writes leaves no rows, also inside a
   caller's transaction
@@ -588,6 +590,60 @@ async def test_from_url_rejects_unknown_schemes(url: str) -> None:
         SQLSaver.from_url(url)
     with pytest.raises(ValueError, match="URL"):
         AsyncSQLSaver.from_url(url)
+
+
+BAD_OPTIONS = {  # options, the error, what it says ({saver}: the class)
+    "typo": (
+        {"shalow": True},
+        TypeError,
+        r"^{saver} got unknown option 'shalow' \(did you mean 'shallow'\?\); "
+        r"its options are serde, shallow, ttl, clock, check_schema$",
+    ),
+    "not-an-option": (
+        {"schema": "x"},
+        TypeError,
+        r"^{saver} got unknown option 'schema'; its options are serde, shallow, ",
+    ),
+    "several": (
+        {"shallow": True, "ttl_minutes": 5, "chek_schema": False},
+        TypeError,
+        r"^{saver} got unknown options 'ttl_minutes', 'chek_schema' \(did you mean "
+        r"'check_schema'\?\); its options",
+    ),
+    "shallow-not-bool": ({"shallow": "yes"}, TypeError, "^shallow must be True or False"),
+    "check-schema-not-bool": (
+        {"check_schema": None},
+        TypeError,
+        "^check_schema must be True or False, got None",
+    ),
+    "ttl-not-settings": ({"ttl": 60}, TypeError, r"^ttl must be a dict of TTL settings"),
+    "clock-not-callable": ({"clock": 0.0}, TypeError, "^clock must be a function"),
+    "serde-not-serializer": ({"serde": "json"}, TypeError, "^serde must be a serializer"),
+    "bad-ttl-setting": ({"ttl": {"default_ttl": -1}}, ValueError, "default_ttl must be a positive"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OPTIONS))
+async def test_bad_options_are_refused(kind: str, backend: Any, case: str) -> None:
+    """An option neither saver takes, or one of the wrong type, raises in
+    the constructors and `from_url`, before `from_url` makes an engine (an
+    unusable URL, which would fail making one, shows the order)."""
+    options, error, message = BAD_OPTIONS[case]
+    cls = SQLSaver if kind == "sync" else AsyncSQLSaver
+    url = backend.sync_url if kind == "sync" else backend.async_url
+    message = message.replace("{saver}", cls.__name__)
+    engine = create_engine(url) if kind == "sync" else create_async_engine(url)
+    try:
+        with pytest.raises(error, match=message):
+            cls(engine, **options)
+    finally:
+        if kind == "sync":
+            engine.dispose()
+        else:
+            await engine.dispose()
+    for target in (url, "postgresql+nosuchdriver://h/db"):
+        with pytest.raises(error, match=message):
+            cls.from_url(target, **options)
 
 
 @pytest.mark.parametrize("url", ["sqlite:///x.db", "mysql+pymysql://u@h/db"])
