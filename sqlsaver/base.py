@@ -3,6 +3,7 @@ contract that do no I/O, and turning a URL into an engine."""
 
 from __future__ import annotations
 
+import difflib
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypedDict
@@ -51,6 +52,8 @@ class SaverOptions(TypedDict, total=False):
         older) or `SchemaTooNewError` unless sqlsaver's tables are at this
         sqlsaver's revision. Turn it off only if your own migrations manage
         sqlsaver's tables.
+
+    Any other name, or a value of the wrong type, raises `TypeError`.
     """
 
     serde: SerializerProtocol | None
@@ -60,17 +63,57 @@ class SaverOptions(TypedDict, total=False):
     check_schema: bool
 
 
+# The options' names, in the order the docs give them.
+OPTION_NAMES: tuple[str, ...] = tuple(SaverOptions.__annotations__)
+
+
 class SaverBase(BaseCheckpointSaver[str]):
     """Shared by both savers; not used directly."""
 
     def __init__(self, **options: Unpack[SaverOptions]) -> None:
+        policies = self._checked_policies(options)
         super().__init__(serde=options.get("serde"))
-        self.policies = Policies(
-            shallow=options.get("shallow", False),
-            ttl=TTL.of(options.get("ttl")),
-            clock=options.get("clock"),
-        )
+        self.policies = policies
         self._check_schema = options.get("check_schema", True)
+
+    @classmethod
+    def _checked_policies(cls, options: Mapping[str, Any]) -> Policies:
+        """The policies of a saver's options, once the options are checked:
+        `TypeError` for one neither saver takes (a typo would otherwise be
+        ignored: ``shalow=True`` keeps all history) or of the wrong type,
+        `ValueError` for bad TTL settings. `from_url` calls it before it
+        makes an engine, which an error would leave behind."""
+        unknown = [name for name in options if name not in OPTION_NAMES]
+        if unknown:
+            named = ", ".join(_with_close_match(name) for name in unknown)
+            raise TypeError(
+                f"{cls.__name__} got unknown option{'s' if len(unknown) > 1 else ''} {named}; "
+                f"its options are {', '.join(OPTION_NAMES)}"
+            )
+        for name in ("shallow", "check_schema"):
+            if name in options and not isinstance(options[name], bool):
+                raise TypeError(f"{name} must be True or False, got {options[name]!r}")
+        serde = options.get("serde")
+        if serde is not None and not (
+            all(hasattr(serde, m) for m in ("dumps_typed", "loads_typed"))
+            or all(hasattr(serde, m) for m in ("dumps", "loads"))
+        ):
+            raise TypeError(
+                f"serde must be a serializer with dumps_typed and loads_typed (such as "
+                f"LangGraph's JsonPlusSerializer), got {serde!r}"
+            )
+        clock = options.get("clock")
+        if clock is not None and not callable(clock):
+            raise TypeError(
+                f"clock must be a function returning seconds since the epoch, got {clock!r}"
+            )
+        ttl = options.get("ttl")
+        if ttl is not None and not isinstance(ttl, (TTL, Mapping)):
+            raise TypeError(
+                "ttl must be a dict of TTL settings ({'default_ttl': minutes, ...}) or a TTL, "
+                f"got {ttl!r}"
+            )
+        return Policies(shallow=options.get("shallow", False), ttl=TTL.of(ttl), clock=clock)
 
     @property
     def _opts(self) -> ops.Options:
@@ -138,6 +181,14 @@ class Sweep:
         self.remaining = self.remaining - handled if handled else 0
         if self.progress is not None:
             self.progress(self.handled)
+
+
+def _with_close_match(name: str) -> str:
+    """An unknown option's name, with the option it is likely a typo of
+    (``shalow``: ``shallow``). Not ``schema``: it is no typo of
+    ``check_schema``, and that option does something else."""
+    close = difflib.get_close_matches(name, OPTION_NAMES, n=1, cutoff=0.7)
+    return f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name)
 
 
 def check_prune(thread_ids: Sequence[str], strategy: str) -> list[str]:

@@ -217,7 +217,15 @@ def write_rows(
     task_id: str,
     task_path: str,
 ) -> list[dict[str, Any]]:
-    """Rows of a `put_writes`; special channels get their fixed negative idx."""
+    """Rows of a `put_writes`; special channels get their fixed negative idx.
+
+    One row per idx: of several writes to one special channel (LangGraph
+    saves all of a task's resumes in one call when a node calls
+    ``interrupt()`` twice) the last, which `replaces` the others, as in
+    `InMemorySaver`; PostgreSQL refuses an upsert that proposes one key
+    twice ("ON CONFLICT DO UPDATE command cannot affect row a second
+    time"). Other writes take their position as idx, so never share one.
+    """
     at = Address.of(config)
     if at.checkpoint_id is None:
         raise ValueError(
@@ -225,23 +233,22 @@ def write_rows(
             "config['configurable']['checkpoint_id'] is missing"
         )
     task_id, task_path = str(task_id), str(task_path)  # a UUID, say: stored as its text
-    rows = []
-    for idx, (channel, value) in enumerate(writes):
+    rows: dict[int, dict[str, Any]] = {}
+    for position, (channel, value) in enumerate(writes):
+        idx = WRITES_IDX_MAP.get(channel, position)
         value_type, value_bytes = dump(serde, value)
-        rows.append(
-            {
-                "thread_id": at.thread_id,
-                "checkpoint_ns": at.checkpoint_ns,
-                "checkpoint_id": at.checkpoint_id,
-                "task_id": task_id,
-                "idx": WRITES_IDX_MAP.get(channel, idx),
-                "task_path": task_path,
-                "channel": channel,
-                "type": value_type,
-                "blob": value_bytes,
-            }
-        )
-    return rows
+        rows[idx] = {
+            "thread_id": at.thread_id,
+            "checkpoint_ns": at.checkpoint_ns,
+            "checkpoint_id": at.checkpoint_id,
+            "task_id": task_id,
+            "idx": idx,
+            "task_path": task_path,
+            "channel": channel,
+            "type": value_type,
+            "blob": value_bytes,
+        }
+    return list(rows.values())
 
 
 def replaces(channel: str) -> bool:

@@ -90,6 +90,7 @@ class SQLSaver(SaverBase):
                 saver.setup()
             ```
         """
+        cls._checked_policies(options)  # before there is an engine to leave behind
         engine = sync_engine(url, engine_kwargs)
         saver = cls(engine, **options)
         saver._owned_engine = engine

@@ -4,8 +4,9 @@ Every test runs on each real backend (SQLite, PostgreSQL, MySQL/MariaDB), and
 most of them through both savers: `SQLSaver`'s sync methods and
 `AsyncSQLSaver`'s async ones, behind one async interface (`Saver`).
 
-- pending writes: `writes_sort_key` order; special channels replace, ordinary
-  writes keep the first value (compared with `InMemorySaver`)
+- pending writes: `writes_sort_key` order; special channels replace (also
+  several writes to one in one call), ordinary writes keep the first value
+  (compared with `InMemorySaver`)
 - exact round trips: NUL, lone surrogates, non-BMP text in channel values,
   writes and metadata (top-level metadata strings lose NUL, as in LangGraph)
 - thread ids: 255 characters of any script, case, trailing spaces, Unicode
@@ -13,7 +14,8 @@ most of them through both savers: `SQLSaver`'s sync methods and
 - deep subgraph namespaces; a 16 MiB channel value
 - metadata filters: hostile keys and values, JSON-path look-alikes, and a
   randomized comparison with `InMemorySaver`
-- clear errors for bad input, a database not set up, bad prune/copy calls
+- clear errors for bad input, unknown or mistyped saver options, a database
+  not set up, bad prune/copy calls
 - `EncryptedSerializer`: no plaintext in the tables
 - atomicity: a failing put / put_writes leaves no rows, also inside a
   caller's transaction
@@ -35,7 +37,14 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from langgraph.checkpoint.base import ERROR, INTERRUPT, WRITES_IDX_MAP, writes_sort_key
+from langgraph.checkpoint.base import (
+    ERROR,
+    INTERRUPT,
+    RESUME,
+    SCHEDULED,
+    WRITES_IDX_MAP,
+    writes_sort_key,
+)
 from langgraph.checkpoint.conformance.test_utils import generate_checkpoint
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
@@ -255,6 +264,14 @@ WRITE_SEQUENCES = {
     "ordinary": [[("a", 1), ("b", 2)], [("a", 10), ("b", 20), ("c", 30)], [("a", 100)]],
     "special-after-ordinary": [[("a", 1)], [(ERROR, "e1")], [("a", 2)], [(ERROR, "e2")]],
     "mixed-batch": [[("a", 1), (INTERRUPT, "i1")], [("a", 2), (INTERRUPT, "i2")]],
+    # One call, several writes to one special channel (one key): the last
+    # counts. LangGraph saves a task's resumes so (two interrupt() calls in
+    # one node); PostgreSQL refused such an upsert.
+    "special-repeated-in-one-call": [
+        [(RESUME, "r1"), (RESUME, "r2")],
+        [(INTERRUPT, "i1"), ("a", 1), (INTERRUPT, "i2"), (RESUME, "r3"), ("b", 2), (RESUME, "r4")],
+        [(ERROR, "e1"), (SCHEDULED, "s1"), (ERROR, "e2"), (SCHEDULED, "s2"), ("c", 3)],
+    ],
 }
 
 
@@ -264,6 +281,7 @@ WRITE_SEQUENCES = {
         "ordinary",
         "special-after-ordinary",
         "mixed-batch",
+        "special-repeated-in-one-call",
     ],
 )
 async def test_repeated_writes_match_in_memory_saver(
@@ -279,6 +297,15 @@ async def test_repeated_writes_match_in_memory_saver(
         await saver.put_writes(config, writes, "task-1", "path")
         mem.put_writes(config, writes, "task-1", "path")
     assert await pending(saver, config) == mem.get_tuple(config).pending_writes
+    if sequence == "special-repeated-in-one-call":
+        assert await pending(saver, config) == [
+            ("task-1", RESUME, "r4"),
+            ("task-1", INTERRUPT, "i2"),
+            ("task-1", SCHEDULED, "s2"),
+            ("task-1", ERROR, "e2"),
+            ("task-1", "a", 1),
+            ("task-1", "b", 2),  # idx 4: ("c", 3) has it too, and comes later
+        ]
 
 
 # -- 3: exact round trips ----------------------------------------------------
@@ -563,6 +590,60 @@ async def test_from_url_rejects_unknown_schemes(url: str) -> None:
         SQLSaver.from_url(url)
     with pytest.raises(ValueError, match="URL"):
         AsyncSQLSaver.from_url(url)
+
+
+BAD_OPTIONS = {  # options, the error, what it says ({saver}: the class)
+    "typo": (
+        {"shalow": True},
+        TypeError,
+        r"^{saver} got unknown option 'shalow' \(did you mean 'shallow'\?\); "
+        r"its options are serde, shallow, ttl, clock, check_schema$",
+    ),
+    "not-an-option": (
+        {"schema": "x"},
+        TypeError,
+        r"^{saver} got unknown option 'schema'; its options are serde, shallow, ",
+    ),
+    "several": (
+        {"shallow": True, "ttl_minutes": 5, "chek_schema": False},
+        TypeError,
+        r"^{saver} got unknown options 'ttl_minutes', 'chek_schema' \(did you mean "
+        r"'check_schema'\?\); its options",
+    ),
+    "shallow-not-bool": ({"shallow": "yes"}, TypeError, "^shallow must be True or False"),
+    "check-schema-not-bool": (
+        {"check_schema": None},
+        TypeError,
+        "^check_schema must be True or False, got None",
+    ),
+    "ttl-not-settings": ({"ttl": 60}, TypeError, r"^ttl must be a dict of TTL settings"),
+    "clock-not-callable": ({"clock": 0.0}, TypeError, "^clock must be a function"),
+    "serde-not-serializer": ({"serde": "json"}, TypeError, "^serde must be a serializer"),
+    "bad-ttl-setting": ({"ttl": {"default_ttl": -1}}, ValueError, "default_ttl must be a positive"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OPTIONS))
+async def test_bad_options_are_refused(kind: str, backend: Any, case: str) -> None:
+    """An option neither saver takes, or one of the wrong type, raises in
+    the constructors and `from_url`, before `from_url` makes an engine (an
+    unusable URL, which would fail making one, shows the order)."""
+    options, error, message = BAD_OPTIONS[case]
+    cls = SQLSaver if kind == "sync" else AsyncSQLSaver
+    url = backend.sync_url if kind == "sync" else backend.async_url
+    message = message.replace("{saver}", cls.__name__)
+    engine = create_engine(url) if kind == "sync" else create_async_engine(url)
+    try:
+        with pytest.raises(error, match=message):
+            cls(engine, **options)
+    finally:
+        if kind == "sync":
+            engine.dispose()
+        else:
+            await engine.dispose()
+    for target in (url, "postgresql+nosuchdriver://h/db"):
+        with pytest.raises(error, match=message):
+            cls.from_url(target, **options)
 
 
 @pytest.mark.parametrize("url", ["sqlite:///x.db", "mysql+pymysql://u@h/db"])

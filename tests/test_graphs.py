@@ -9,6 +9,9 @@ thread's history as ``(step, source, values, next)``. Covered:
 * ``interrupt()`` in a node, resumed with ``Command(resume=...)``: the
   interrupt is visible in ``get_state`` before the resume, the state after
   it is right, and completed nodes are not run again;
+* two ``interrupt()`` calls in one node, resumed one after the other (the
+  second resume saves the task's interrupt and both resume values in one
+  ``put_writes``);
 * a compiled subgraph as a node of a parent graph, interrupting inside the
   subgraph, ``get_state(..., subgraphs=True)``, resumed from the parent;
 * a ``Send`` fan-out to parallel branches reduced into a list, with
@@ -107,6 +110,23 @@ def interrupt_graph(runs: Counter[str]) -> StateGraph:
         "",
         ("prepare", lambda s: {"log": ["prepare"]}),
         ("ask", ask("log")),
+        ("finish", lambda s: {"log": [f"finish:{s['answer']}"]}),
+    )
+
+
+def ask_twice(state: Log) -> Log:
+    first = interrupt("a")
+    second = interrupt({"after": first})
+    return {"log": [f"ask:{first}:{second}"], "answer": f"{first}+{second}"}
+
+
+def two_interrupts_graph(runs: Counter[str]) -> StateGraph:
+    return chain(
+        runs,
+        Log,
+        "",
+        ("prepare", lambda s: {"log": ["prepare"]}),
+        ("ask", ask_twice),
         ("finish", lambda s: {"log": [f"finish:{s['answer']}"]}),
     )
 
@@ -222,6 +242,50 @@ async def test_interrupt_and_resume(aio: bool, saver: Any, thread_id: str) -> No
         (0, "loop"),
         (-1, "input"),
     ]
+
+
+async def test_two_interrupts_in_one_node(aio: bool, saver: Any, thread_id: str) -> None:
+    """The second resume stores the task's interrupt and both resume values
+    in one `put_writes`: two writes to ``__resume__``, one key, of which the
+    last counts, as in `InMemorySaver` (PostgreSQL once refused the
+    statement: "ON CONFLICT DO UPDATE command cannot affect row a second
+    time")."""
+
+    async def scenario(graph: Any, config: dict, runs: Counter[str]) -> Any:
+        await call(aio, graph, "invoke", {"log": ["start"]}, config)
+        asked = []
+        for answer in ("x", "y"):
+            paused = await call(aio, graph, "get_state", config)
+            asked.append((paused.next, [norm(i) for i in paused.interrupts]))
+            await call(aio, graph, "invoke", Command(resume=answer), config)
+        final = await call(aio, graph, "get_state", config)
+        # Each checkpoint's pending writes, task ids (random) left out.
+        writes = [
+            [(channel, norm(value)) for _, channel, value in t.pending_writes]
+            for t in await call(aio, graph.checkpointer, "list", config)
+        ]
+        return asked, final.values, final.next, writes
+
+    (asked, values, next_, writes), runs, _ = await on_both(
+        aio, saver, two_interrupts_graph, scenario, thread_id
+    )
+    assert asked == [
+        (("ask",), [("interrupt", "a")]),
+        (("ask",), [("interrupt", {"after": "x"})]),
+    ]
+    assert values == {"log": ["start", "prepare", "ask:x:y", "finish:x+y"], "answer": "x+y"}
+    assert next_ == ()
+    # The checkpoint `ask` paused at: the second resume's own write, then the
+    # task's: the last of its two ``__resume__`` writes, its second interrupt.
+    assert writes[2] == [
+        ("__resume__", "y"),
+        ("__resume__", ["x", "y"]),
+        ("__interrupt__", [("interrupt", {"after": "x"})]),
+        ("log", ["ask:x:y"]),
+        ("answer", "x+y"),
+        ("branch:to:finish", None),
+    ]
+    assert runs == {"prepare": 1, "ask": 3, "finish": 1}
 
 
 async def test_subgraph_interrupt_resumed_from_parent(
