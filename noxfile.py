@@ -58,6 +58,7 @@ LANGGRAPH_TEST_DEPS = [
     "psycopg-pool",
     "pycryptodome",
     "redis",
+    "pytest-xdist",
 ]
 
 
@@ -103,7 +104,7 @@ def langgraph(session: nox.Session) -> None:
     report = here / ".nox" / "langgraph-junit.xml"
     session.chdir(work)
     session.run(
-        "pytest", *files, "-k", "sqlsaver_", "-p", "no:cacheprovider", "-q",
+        "pytest", *files, "-k", "sqlsaver_", "-p", "no:cacheprovider", "-q", "-n", "4",
         f"--junitxml={report}", *session.posargs,
         env={"PYTHONPATH": str(here / "tests" / "upstream"), "NO_DOCKER": "true"},
         success_codes=[0, 1],

@@ -38,7 +38,8 @@ __all__ = ["async_checkpointer", "sync_checkpointer", "sqlsaver_databases"]
 
 POSTGRES = os.environ.get("SQLSAVER_TEST_POSTGRES", "postgres@127.0.0.1:5432/test")
 MYSQL = os.environ.get("SQLSAVER_TEST_MYSQL", "root@127.0.0.1:3306/test")
-TEMPLATE = "sqlsaver_lg_template"
+# One template per pytest-xdist worker: each migrates its own.
+TEMPLATE = f"sqlsaver_lg_template_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 
 # URL kind -> (database, SQLAlchemy driver name)
 SYNC_KINDS = {"sqlite": ("sqlite", "sqlite"), "psycopg": ("postgres", "postgresql+psycopg"),
