@@ -3,6 +3,7 @@ and MySQL/MariaDB, sync (`SQLSaver`) and async (`AsyncSQLSaver`)."""
 
 from sqlsaver.aio import AsyncSQLSaver
 from sqlsaver.base import SaverOptions
+from sqlsaver.dialects import ValueTooLargeError
 from sqlsaver.migrate import SchemaError, SchemaNotReadyError, SchemaTooNewError
 from sqlsaver.models import Base, BlobModel, CheckpointModel, ThreadModel, WriteModel
 from sqlsaver.policies import TTL
@@ -20,5 +21,6 @@ __all__ = [
     "SchemaTooNewError",
     "TTL",
     "ThreadModel",
+    "ValueTooLargeError",
     "WriteModel",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import json.scanner
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import cache
 from typing import Any, cast
@@ -33,6 +33,7 @@ from sqlalchemy import (
     exists,
     func,
     literal,
+    literal_column,
     not_,
     or_,
     select,
@@ -732,11 +733,17 @@ def _own_transaction(conn: Connection) -> Iterator[None]:
     (`_driver_transaction`), marked in ``conn.info`` while it holds."""
     begin = "BEGIN IMMEDIATE" if conn.dialect.name == "sqlite" else "BEGIN"
     with _driver_transaction(conn, [control(conn.dialect, begin)]):
-        conn.info[_OWN_TRANSACTION] = True
+        # The mark goes with the driver's connection, as the transaction
+        # does, and comes off the same one: after a disconnect SQLAlchemy
+        # has invalidated ``conn``, whose ``info`` would then be a new
+        # connection's (a KeyError) or refused (PendingRollbackError), in
+        # place of the error that ended the block.
+        info = conn.info
+        info[_OWN_TRANSACTION] = True
         try:
             yield
         finally:
-            del conn.info[_OWN_TRANSACTION]
+            del info[_OWN_TRANSACTION]
 
 
 @contextmanager
@@ -803,6 +810,86 @@ def migration_lock(conn: Connection) -> Iterator[None]:
 # --------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------
+
+
+class ValueTooLargeError(ValueError):
+    """A value too large for the database to take in one statement: on
+    MySQL/MariaDB, one whose INSERT would exceed the connection's
+    ``max_allowed_packet``. Raised before anything is sent: nothing of the
+    write is stored, and the connection (and a caller's transaction) goes on."""
+
+
+# Rows of fewer bytes are not weighed against MySQL's max_allowed_packet,
+# which costs a round trip per connection: no server's default is smaller
+# (4 MiB on MySQL 5.7, 16 MiB on MariaDB, 64 MiB on MySQL 8). Below a
+# smaller setting, such a row meets the server's own error.
+PACKET_CHECKED_FROM = 1 << 20
+_LARGEST_PACKET = 1 << 30  # MySQL's and MariaDB's maximum max_allowed_packet
+_MAX_PACKET = "sqlsaver_max_allowed_packet"  # in `Connection.info`
+# What PyMySQL and asyncmy escape with a backslash in a literal (two bytes
+# each), and the quotes and prefix around one (``_binary'...'``).
+_ESCAPED = b"\0\n\r\x1a\\'\""
+_QUOTED = len("_binary''")
+
+
+def refuse_oversized(
+    conn: Connection, table: str, sql: str, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """On MySQL/MariaDB, raise `ValueTooLargeError` for a row whose INSERT
+    (``sql``, into ``table``) the server would refuse, before any is sent:
+    one larger than the connection's ``max_allowed_packet`` (the drivers
+    send such a row in a statement of its own). The server's answer to one
+    is to drop the connection, which says nothing of the limit."""
+    limit = None
+    for row in rows:
+        size = len(sql) + sum(map(_literal_bytes, row.values()))
+        if size < PACKET_CHECKED_FROM:
+            continue
+        if limit is None:
+            limit = max_allowed_packet(conn)
+        if size <= limit:
+            continue
+        value = max(len(v) for v in row.values() if isinstance(v, (str, bytes)))
+        raise ValueTooLargeError(
+            f"A value of {value} bytes is too large for MySQL's max_allowed_packet of "
+            f"{limit} bytes on this connection: its INSERT into {table} would take {size} "
+            "bytes, and the server would refuse it. Raise the limit on the server, e.g. "
+            f"`SET GLOBAL max_allowed_packet = {min(1 << size.bit_length(), _LARGEST_PACKET)}` "
+            "(connections opened afterwards take it; set max_allowed_packet under [mysqld] "
+            "in the server's configuration to keep it across restarts; at most 1 GiB), "
+            "or store smaller values."
+        )
+
+
+def _literal_bytes(value: Any) -> int:
+    """Bytes a string or binary value takes in a MySQL statement, quoted and
+    escaped as PyMySQL and asyncmy write it (numbers and NULL: a few, not
+    counted)."""
+    if isinstance(value, str):
+        data = value.encode()
+    elif isinstance(value, bytes):
+        data = value
+    else:
+        return 0
+    return len(data) + sum(map(data.count, _ESCAPED)) + _QUOTED
+
+
+def max_allowed_packet(conn: Connection) -> int:
+    """The largest statement a MySQL server takes on this connection: its
+    session's ``max_allowed_packet`` (read-only, fixed when it connected),
+    read once per driver connection."""
+    info = conn.info
+    if _MAX_PACKET not in info:
+        info[_MAX_PACKET] = int(_max_packet_query(conn.dialect).rows(conn, {}, named=False)[0][0])
+    return cast(int, info[_MAX_PACKET])
+
+
+@cache
+def _max_packet_query(dialect: Dialect) -> Prepared:
+    return Prepared(
+        select(literal_column("@@max_allowed_packet").label("max_allowed_packet")), dialect
+    )
+
 
 _MISSING_TABLE = re.compile(
     r"(no such table|does not exist|doesn't exist).*sqlsaver_"

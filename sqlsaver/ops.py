@@ -1326,8 +1326,13 @@ def store(conn: Connection, opts: Options, rows: Rows) -> None:
     or on MySQL a script that begins and commits a transaction of its own
     (`dialects.runs_scripts`; without it, the inserts one by one in a
     transaction). Otherwise each insert's rows as one driver call, in the
-    transaction the saver opened."""
+    transaction the saver opened. On MySQL, a row larger than the server
+    takes is refused before any is sent (`dialects.refuse_oversized`)."""
     dialect = conn.dialect
+    if rows.size >= dialects.PACKET_CHECKED_FROM and dialect.name in dialects.MYSQL:
+        for table, updated, batch in rows.batches:
+            sql = _insert(dialect, table, updated).sql
+            dialects.refuse_oversized(conn, table.name, sql, batch)
     if 1 < rows.count and rows.one_round_trip(dialect):
         shape = rows.shape
         names, getters = _row_binding(shape)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.pool import NullPool
 
 from sqlsaver import AsyncSQLSaver, SQLSaver
 from sqlsaver.models import Base
@@ -81,12 +82,30 @@ def _docker_container(name: str) -> tuple[contextlib.AbstractContextManager, str
     return container, container.get_connection_url().split("://", 1)[1]
 
 
+@contextlib.contextmanager
+def _large_packets(url: str) -> Iterator[None]:
+    """On MySQL, GLOBAL max_allowed_packet raised to `MYSQL_MAX_PACKET` for
+    the session (connections opened afterwards take it), and put back as it
+    was when the session ends: a test changes no server-wide setting for
+    good."""
+    if make_url(url).get_backend_name() not in ("mysql", "mariadb"):
+        yield
+        return
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.connect() as conn:
+        previous = int(conn.execute(text("SELECT @@GLOBAL.max_allowed_packet")).scalar_one())
+        conn.execute(text(f"SET GLOBAL max_allowed_packet = {MYSQL_MAX_PACKET}"))
+    try:
+        yield
+    finally:
+        with engine.connect() as conn:
+            conn.execute(text(f"SET GLOBAL max_allowed_packet = {previous}"))
+
+
 def _reset(url: str) -> None:
     """Drop sqlsaver's tables (and version table) left by an earlier run."""
     engine = create_engine(url)
     with engine.begin() as conn:
-        if engine.dialect.name in ("mysql", "mariadb"):
-            conn.execute(text(f"SET GLOBAL max_allowed_packet = {MYSQL_MAX_PACKET}"))
         for table in reversed(Base.metadata.sorted_tables):
             conn.execute(text(f"DROP TABLE IF EXISTS {table.name}"))
         conn.execute(text("DROP TABLE IF EXISTS sqlsaver_alembic_version"))
@@ -119,10 +138,11 @@ def backend(
                 pytest.skip(message)
             container, where = started
         found = Backend(name, f"{sync_scheme}://{where}", f"{async_scheme}://{where}")
-    _reset(found.sync_url)
-    with SQLSaver.from_url(found.sync_url) as saver:
-        saver.setup()
-    yield found
+    with _large_packets(found.sync_url):
+        _reset(found.sync_url)
+        with SQLSaver.from_url(found.sync_url) as saver:
+            saver.setup()
+        yield found
     if container is not None:
         container.stop()
 

@@ -1,0 +1,307 @@
+"""Faults inside a write: the database's error (or a documented sqlsaver
+error), never an internal one; nothing partial stored; the saver usable
+afterwards. Real faults only: a value larger than MySQL's
+``max_allowed_packet``, and the saver's connection ended by the server
+(``pg_terminate_backend``, MariaDB's ``KILL``) between two statements of a
+write; on SQLite, which has no server, its connection closed under it there.
+
+Each runs on the saver kinds a write takes different paths on: a `from_url`
+saver (kept AUTOCOMMIT connections, its own transaction begun on the
+driver's cursor), and savers on a caller's Engine, Connection and Session
+(the caller's transaction is the caller's: a failed write never commits or
+ends it itself).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from helpers import call
+from langgraph.checkpoint.base import empty_checkpoint
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+from sqlsaver import AsyncSQLSaver, SQLSaver, ValueTooLargeError
+from sqlsaver.models import blobs, checkpoints, writes
+
+TARGETS = ["from_url", "engine", "connection", "session"]
+# MariaDB's default max_allowed_packet (the suite raises it: conftest).
+DEFAULT_MAX_PACKET = 16 * 1024 * 1024
+
+
+@dataclass
+class Target:
+    """A saver on one kind of target, and the caller's Connection or
+    Session (sync or async) whose transaction it joins, if any."""
+
+    saver: Any
+    caller: Any = None
+
+    async def commit(self) -> None:
+        await self._end("commit")
+
+    async def rollback(self) -> None:
+        await self._end("rollback")
+
+    async def _end(self, how: str) -> None:
+        if self.caller is not None:
+            done = getattr(self.caller, how)()
+            if inspect.isawaitable(done):
+                await done
+
+
+@asynccontextmanager
+async def saver_on(kind: str, aio: bool, backend: Any) -> AsyncIterator[Target]:
+    """A saver on ``kind``: its own engine (`from_url`), or a caller's
+    Engine, Connection or Session (these two in a transaction the caller
+    commits or rolls back: `Target.commit`)."""
+    url = backend.async_url if aio else backend.sync_url
+    if kind == "from_url":
+        if aio:
+            async with AsyncSQLSaver.from_url(url) as saver:
+                yield Target(saver)
+        else:
+            with SQLSaver.from_url(url) as saver:
+                yield Target(saver)
+        return
+    if aio:
+        aengine = create_async_engine(url)
+        try:
+            if kind == "engine":
+                yield Target(AsyncSQLSaver(aengine))
+            elif kind == "connection":
+                async with aengine.connect() as aconn:
+                    await aconn.begin()
+                    yield Target(AsyncSQLSaver(aconn), aconn)
+            else:
+                async with AsyncSession(aengine) as asession:
+                    yield Target(AsyncSQLSaver(asession), asession)
+        finally:
+            await aengine.dispose()
+        return
+    engine = create_engine(url)
+    try:
+        if kind == "engine":
+            yield Target(SQLSaver(engine))
+        elif kind == "connection":
+            with engine.connect() as conn:
+                conn.begin()
+                yield Target(SQLSaver(conn), conn)
+        else:
+            with Session(engine) as session:
+                yield Target(SQLSaver(session), session)
+    finally:
+        engine.dispose()
+
+
+def config_of(thread_id: str) -> dict[str, Any]:
+    return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+
+
+async def put(saver: Any, aio: bool, thread_id: str, **values: Any) -> None:
+    """A checkpoint of ``values``, one blob row per channel (lists)."""
+    checkpoint = empty_checkpoint()
+    version = f"{1:032}.{uuid.uuid4().hex[:16]}"
+    checkpoint["channel_values"] = {name: [value] for name, value in values.items()}
+    checkpoint["channel_versions"] = dict.fromkeys(values, version)
+    new_versions = dict(checkpoint["channel_versions"])
+    await call(aio, saver, "put", config_of(thread_id), checkpoint, {}, new_versions)
+
+
+async def put_writes(saver: Any, aio: bool, thread_id: str, **values: Any) -> None:
+    """A task's writes: one to a special channel (replaced on a repeat) and
+    the others (kept): two inserts."""
+    config = {"configurable": {**config_of(thread_id)["configurable"], "checkpoint_id": "c1"}}
+    writes_ = [("__error__", "failed"), *values.items()]
+    await call(aio, saver, "put_writes", config, writes_, "task-1")
+
+
+WRITE = {"put": put, "put_writes": put_writes}
+
+
+def stored(db: Engine, thread_id: str) -> dict[str, int]:
+    """Committed rows of ``thread_id``, seen from a connection of its own."""
+    with db.connect() as conn:
+        return {
+            table.name.removeprefix("sqlsaver_"): conn.scalar(
+                select(func.count()).select_from(table).where(table.c.thread_id == thread_id)
+            )
+            for table in (checkpoints, blobs, writes)
+        }
+
+
+NOTHING = {"checkpoints": 0, "blobs": 0, "writes": 0}
+# What each write stores whole (two channels).
+WHOLE = {
+    "put": {"checkpoints": 1, "blobs": 2, "writes": 0},
+    "put_writes": {"checkpoints": 0, "blobs": 0, "writes": 3},
+}
+
+
+@pytest.fixture
+def db(backend: Any) -> Iterator[Engine]:
+    """An engine of the test's own, to look at what was committed."""
+    engine = create_engine(backend.sync_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    yield engine
+    engine.dispose()
+
+
+async def still_works(target: Target, aio: bool, db: Engine, thread_id: str) -> None:
+    """The same saver stores and reads a checkpoint after the failure."""
+    await put(target.saver, aio, thread_id, a="after")
+    found = await call(aio, target.saver, "get_tuple", config_of(thread_id))
+    assert found.checkpoint["channel_values"] == {"a": ["after"]}
+    await target.commit()
+    assert stored(db, thread_id) == {"checkpoints": 1, "blobs": 1, "writes": 0}
+
+
+# -- a value larger than MySQL's max_allowed_packet ----------------------------
+
+
+@pytest.fixture
+def default_max_packet(db: Engine) -> Iterator[None]:
+    """MySQL's GLOBAL max_allowed_packet at its default for the test (the
+    suite raises it), and put back as it was when the test ends. Connections
+    opened meanwhile take it for their lifetime."""
+    with db.connect() as conn:
+        previous = int(conn.exec_driver_sql("SELECT @@GLOBAL.max_allowed_packet").scalar_one())
+        conn.exec_driver_sql(f"SET GLOBAL max_allowed_packet = {DEFAULT_MAX_PACKET}")
+        try:
+            yield
+        finally:
+            conn.exec_driver_sql(f"SET GLOBAL max_allowed_packet = {previous}")
+
+
+@pytest.mark.parametrize("backend", ["mysql"], indirect=True)
+@pytest.mark.parametrize("write", ["put", "put_writes"])
+@pytest.mark.parametrize("kind", TARGETS)
+async def test_value_over_max_allowed_packet(
+    backend: Any,
+    aio: bool,
+    kind: str,
+    write: str,
+    db: Engine,
+    thread_id: str,
+    default_max_packet: None,
+) -> None:
+    """A 24 MiB value where the server takes statements of 16 MiB: a
+    `ValueTooLargeError` naming the limit and how to raise it, every time
+    (not a dropped connection's error, nor a KeyError of sqlsaver's
+    bookkeeping after one); nothing of it stored; the caller's transaction
+    goes on (what it wrote before is kept); the saver works afterwards."""
+    huge = "x" * (24 * 1024 * 1024)
+    async with saver_on(kind, aio, backend) as target:
+        await put(target.saver, aio, thread_id + "-before", a="before")
+        for _ in range(2):
+            with pytest.raises(ValueTooLargeError) as raised:
+                await WRITE[write](target.saver, aio, thread_id, a=huge, b="small")
+            message = str(raised.value)
+            assert f"max_allowed_packet of {DEFAULT_MAX_PACKET} bytes" in message
+            assert "SET GLOBAL max_allowed_packet = 33554432" in message
+            assert isinstance(raised.value, ValueError)
+        await still_works(target, aio, db, thread_id + "-after")
+    assert stored(db, thread_id) == NOTHING
+    assert stored(db, thread_id + "-before") == {"checkpoints": 1, "blobs": 1, "writes": 0}
+
+
+# -- the connection ended between two statements of a write --------------------
+
+# The server's id of a driver's connection, and how to end it from another.
+SESSION_ID = {
+    "psycopg": lambda driver_conn: driver_conn.info.backend_pid,
+    "asyncpg": lambda driver_conn: driver_conn.get_server_pid(),
+    "pymysql": lambda driver_conn: driver_conn.thread_id(),
+    "asyncmy": lambda driver_conn: driver_conn.thread_id(),
+}
+# pg_terminate_backend waits (up to 5 s) for the backend to be gone.
+KILL = {"postgres": "SELECT pg_terminate_backend({}, 5000)", "mysql": "KILL {}"}
+GONE = {
+    "postgres": "SELECT count(*) FROM pg_stat_activity WHERE pid = {}",
+    "mysql": "SELECT count(*) FROM information_schema.PROCESSLIST WHERE ID = {}",
+}
+
+
+class Killer:
+    """Counts the statements run on the saver's engines and, when armed,
+    ends the connection before statement ``at``: the server kills it from
+    another connection (SQLite: the connection is closed under the saver)."""
+
+    def __init__(self, backend: Any, db: Engine) -> None:
+        self.backend, self.db = backend, db
+        self.seen = 0
+        self.at = 0  # 0: never
+
+    def __call__(self, conn: Connection, *_: Any) -> None:
+        if conn.engine is self.db:
+            return
+        self.seen += 1
+        if self.seen == self.at:
+            self.kill(conn)
+
+    def kill(self, conn: Connection) -> None:
+        if self.backend.name == "sqlite":
+            conn.connection.dbapi_connection.close()  # type: ignore[union-attr]
+            return
+        victim = int(SESSION_ID[conn.dialect.driver](conn.connection.driver_connection))
+        with self.db.connect() as other:
+            other.exec_driver_sql(KILL[self.backend.name].format(victim))
+            deadline = time.monotonic() + 5
+            while other.exec_driver_sql(GONE[self.backend.name].format(victim)).scalar():
+                assert time.monotonic() < deadline, "the killed connection lingers"
+                time.sleep(0.01)
+
+
+@pytest.fixture
+def killer(backend: Any, db: Engine) -> Iterator[Killer]:
+    kill = Killer(backend, db)
+    event.listen(Engine, "before_cursor_execute", kill)
+    try:
+        yield kill
+    finally:
+        event.remove(Engine, "before_cursor_execute", kill)
+
+
+@pytest.mark.parametrize("write", ["put", "put_writes"])
+@pytest.mark.parametrize("kind", TARGETS)
+async def test_connection_ended_between_statements(
+    backend: Any, aio: bool, kind: str, write: str, db: Engine, killer: Killer, thread_id: str
+) -> None:
+    """A write whose connection the server ends before its 1st, 2nd, ...
+    statement (BEGIN, the inserts, COMMIT; a value over 1 MB makes it a
+    transaction of several on every database): the database's error (a
+    saver of its own engine may run it again on a fresh connection and
+    succeed), never an internal one (the KeyError or "Can't reconnect until
+    invalid transaction is rolled back" of sqlsaver's own transaction); the
+    write stored whole or not at all; the saver works afterwards."""
+    large = "y" * 1_100_000
+    async with saver_on(kind, aio, backend) as target:
+        await put(target.saver, aio, thread_id + "-warm", a="warm")  # the schema check
+        await target.commit()
+        at = 0
+        while True:  # until a write runs to its end with no kill
+            at += 1
+            victim = f"{thread_id}-{at}"
+            killer.seen, killer.at = 0, at
+            try:
+                await WRITE[write](target.saver, aio, victim, a=large, b="small")
+                await target.commit()
+            except DBAPIError as error:  # the database's, not sqlsaver's
+                assert error.connection_invalidated, error
+                await target.rollback()
+            killer.at = 0
+            assert stored(db, victim) in (NOTHING, WHOLE[write]), at
+            if killer.seen < at:
+                assert stored(db, victim) == WHOLE[write]
+                break
+            await still_works(target, aio, db, victim + "-after")
+        assert at > 2, "a write of one statement"
