@@ -7,12 +7,6 @@ MySQL/MariaDB are taken from SQLSAVER_TEST_POSTGRES / SQLSAVER_TEST_MYSQL
 
 from __future__ import annotations
 
-import re
-import shutil
-import tarfile
-import tempfile
-from pathlib import Path
-
 import nox
 
 nox.options.sessions = ["tests"]
@@ -73,41 +67,10 @@ def langgraph(session: nox.Session) -> None:
     ``SQLSAVER_LANGGRAPH_URLS=sqlite,asyncpg`` limits the URL kinds.
     """
     session.install(".[all]", *LANGGRAPH_TEST_DEPS)
-    here = Path.cwd()
-    version = session.run(
-        "python", "-c", "import langgraph.version as v; print(v.__version__)", silent=True
-    )
-    version = str(version).strip()
-    src = Path(session.cache_dir) / f"langgraph-{version}"
-    if not (src / "tests" / "conftest.py").exists():
-        with tempfile.TemporaryDirectory() as download:
-            session.run(
-                "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
-                "--dest", download, f"langgraph=={version}",
-            )
-            (archive,) = Path(download).glob("langgraph-*.tar.gz")
-            with tarfile.open(archive) as tar:
-                tar.extractall(session.cache_dir, filter="data")
-    # A fresh copy each run: the conftest gets one line of ours appended.
-    work = Path(session.create_tmp()) / "langgraph"
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(src, work)
-    conftest = work / "tests" / "conftest.py"
-    conftest.write_text(
-        conftest.read_text() + "\n\nfrom sqlsaver_fixtures import *  # noqa: E402,F403\n"
-    )
-    files = sorted(
-        str(path.relative_to(work))
-        for path in (work / "tests").glob("test_*.py")
-        if re.search(r"\b(sync|async)_checkpointer\b", path.read_text())
-    )
-    report = here / ".nox" / "langgraph-junit.xml"
-    session.chdir(work)
     session.run(
-        "pytest", *files, "-k", "sqlsaver_", "-p", "no:cacheprovider", "-q", "-n", "4",
-        f"--junitxml={report}", *session.posargs,
-        env={"PYTHONPATH": str(here / "tests" / "upstream"), "NO_DOCKER": "true"},
-        success_codes=[0, 1],
+        "python",
+        "tests/upstream/run.py",
+        session.cache_dir,
+        session.create_tmp(),
+        *session.posargs,
     )
-    session.chdir(here)
-    session.run("python", "tests/upstream/summary.py", str(report))

@@ -42,11 +42,16 @@ MYSQL = os.environ.get("SQLSAVER_TEST_MYSQL", "root@127.0.0.1:3306/test")
 TEMPLATE = f"sqlsaver_lg_template_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 
 # URL kind -> (database, SQLAlchemy driver name)
-SYNC_KINDS = {"sqlite": ("sqlite", "sqlite"), "psycopg": ("postgres", "postgresql+psycopg"),
-              "pymysql": ("mysql", "mysql+pymysql")}
-ASYNC_KINDS = {"aiosqlite": ("sqlite", "sqlite+aiosqlite"),
-               "asyncpg": ("postgres", "postgresql+asyncpg"),
-               "asyncmy": ("mysql", "mysql+asyncmy")}
+SYNC_KINDS = {
+    "sqlite": ("sqlite", "sqlite"),
+    "psycopg": ("postgres", "postgresql+psycopg"),
+    "pymysql": ("mysql", "mysql+pymysql"),
+}
+ASYNC_KINDS = {
+    "aiosqlite": ("sqlite", "sqlite+aiosqlite"),
+    "asyncpg": ("postgres", "postgresql+asyncpg"),
+    "asyncmy": ("mysql", "mysql+asyncmy"),
+}
 
 
 def _selected(kinds: dict[str, tuple[str, str]]) -> list[str]:
@@ -113,7 +118,7 @@ class _Databases:
             conn.execute(text(f"DROP DATABASE IF EXISTS {name}{force}"))
 
     def close(self) -> None:
-        for database, engine in self._admin.items():
+        for engine in self._admin.values():
             with engine.connect() as conn:
                 conn.execute(text(f"DROP DATABASE IF EXISTS {TEMPLATE}"))
             engine.dispose()

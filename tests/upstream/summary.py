@@ -1,4 +1,4 @@
-"""Per-URL-kind counts of a `nox -s langgraph` run, from its JUnit XML.
+"""Per-URL-kind counts of a `nox -s langgraph` run, from its JUnit XML files.
 
 Exits 1 if any test failed or errored (or none ran), so the session fails.
 """
@@ -13,10 +13,11 @@ from collections import Counter
 KINDS = ("sqlite", "psycopg", "pymysql", "aiosqlite", "asyncpg", "asyncmy")
 
 
-def main(path: str) -> int:
+def main(paths: list[str]) -> int:
     counts: dict[str, Counter[str]] = {kind: Counter() for kind in KINDS}
     failed: list[str] = []
-    for case in ET.parse(path).iter("testcase"):
+    cases = [case for path in paths for case in ET.parse(path).iter("testcase")]
+    for case in cases:
         match = re.search(r"sqlsaver_(\w+?)(?:[-\]])", case.get("name", "") + "]")
         kind = match.group(1) if match else "other"
         outcome = "passed"
@@ -37,4 +38,4 @@ def main(path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1:]))

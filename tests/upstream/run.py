@@ -1,0 +1,117 @@
+"""Run LangGraph's own graph tests on sqlsaver (`nox -s langgraph`).
+
+1. Fetch the sdist of the installed langgraph (its ``tests/`` folder ships in
+   it) into a cache folder, once per version.
+2. Copy it to a scratch folder and append one line to its ``tests/conftest.py``
+   that rebinds ``sync_checkpointer`` / ``async_checkpointer`` to sqlsaver
+   (`sqlsaver_fixtures`). No upstream test is changed.
+3. Run every test file that uses those fixtures, only their sqlsaver cases,
+   on four pytest-xdist workers; then, alone, the tests that assert
+   wall-clock times.
+4. Print passed / failed / skipped per URL kind (`summary`); exit 1 on any
+   failure.
+
+Usage: ``python tests/upstream/run.py CACHE_DIR SCRATCH_DIR [pytest args...]``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
+import summary
+
+HERE = Path(__file__).resolve().parent
+USES_CHECKPOINTER = re.compile(r"\b(sync|async)_checkpointer\b")
+TEST_FUNCTION = re.compile(r"^(?:async )?def (test_\w+)(.*?)(?=^(?:async )?def |\Z)", re.M | re.S)
+WORKERS = "4"
+
+
+def unpacked_sdist(cache: Path) -> Path:
+    """The installed langgraph's sdist, unpacked under ``cache``."""
+    release = version("langgraph")
+    source = cache / f"langgraph-{release}"
+    if not (source / "tests" / "conftest.py").exists():
+        with tempfile.TemporaryDirectory() as download:
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--quiet",
+                    "--no-binary",
+                    ":all:",
+                    "--no-deps",
+                    "--dest",
+                    download,
+                    f"langgraph=={release}",
+                ],
+                check=True,
+            )
+            (archive,) = Path(download).glob("langgraph-*.tar.gz")
+            with tarfile.open(archive) as tar:
+                tar.extractall(cache, filter="data")
+    return source
+
+
+def timed_tests(files: list[Path]) -> list[str]:
+    """Tests that assert wall-clock times (upstream's ``FloatBetween``):
+    beside other workers on a busy machine they miss by tenths of a second,
+    whatever the saver."""
+    return sorted(
+        {
+            name
+            for path in files
+            for name, body in TEST_FUNCTION.findall(path.read_text())
+            if "FloatBetween(" in body
+        }
+    )
+
+
+def main(cache: Path, scratch: Path, pytest_args: list[str]) -> int:
+    work = scratch / "langgraph"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(unpacked_sdist(cache), work)
+    conftest = work / "tests" / "conftest.py"
+    conftest.write_text(
+        conftest.read_text() + "\n\nfrom sqlsaver_fixtures import *  # noqa: E402,F403\n"
+    )
+    files = sorted(
+        p for p in (work / "tests").glob("test_*.py") if USES_CHECKPOINTER.search(p.read_text())
+    )
+    timed = " or ".join(timed_tests(files)) or "no_such_test"
+    reports = [scratch / "junit.xml", scratch / "junit-timed.xml"]
+    env = {"PYTHONPATH": str(HERE), "NO_DOCKER": "true"}
+    common = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *(str(p.relative_to(work)) for p in files),
+        "-p",
+        "no:cacheprovider",
+        "-q",
+    ]
+    passes = [
+        [*common, "-n", WORKERS, "-k", f"sqlsaver_ and not ({timed})", f"--junitxml={reports[0]}"],
+        [*common, "-k", f"sqlsaver_ and ({timed})", f"--junitxml={reports[1]}"],
+    ]
+    for command in passes:
+        # 0 passed, 1 some failed, 5 none selected: the summary judges.
+        code = subprocess.run(
+            [*command, *pytest_args], cwd=work, env={**os.environ, **env}
+        ).returncode
+        if code not in (0, 1, 5):
+            return code
+    return summary.main([str(r) for r in reports if r.exists()])
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]))
