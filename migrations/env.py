@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import os
 from logging.config import fileConfig
+from typing import Any
 
 from alembic import context
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, create_engine, make_url, pool
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from sqlsaver import dialects
 from sqlsaver.migrate import VERSION_TABLE
 from sqlsaver.models import Base
 
@@ -46,8 +49,22 @@ def _url() -> str:
     return url
 
 
+def _commit_revision(ctx: MigrationContext, **_: Any) -> None:
+    """Commit a revision's version row as soon as it is written. On MySQL
+    and MariaDB the revision's DDL has committed already, whatever
+    transaction it ran in (the caller's, say), and the next revision's DDL
+    would commit the row anyway: committing it now means that a rollback
+    of that transaction cannot keep the DDL and lose the row, which would
+    leave the version table behind the schema."""
+    assert ctx.connection is not None
+    ctx.connection.exec_driver_sql("COMMIT")
+
+
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, **OPTIONS)
+    # Each revision also creates only what is missing (`sqlsaver.migrate.missing`),
+    # so one interrupted between two DDL statements completes when run again.
+    commit = [_commit_revision] if dialects.commits_ddl(connection.dialect) else []
+    context.configure(connection=connection, on_version_apply=commit, **OPTIONS)
     with context.begin_transaction():
         context.run_migrations()
 

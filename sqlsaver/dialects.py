@@ -775,6 +775,15 @@ def autocommit(conn: Connection) -> bool:
     return level == "AUTOCOMMIT"
 
 
+def commits_ddl(dialect: Dialect) -> bool:
+    """Whether every DDL statement commits, whatever transaction it is in
+    (MySQL, MariaDB: the transaction open before it, and the statement
+    itself). A caller's rollback then keeps the DDL of a migration and
+    loses its version row, unless that row is committed with it
+    (`migrations/env.py`). PostgreSQL and SQLite roll DDL back."""
+    return dialect.name in MYSQL
+
+
 # Any 64-bit number of our own: PostgreSQL's advisory locks are keyed by one.
 _PG_MIGRATION_LOCK = 0x5371_5361_7665_7201  # "SqSaver" + 1
 _MYSQL_MIGRATION_LOCK = "sqlsaver_migrations"

@@ -14,6 +14,16 @@ For applications that run migrations from their own code::
     sqlsaver.migrate.status(engine)             # "current" | "behind" | "ahead" | "missing"
 
 With an async engine: ``await async_conn.run_sync(sqlsaver.migrate.upgrade)``.
+
+A migration that does not finish leaves no half-migrated schema behind.
+PostgreSQL and SQLite run it in one transaction, undone whole. MySQL and
+MariaDB commit every DDL statement, whatever transaction it is in, so there
+each revision's version row is committed as soon as its DDL is done
+(``migrations/env.py``), which a caller's rollback cannot undo either; and
+each revision creates only what is missing (`missing`), so one interrupted
+between two statements (a crash) completes when `setup` or `upgrade` runs
+again. The version table never names a revision whose tables are not all
+there.
 """
 
 from __future__ import annotations
@@ -183,6 +193,9 @@ def setup(conn: Connection) -> None:
     Concurrent callers queue on a lock (an advisory lock on PostgreSQL,
     ``GET_LOCK`` on MySQL, the write lock on SQLite); each re-reads the
     version under it, so only the first one migrates.
+
+    On MySQL/MariaDB a migration commits ``conn``'s transaction (its DDL
+    would anyway), each revision's version row with it: see the module doc.
     """
     if _current(conn) == HEAD:
         return
@@ -198,7 +211,8 @@ def setup(conn: Connection) -> None:
 
 
 def upgrade(bind: Engine | Connection, revision: str = "head") -> None:
-    """Upgrade sqlsaver's tables to ``revision`` (under the migration lock)."""
+    """Upgrade sqlsaver's tables to ``revision`` (under the migration lock).
+    On MySQL/MariaDB this commits a Connection's transaction (see `setup`)."""
     _on(bind, lambda conn: _run_alembic(conn, "upgrade", revision))
 
 
@@ -212,6 +226,48 @@ def downgrade(
     (``saver.serde``) if it is not LangGraph's default, e.g. encrypted.
     """
     _on(bind, lambda conn: _run_alembic(conn, "downgrade", revision, serde))
+
+
+# -- for the revision scripts: do only what is left to do ------------------------
+#
+# On MySQL and MariaDB each DDL statement commits on its own, so a revision
+# interrupted between two of them (a crash, a lost connection, an error)
+# leaves some of its tables, columns or indexes behind, while the version
+# table still names the revision before. Each revision therefore creates
+# only what is missing, and drops only what is there: run again, it
+# completes. (Its version row is committed with it: `migrations/env.py`.)
+
+
+def _exists(table: str, column: str | None, index: str | None) -> bool:
+    from alembic import op
+    from sqlalchemy import inspect
+
+    found = inspect(op.get_bind())  # a fresh one: no cached reflection
+    if not found.has_table(table):
+        return False
+    if column is not None:
+        return column in {c["name"] for c in found.get_columns(table)}
+    if index is not None:
+        return index in {i["name"] for i in found.get_indexes(table)}
+    return True
+
+
+def _offline() -> bool:
+    from alembic import context
+
+    return bool(context.is_offline_mode())
+
+
+def missing(table: str, *, column: str | None = None, index: str | None = None) -> bool:
+    """In a revision script: whether ``table`` (or its ``column``, or its
+    ``index``) is still to be created. Offline (``--sql``): True."""
+    return _offline() or not _exists(table, column, index)
+
+
+def present(table: str, *, column: str | None = None, index: str | None = None) -> bool:
+    """In a revision script: whether ``table`` (or its ``column``, or its
+    ``index``) is still to be dropped. Offline (``--sql``): True."""
+    return _offline() or _exists(table, column, index)
 
 
 # -- living beside an application's own Alembic --------------------------------

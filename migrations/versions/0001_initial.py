@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from sqlsaver.dialects import BINARY, JSON_OBJECT, LONG_TEXT, key_string
+from sqlsaver.migrate import missing, present
 
 revision = "0001"
 down_revision = None
@@ -25,7 +26,19 @@ def _key_columns(*names_and_bytes: tuple[str, int]) -> list[sa.Column]:
 THREAD, NS = ("thread_id", 1020), ("checkpoint_ns", 1536)
 
 
+# Each step only if not done yet: see `sqlsaver.migrate.missing`.
 def upgrade() -> None:
+    if missing("sqlsaver_checkpoints"):
+        _create_checkpoints()
+    if missing("sqlsaver_checkpoints", index="ix_sqlsaver_checkpoints_run_id"):
+        op.create_index("ix_sqlsaver_checkpoints_run_id", "sqlsaver_checkpoints", ["run_id"])
+    if missing("sqlsaver_blobs"):
+        _create_blobs()
+    if missing("sqlsaver_writes"):
+        _create_writes()
+
+
+def _create_checkpoints() -> None:
     op.create_table(
         "sqlsaver_checkpoints",
         *_key_columns(THREAD, NS, ("checkpoint_id", 150)),
@@ -40,7 +53,9 @@ def upgrade() -> None:
             "thread_id", "checkpoint_ns", "checkpoint_id", name="pk_sqlsaver_checkpoints"
         ),
     )
-    op.create_index("ix_sqlsaver_checkpoints_run_id", "sqlsaver_checkpoints", ["run_id"])
+
+
+def _create_blobs() -> None:
     op.create_table(
         "sqlsaver_blobs",
         *_key_columns(THREAD, NS, ("channel", 255), ("version", 64)),
@@ -50,6 +65,9 @@ def upgrade() -> None:
             "thread_id", "checkpoint_ns", "channel", "version", name="pk_sqlsaver_blobs"
         ),
     )
+
+
+def _create_writes() -> None:
     op.create_table(
         "sqlsaver_writes",
         *_key_columns(THREAD, NS, ("checkpoint_id", 150), ("task_id", 150)),
@@ -70,7 +88,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table("sqlsaver_writes")
-    op.drop_table("sqlsaver_blobs")
-    op.drop_index("ix_sqlsaver_checkpoints_run_id", table_name="sqlsaver_checkpoints")
-    op.drop_table("sqlsaver_checkpoints")
+    if present("sqlsaver_writes"):
+        op.drop_table("sqlsaver_writes")
+    if present("sqlsaver_blobs"):
+        op.drop_table("sqlsaver_blobs")
+    if present("sqlsaver_checkpoints", index="ix_sqlsaver_checkpoints_run_id"):
+        op.drop_index("ix_sqlsaver_checkpoints_run_id", table_name="sqlsaver_checkpoints")
+    if present("sqlsaver_checkpoints"):
+        op.drop_table("sqlsaver_checkpoints")

@@ -13,17 +13,23 @@ from __future__ import annotations
 
 from alembic import op
 
+from sqlsaver.migrate import missing, present
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
 
 
+INDEX = "ix_sqlsaver_checkpoints_checkpoint_id"
+
+
+# Each step only if not done yet: see `sqlsaver.migrate.missing`.
 def upgrade() -> None:
-    op.create_index(
-        "ix_sqlsaver_checkpoints_checkpoint_id", "sqlsaver_checkpoints", ["checkpoint_id"]
-    )
+    if missing("sqlsaver_checkpoints", index=INDEX):
+        op.create_index(INDEX, "sqlsaver_checkpoints", ["checkpoint_id"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_sqlsaver_checkpoints_checkpoint_id", table_name="sqlsaver_checkpoints")
+    if present("sqlsaver_checkpoints", index=INDEX):
+        op.drop_index(INDEX, table_name="sqlsaver_checkpoints")

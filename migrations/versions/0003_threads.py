@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from sqlsaver.dialects import key_string
+from sqlsaver.migrate import missing, present
 
 revision = "0003"
 down_revision = "0002"
@@ -22,7 +23,18 @@ branch_labels = None
 depends_on = None
 
 
+INDEX = "ix_sqlsaver_threads_expires_at"
+
+
+# Each step only if not done yet: see `sqlsaver.migrate.missing`.
 def upgrade() -> None:
+    if missing("sqlsaver_threads"):
+        _create_threads()
+    if missing("sqlsaver_threads", index=INDEX):
+        op.create_index(INDEX, "sqlsaver_threads", ["expires_at"])
+
+
+def _create_threads() -> None:
     op.create_table(
         "sqlsaver_threads",
         sa.Column("thread_id", key_string(1020), primary_key=True),
@@ -31,9 +43,10 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.Double(), nullable=False),
         sa.PrimaryKeyConstraint("thread_id", name="pk_sqlsaver_threads"),
     )
-    op.create_index("ix_sqlsaver_threads_expires_at", "sqlsaver_threads", ["expires_at"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_sqlsaver_threads_expires_at", table_name="sqlsaver_threads")
-    op.drop_table("sqlsaver_threads")
+    if present("sqlsaver_threads", index=INDEX):
+        op.drop_index(INDEX, table_name="sqlsaver_threads")
+    if present("sqlsaver_threads"):
+        op.drop_table("sqlsaver_threads")

@@ -28,6 +28,7 @@ from alembic import context, op
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from sqlsaver.dialects import BINARY, JSON_OBJECT, key_string
+from sqlsaver.migrate import missing, present
 
 revision = "0004"
 down_revision = "0003"
@@ -60,8 +61,12 @@ blobs = sa.Table(
 )
 
 
+# Only if not done yet: see `sqlsaver.migrate.missing`.
 def upgrade() -> None:
-    op.add_column("sqlsaver_checkpoints", sa.Column("channel_versions", JSON_OBJECT, nullable=True))
+    if missing("sqlsaver_checkpoints", column="channel_versions"):
+        op.add_column(
+            "sqlsaver_checkpoints", sa.Column("channel_versions", JSON_OBJECT, nullable=True)
+        )
 
 
 def _versions_back_into_checkpoints() -> None:
@@ -136,6 +141,8 @@ def downgrade() -> None:
             "sqlsaver's downgrade below revision 0004 re-encodes stored checkpoints, "
             "which an SQL script cannot do: run it against the database"
         )
+    if not present("sqlsaver_checkpoints", column="channel_versions"):
+        return  # dropped by a downgrade interrupted before its version row
     _versions_back_into_checkpoints()
     with op.batch_alter_table("sqlsaver_checkpoints") as batch:
         batch.drop_column("channel_versions")
