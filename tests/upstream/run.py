@@ -77,6 +77,7 @@ def timed_tests(files: list[Path]) -> list[str]:
 
 
 def main(cache: Path, scratch: Path, pytest_args: list[str]) -> int:
+    cache, scratch = cache.resolve(), scratch.resolve()
     work = scratch / "langgraph"
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(unpacked_sdist(cache), work)
