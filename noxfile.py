@@ -8,9 +8,9 @@ The version matrix: ``nox -s lowest`` installs every floor that
 pyproject.toml declares, pinned with ``==``, on the lowest Python it
 declares; ``nox -s newest`` the newest of everything on the newest Python
 here. Both run `MATRIX_TESTS`; ``tests`` runs the whole suite on the newest
-set. Installs go through uv where nox finds it (``pip install nox uv``):
-pip's resolver backtracks for many minutes over the pinned floors, where uv
-takes seconds.
+set (with pip: a wheel test of its needs pip in the venv). The matrix
+installs through uv (``pip install nox uv``): pip's resolver backtracks for
+many minutes over the pinned floors, where uv takes seconds.
 """
 
 from __future__ import annotations
@@ -69,10 +69,10 @@ def floors() -> list[str]:
     return pins
 
 
-@nox.session(venv_backend="uv|virtualenv")
+@nox.session
 def tests(session: nox.Session) -> None:
     """The whole suite, on SQLite, PostgreSQL and MySQL/MariaDB."""
-    session.install("--upgrade", ".[test]")
+    session.install(".[test]")
     session.run("pytest", *session.posargs)
 
 
