@@ -3,14 +3,70 @@
 The tests need the three databases: SQLite is embedded; PostgreSQL and
 MySQL/MariaDB are taken from SQLSAVER_TEST_POSTGRES / SQLSAVER_TEST_MYSQL
 (default: local servers), or started with Docker (testcontainers).
+
+The version matrix: ``nox -s lowest`` installs every floor that
+pyproject.toml declares, pinned with ``==``, on the lowest Python it
+declares; ``nox -s newest`` the newest of everything on the newest Python
+here. Both run `MATRIX_TESTS`; ``tests`` runs the whole suite on the newest
+set (with pip: a wheel test of its needs pip in the venv). The matrix
+installs through uv (``pip install nox uv``): pip's resolver backtracks for
+many minutes over the pinned floors, where uv takes seconds.
 """
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
+import subprocess
+
 import nox
+from packaging.requirements import Requirement
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
+
+
+LOWEST_PYTHON = "3.10"  # requires-python's floor
+NEWEST_PYTHON = "3.13"
+# What the matrix runs: the savers on every kind of bind, LangGraph's
+# behaviour and its conformance suite, and the SQLAlchemy internals we use.
+MATRIX_TESTS = [
+    "tests/test_binds.py",
+    "tests/test_behaviour.py",
+    "tests/test_conformance.py",
+    "tests/test_sqlalchemy_private.py",
+]
+
+
+def _python(version: str) -> str:
+    """An interpreter of that version: on PATH, else one pyenv installed but
+    has not put on PATH (as on this project's machines); else the bare
+    version, which nox reports missing."""
+    for candidate in [
+        shutil.which(f"python{version}"),
+        *sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python"))),
+    ]:
+        if candidate and subprocess.run([candidate, "-V"], capture_output=True).returncode == 0:
+            return candidate
+    return version
+
+
+def floors() -> list[str]:
+    """Every ``>=`` floor of pyproject.toml's dependencies and of the extras
+    that the tests install, pinned with ``==``: read from the file, so that
+    the matrix cannot drift from what it declares."""
+    project = nox.project.load_toml("pyproject.toml")["project"]
+    declared = list(project["dependencies"])
+    for extra in ("sqlite", "postgres", "mysql", "demo", "test"):
+        declared += project["optional-dependencies"][extra]
+    pins = []
+    for requirement in map(Requirement, declared):
+        floor = [s.version for s in requirement.specifier if s.operator == ">="]
+        if requirement.name != "sqlsaver" and floor:
+            extras = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
+            pins.append(f"{requirement.name}{extras}=={floor[0]}")
+    return pins
 
 
 @nox.session
@@ -18,6 +74,20 @@ def tests(session: nox.Session) -> None:
     """The whole suite, on SQLite, PostgreSQL and MySQL/MariaDB."""
     session.install(".[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python=_python(LOWEST_PYTHON), venv_backend="uv")
+def lowest(session: nox.Session) -> None:
+    """`MATRIX_TESTS` on the lowest versions declared (`floors`)."""
+    session.install(".[test]", *floors())
+    session.run("pytest", *(session.posargs or MATRIX_TESTS))
+
+
+@nox.session(python=_python(NEWEST_PYTHON), venv_backend="uv")
+def newest(session: nox.Session) -> None:
+    """`MATRIX_TESTS` on the newest version of everything."""
+    session.install("--upgrade", ".[test]")
+    session.run("pytest", *(session.posargs or MATRIX_TESTS))
 
 
 @nox.session

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast, overload
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, UnboundExecutionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.util import greenlet_spawn
@@ -419,10 +419,19 @@ class AsyncBind(_Bind):
             )
         super().__init__(check_schema)
         self.target = target
-        bind = target.bind if isinstance(target, AsyncSession) else target
-        if bind is None:
-            raise TypeError("AsyncSQLSaver needs an AsyncSession bound to an AsyncEngine")
-        self.dialect = bind.dialect
+        if isinstance(target, AsyncSession):
+            # `get_bind()`, not `.bind`: SQLAlchemy 2.0 sets that attribute
+            # only on a session given a bind, 2.1 always. Either way the
+            # dialect is the one under the AsyncEngine.
+            try:
+                self.dialect = target.get_bind().dialect
+            except UnboundExecutionError:
+                raise TypeError(
+                    "AsyncSQLSaver needs an AsyncSession bound to an AsyncEngine "
+                    "(AsyncSession(engine))"
+                ) from None
+        else:
+            self.dialect = target.dialect
         self._lock = asyncio.Lock()
         self._writer: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
         if isinstance(target, AsyncEngine):

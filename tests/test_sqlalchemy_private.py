@@ -1,0 +1,83 @@
+"""The SQLAlchemy attributes below its public API that sqlsaver relies on.
+
+Each is read where a wrong answer would pass unnoticed: a renamed attribute
+would make sqlsaver take an AUTOCOMMIT engine for a transactional one, share
+type processors between two dialects, or run statements past a tracer. The
+version matrix (``nox -s lowest``, ``nox -s newest``) runs these on the
+lowest and the newest SQLAlchemy that pyproject.toml declares.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conftest import Backend
+from sqlalchemy import Connection, Engine, String, create_engine, event, literal, select
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from sqlsaver import dialects
+from sqlsaver.prepared import _native_placeholders, observed
+
+
+def _engine(backend: Backend, aio: bool, **kwargs: Any) -> Engine:
+    """A sync engine, or the one under an AsyncEngine (as `run_sync` sees it)."""
+    if aio:
+        return create_async_engine(backend.async_url, **kwargs).sync_engine
+    return create_engine(backend.sync_url, **kwargs)
+
+
+def test_an_engines_isolation_level_is_read_off_its_dialect(backend: Backend, aio: bool) -> None:
+    # `Dialect._on_connect_isolation_level` (dialects._engine_isolation).
+    autocommit = _engine(backend, aio, isolation_level="AUTOCOMMIT")
+    default = _engine(backend, aio)
+    try:
+        assert dialects.autocommit_engine(autocommit)
+        assert not dialects.autocommit_engine(default)
+        assert dialects.read_options(autocommit.dialect) == {}
+    finally:
+        autocommit.dispose()
+        default.dispose()
+
+
+def test_psycopg_native_dialect_gets_type_memos_of_its_own() -> None:
+    # `Dialect._type_memos` is memoized in the instance's __dict__, which
+    # `_native_placeholders` drops from its copy.
+    dialect = create_engine("postgresql+psycopg://").dialect
+    stmt = select(literal("50%", String()))
+    stmt.compile(dialect=dialect)
+    assert "_type_memos" in dialect.__dict__
+    native = _native_placeholders(dialect)
+    assert native is not None
+    assert native._type_memos is not dialect._type_memos  # type: ignore[attr-defined]
+    assert "$1" in str(stmt.compile(dialect=native))
+
+
+async def test_cursor_listeners_are_seen(backend: Backend, aio: bool) -> None:
+    # `Connection._has_events` / `Engine._has_events` (prepared.observed),
+    # on the sync connections that `run_sync` hands the operations.
+    def listener(*args: Any) -> None:
+        pass
+
+    def listened_on_connection(conn: Connection) -> bool:
+        event.listen(conn, "after_cursor_execute", listener)
+        return observed(conn)
+
+    async def seen(check: Any = observed) -> bool:
+        if aio:
+            async with async_engine.connect() as conn:
+                return bool(await conn.run_sync(check))
+        with engine.connect() as conn:
+            return bool(check(conn))
+
+    async_engine = create_async_engine(backend.async_url)
+    engine = async_engine.sync_engine if aio else create_engine(backend.sync_url)
+    try:
+        assert not await seen()
+        assert await seen(listened_on_connection)  # the engine has none
+        event.listen(engine, "begin", listener)  # not a cursor listener
+        assert not await seen()
+        event.listen(engine, "before_cursor_execute", listener)
+        assert await seen()
+    finally:
+        await async_engine.dispose()
+        engine.dispose()
