@@ -1,4 +1,6 @@
-"""Developer sessions: ``nox -s tests`` is the test suite CI runs.
+"""Developer sessions. ``nox`` runs what CI runs: ``tests`` (the whole
+suite), ``langgraph`` (LangGraph's own graph tests on sqlsaver), and the
+version matrix, ``lowest`` and ``newest``.
 
 The tests need the three databases: SQLite is embedded; PostgreSQL and
 MySQL/MariaDB are taken from SQLSAVER_TEST_POSTGRES / SQLSAVER_TEST_MYSQL
@@ -6,8 +8,8 @@ MySQL/MariaDB are taken from SQLSAVER_TEST_POSTGRES / SQLSAVER_TEST_MYSQL
 
 The version matrix: ``nox -s lowest`` installs every floor that
 pyproject.toml declares, pinned with ``==``, on the lowest Python it
-declares; ``nox -s newest`` the newest of everything on the newest Python
-here. Both run `MATRIX_TESTS`; ``tests`` runs the whole suite on the newest
+declares; ``nox -s newest`` the newest of everything on Python 3.12 and
+3.13. Both run `MATRIX_TESTS`; ``tests`` runs the whole suite on the newest
 set (with pip: a wheel test of its needs pip in the venv). The matrix
 installs through uv (``pip install nox uv``): pip's resolver backtracks for
 many minutes over the pinned floors, where uv takes seconds.
@@ -23,12 +25,12 @@ import subprocess
 import nox
 from packaging.requirements import Requirement
 
-nox.options.sessions = ["tests"]
+nox.options.sessions = ["tests", "langgraph", "lowest", "newest"]
 nox.options.reuse_existing_virtualenvs = True
 
 
 LOWEST_PYTHON = "3.10"  # requires-python's floor
-NEWEST_PYTHON = "3.13"
+NEWEST_PYTHONS = ("3.12", "3.13")  # 3.11 runs `tests`
 # What the matrix runs: the savers on every kind of bind, LangGraph's
 # behaviour and its conformance suite, and the SQLAlchemy internals we use.
 MATRIX_TESTS = [
@@ -83,7 +85,7 @@ def lowest(session: nox.Session) -> None:
     session.run("pytest", *(session.posargs or MATRIX_TESTS))
 
 
-@nox.session(python=_python(NEWEST_PYTHON), venv_backend="uv")
+@nox.session(python=[_python(v) for v in NEWEST_PYTHONS], venv_backend="uv")
 def newest(session: nox.Session) -> None:
     """`MATRIX_TESTS` on the newest version of everything."""
     session.install("--upgrade", ".[test]")
