@@ -56,8 +56,8 @@ def _commit_revision(ctx: MigrationContext, **_: Any) -> None:
     would commit the row anyway: committing it now means that a rollback
     of that transaction cannot keep the DDL and lose the row, which would
     leave the version table behind the schema."""
-    assert ctx.connection is not None
-    ctx.connection.exec_driver_sql("COMMIT")
+    if ctx.connection is not None:  # None only for an SQL script (--sql)
+        ctx.connection.exec_driver_sql("COMMIT")
 
 
 def _run(connection: Connection) -> None:
