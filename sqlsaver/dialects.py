@@ -836,9 +836,10 @@ PACKET_CHECKED_FROM = 1 << 20
 _LARGEST_PACKET = 1 << 30  # MySQL's and MariaDB's maximum max_allowed_packet
 _MAX_PACKET = "sqlsaver_max_allowed_packet"  # in `Connection.info`
 # What PyMySQL and asyncmy escape with a backslash in a literal (two bytes
-# each), and the quotes and prefix around one (``_binary'...'``).
+# each), and the quotes and prefix around one (``_binary X'...'``).
 _ESCAPED = b"\0\n\r\x1a\\'\""
-_QUOTED = len("_binary''")
+_QUOTED = len("_binary X''")
+_HEX_BYTES = "sqlsaver_hex_bytes"  # in `Connection.info`
 
 
 def refuse_oversized(
@@ -850,8 +851,16 @@ def refuse_oversized(
     send such a row in a statement of its own). The server's answer to one
     is to drop the connection, which says nothing of the limit."""
     limit = None
+    hex_bytes = None
     for row in rows:
-        size = len(sql) + sum(map(_literal_bytes, row.values()))
+        # At least a byte a byte: the exact count is only for large rows.
+        if len(sql) + sum(len(v) for v in row.values() if isinstance(v, (str, bytes))) < (
+            PACKET_CHECKED_FROM // 2
+        ):
+            continue
+        if hex_bytes is None:
+            hex_bytes = _writes_bytes_in_hex(conn)
+        size = len(sql) + sum(_literal_bytes(value, hex_bytes) for value in row.values())
         if size < PACKET_CHECKED_FROM:
             continue
         if limit is None:
@@ -870,10 +879,13 @@ def refuse_oversized(
         )
 
 
-def _literal_bytes(value: Any) -> int:
+def _literal_bytes(value: Any, hex_bytes: bool) -> int:
     """Bytes a string or binary value takes in a MySQL statement, quoted and
-    escaped as PyMySQL and asyncmy write it (numbers and NULL: a few, not
-    counted)."""
+    escaped as the driver writes it: binary values in hex where it does
+    (`_writes_bytes_in_hex`), else and strings with backslash escapes
+    (numbers and NULL: a few, not counted)."""
+    if isinstance(value, bytes) and hex_bytes:
+        return 2 * len(value) + _QUOTED
     if isinstance(value, str):
         data = value.encode()
     elif isinstance(value, bytes):
@@ -881,6 +893,19 @@ def _literal_bytes(value: Any) -> int:
     else:
         return 0
     return len(data) + sum(map(data.count, _ESCAPED)) + _QUOTED
+
+
+def _writes_bytes_in_hex(conn: Connection) -> bool:
+    """Whether the driver writes a binary value as hex, two bytes of SQL a
+    byte (PyMySQL from 1.2: ``_binary X'...'``), rather than escaped
+    (asyncmy, older PyMySQL): asked of the driver itself, once per
+    connection."""
+    info = conn.info
+    if _HEX_BYTES not in info:
+        escape = conn.connection.driver_connection.escape  # type: ignore[union-attr]
+        sample = b"\x80" * 64
+        info[_HEX_BYTES] = len(escape(sample)) - len(escape(b"")) >= 2 * len(sample)
+    return cast(bool, info[_HEX_BYTES])
 
 
 def max_allowed_packet(conn: Connection) -> int:
