@@ -27,6 +27,9 @@ from packaging.requirements import Requirement
 
 nox.options.sessions = ["tests", "langgraph", "lowest", "newest"]
 nox.options.reuse_existing_virtualenvs = True
+# A matrix session whose Python is missing fails, rather than being skipped
+# while `nox` passes.
+nox.options.error_on_missing_interpreters = True
 
 
 LOWEST_PYTHON = "3.10"  # requires-python's floor

@@ -77,7 +77,7 @@ class SaverBase(BaseCheckpointSaver[str]):
         self._check_schema = options.get("check_schema", True)
 
     @classmethod
-    def _checked_policies(cls, options: Mapping[str, Any]) -> Policies:
+    def _checked_policies(cls, options: Mapping[str, Any], from_url: bool = False) -> Policies:
         """The policies of a saver's options, once the options are checked:
         `TypeError` for one neither saver takes (a typo would otherwise be
         ignored: ``shalow=True`` keeps all history) or of the wrong type,
@@ -85,10 +85,15 @@ class SaverBase(BaseCheckpointSaver[str]):
         makes an engine, which an error would leave behind."""
         unknown = [name for name in options if name not in OPTION_NAMES]
         if unknown:
-            named = ", ".join(_with_close_match(name) for name in unknown)
+            named = ", ".join(_with_close_match(name, from_url) for name in unknown)
+            where = (
+                " (create_engine's settings, such as pool_size, go in engine_kwargs={...})"
+                if from_url
+                else ""
+            )
             raise TypeError(
                 f"{cls.__name__} got unknown option{'s' if len(unknown) > 1 else ''} {named}; "
-                f"its options are {', '.join(OPTION_NAMES)}"
+                f"its options are {', '.join(OPTION_NAMES)}{where}"
             )
         for name in ("shallow", "check_schema"):
             if name in options and not isinstance(options[name], bool):
@@ -183,11 +188,13 @@ class Sweep:
             self.progress(self.handled)
 
 
-def _with_close_match(name: str) -> str:
+def _with_close_match(name: str, from_url: bool) -> str:
     """An unknown option's name, with the option it is likely a typo of
-    (``shalow``: ``shallow``). Not ``schema``: it is no typo of
-    ``check_schema``, and that option does something else."""
-    close = difflib.get_close_matches(name, OPTION_NAMES, n=1, cutoff=0.7)
+    (``shalow``: ``shallow``; in `from_url`, ``engine_kwarg``:
+    ``engine_kwargs``). Not ``schema``: it is no typo of ``check_schema``,
+    and that option does something else."""
+    names = (*OPTION_NAMES, "engine_kwargs") if from_url else OPTION_NAMES
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.7)
     return f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name)
 
 

@@ -90,7 +90,7 @@ class SQLSaver(SaverBase):
                 saver.setup()
             ```
         """
-        cls._checked_policies(options)  # before there is an engine to leave behind
+        cls._checked_policies(options, from_url=True)  # before there is an engine to leave
         engine = sync_engine(url, engine_kwargs)
         saver = cls(engine, **options)
         saver._owned_engine = engine

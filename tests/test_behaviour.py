@@ -597,7 +597,13 @@ BAD_OPTIONS = {  # options, the error, what it says ({saver}: the class)
         {"shalow": True},
         TypeError,
         r"^{saver} got unknown option 'shalow' \(did you mean 'shallow'\?\); "
-        r"its options are serde, shallow, ttl, clock, check_schema$",
+        r"its options are serde, shallow, ttl, clock, check_schema"
+        r"( \(create_engine's settings, such as pool_size, go in engine_kwargs=\{...\}\))?$",
+    ),
+    "engine-setting": (
+        {"pool_size": 5},
+        TypeError,
+        r"^{saver} got unknown option 'pool_size'; its options are serde, shallow, ",
     ),
     "not-an-option": (
         {"schema": "x"},
@@ -642,8 +648,10 @@ async def test_bad_options_are_refused(kind: str, backend: Any, case: str) -> No
         else:
             await engine.dispose()
     for target in (url, "postgresql+nosuchdriver://h/db"):
-        with pytest.raises(error, match=message):
+        with pytest.raises(error, match=message) as raised:
             cls.from_url(target, **options)
+        if case == "engine-setting":  # from_url says where it goes
+            assert "go in engine_kwargs={...}" in str(raised.value)
 
 
 @pytest.mark.parametrize("url", ["sqlite:///x.db", "mysql+pymysql://u@h/db"])
