@@ -20,6 +20,15 @@ async def call(aio: bool, obj: Any, name: str, *args: Any, **kwargs: Any) -> Any
     return await out
 
 
+# The server's id of a driver's connection, to end it from another one.
+SESSION_ID = {
+    "psycopg": lambda driver_conn: driver_conn.info.backend_pid,
+    "asyncpg": lambda driver_conn: driver_conn.get_server_pid(),
+    "pymysql": lambda driver_conn: driver_conn.thread_id(),
+    "asyncmy": lambda driver_conn: driver_conn.thread_id(),
+}
+
+
 def norm(value: Any) -> Any:
     """A value with the run-specific parts (interrupt ids) left out."""
     if isinstance(value, Interrupt):

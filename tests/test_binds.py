@@ -37,6 +37,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import pytest
+from helpers import SESSION_ID
 from langgraph.checkpoint.base import empty_checkpoint
 from sqlalchemy import (
     Column,
@@ -885,13 +886,7 @@ def _keep(kept: Any, count: int) -> None:
     assert len(kept._idle) == count
 
 
-# The server's id of a driver's connection, and how to end it from another.
-SESSION_ID = {
-    "psycopg": lambda driver_conn: driver_conn.info.backend_pid,
-    "asyncpg": lambda driver_conn: driver_conn.get_server_pid(),
-    "pymysql": lambda driver_conn: driver_conn.thread_id(),
-    "asyncmy": lambda driver_conn: driver_conn.thread_id(),
-}
+# How to end a connection (`helpers.SESSION_ID`) from another.
 KILL = {"postgres": "SELECT pg_terminate_backend({})", "mysql": "KILL {}"}
 
 

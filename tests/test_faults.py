@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from helpers import call
+from helpers import SESSION_ID, call
 from langgraph.checkpoint.base import empty_checkpoint
 from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.exc import DBAPIError
@@ -248,13 +248,7 @@ async def test_max_allowed_packet_counted_as_the_driver_writes(
 
 # -- the connection ended between two statements of a write --------------------
 
-# The server's id of a driver's connection, and how to end it from another.
-SESSION_ID = {
-    "psycopg": lambda driver_conn: driver_conn.info.backend_pid,
-    "asyncpg": lambda driver_conn: driver_conn.get_server_pid(),
-    "pymysql": lambda driver_conn: driver_conn.thread_id(),
-    "asyncmy": lambda driver_conn: driver_conn.thread_id(),
-}
+# How to end a connection (`helpers.SESSION_ID`) from another.
 # pg_terminate_backend waits (up to 5 s) for the backend to be gone.
 KILL = {"postgres": "SELECT pg_terminate_backend({}, 5000)", "mysql": "KILL {}"}
 GONE = {
