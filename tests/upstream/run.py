@@ -7,7 +7,7 @@
    (`sqlsaver_fixtures`). No upstream test is changed.
 3. Run every test file that uses those fixtures, only their sqlsaver cases,
    on four pytest-xdist workers; then, alone, the tests that assert
-   wall-clock times, and again alone those that failed among the workers.
+   wall-clock times; then once more, alone, the tests that failed in either.
 4. Print passed / failed / skipped per URL kind (`summary`); exit 1 on any
    failure that is not a pass when run alone.
 
@@ -95,30 +95,31 @@ def main(cache: Path, scratch: Path, pytest_args: list[str]) -> int:
     timed = " or ".join(timed_tests(files)) or "no_such_test"
     among, alone, again = (scratch / f"junit-{name}.xml" for name in ("among", "alone", "again"))
     env = {**os.environ, "PYTHONPATH": str(HERE), "NO_DOCKER": "true"}
-    common = [sys.executable, "-m", "pytest", *(str(p.relative_to(work)) for p in files), "-q"]
+    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    common = [*pytest, *(str(p.relative_to(work)) for p in files)]
     passes = [
         # 1. Among workers: all but the timed tests.
         [*common, "-n", WORKERS, "-k", f"sqlsaver_ and not ({timed})", f"--junitxml={among}"],
         # 2. Alone: the timed tests.
         [*common, "-k", f"sqlsaver_ and ({timed})", f"--junitxml={alone}"],
-        # 3. Alone: what failed in 1 (pytest's cache), to tell a failure
-        #    from a race lost on a busy machine (a task sleeping 10 ms to
-        #    order its output, say). The summary names each one.
-        [
-            *common,
-            "-k",
-            f"sqlsaver_ and not ({timed})",
-            "--lf",
-            "--lfnf=none",
-            f"--junitxml={again}",
-        ],
     ]
     for command in passes:
-        # 0 passed, 1 some failed, 5 none selected: the summary judges.
-        code = subprocess.run([*command, *pytest_args], cwd=work, env=env).returncode
-        if code not in (0, 1, 5):
-            return code
+        if not _pytest([*command, *pytest_args], work, env):
+            return 2
+    # 3. Alone, once more: what failed in 1 or 2, to tell a failure from a
+    #    race lost on a busy machine (a task sleeping 10 ms to order its
+    #    output, a 0.1 s tolerance). The summary names each one.
+    failed = summary.failed_ids(among, work) + summary.failed_ids(alone, work)
+    again.unlink(missing_ok=True)
+    if failed and not _pytest([*pytest, *failed, f"--junitxml={again}", *pytest_args], work, env):
+        return 2
     return summary.main(among, alone, again)
+
+
+def _pytest(command: list[str], work: Path, env: dict[str, str]) -> bool:
+    """Run pytest; False if it could not run its tests at all (0: passed,
+    1: some failed, 5: none selected; the summary judges)."""
+    return subprocess.run(command, cwd=work, env=env).returncode in (0, 1, 5)
 
 
 if __name__ == "__main__":
