@@ -842,6 +842,13 @@ _QUOTED = len("_binary X''")
 _HEX_BYTES = "sqlsaver_hex_bytes"  # in `Connection.info`
 
 
+def limits_statements(dialect: Dialect) -> bool:
+    """Whether the server refuses a statement larger than a per-connection
+    limit, by dropping the connection (MySQL, MariaDB: max_allowed_packet),
+    so large rows are weighed first (`refuse_oversized`)."""
+    return dialect.name in MYSQL
+
+
 def refuse_oversized(
     conn: Connection, table: str, sql: str, rows: Sequence[Mapping[str, Any]]
 ) -> None:
@@ -853,7 +860,8 @@ def refuse_oversized(
     limit = None
     hex_bytes = None
     for row in rows:
-        # At least a byte a byte: the exact count is only for large rows.
+        # Escaped or in hex, a value takes at most twice its bytes: rows
+        # that cannot reach PACKET_CHECKED_FROM are not counted exactly.
         if len(sql) + sum(len(v) for v in row.values() if isinstance(v, (str, bytes))) < (
             PACKET_CHECKED_FROM // 2
         ):
@@ -882,8 +890,8 @@ def refuse_oversized(
 def _literal_bytes(value: Any, hex_bytes: bool) -> int:
     """Bytes a string or binary value takes in a MySQL statement, quoted and
     escaped as the driver writes it: binary values in hex where it does
-    (`_writes_bytes_in_hex`), else and strings with backslash escapes
-    (numbers and NULL: a few, not counted)."""
+    (`_writes_bytes_in_hex`), strings and other binary values with backslash
+    escapes (numbers and NULL: a few, not counted)."""
     if isinstance(value, bytes) and hex_bytes:
         return 2 * len(value) + _QUOTED
     if isinstance(value, str):

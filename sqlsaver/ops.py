@@ -1329,7 +1329,7 @@ def store(conn: Connection, opts: Options, rows: Rows) -> None:
     transaction the saver opened. On MySQL, a row larger than the server
     takes is refused before any is sent (`dialects.refuse_oversized`)."""
     dialect = conn.dialect
-    if rows.size >= dialects.PACKET_CHECKED_FROM and dialect.name in dialects.MYSQL:
+    if rows.size >= dialects.PACKET_CHECKED_FROM and dialects.limits_statements(dialect):
         for table, updated, batch in rows.batches:
             sql = _insert(dialect, table, updated).sql
             dialects.refuse_oversized(conn, table.name, sql, batch)

@@ -103,13 +103,14 @@ def ask(key: str) -> Any:
     return node
 
 
-def interrupt_graph(runs: Counter[str]) -> StateGraph:
+def interrupt_graph(runs: Counter[str], asker: Any = None) -> StateGraph:
+    """prepare, ask (``asker``, default: one interrupt), finish."""
     return chain(
         runs,
         Log,
         "",
         ("prepare", lambda s: {"log": ["prepare"]}),
-        ("ask", ask("log")),
+        ("ask", asker or ask("log")),
         ("finish", lambda s: {"log": [f"finish:{s['answer']}"]}),
     )
 
@@ -121,14 +122,7 @@ def ask_twice(state: Log) -> Log:
 
 
 def two_interrupts_graph(runs: Counter[str]) -> StateGraph:
-    return chain(
-        runs,
-        Log,
-        "",
-        ("prepare", lambda s: {"log": ["prepare"]}),
-        ("ask", ask_twice),
-        ("finish", lambda s: {"log": [f"finish:{s['answer']}"]}),
-    )
+    return interrupt_graph(runs, ask_twice)
 
 
 def subgraph_graph(runs: Counter[str]) -> StateGraph:
