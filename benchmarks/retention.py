@@ -23,7 +23,7 @@ from sqlsaver.models import blobs, checkpoints, writes
 
 def storage(saver: SQLSaver, thread_id: str) -> tuple[int, int]:
     """(rows, payload bytes) stored for a thread in sqlsaver's tables."""
-    engine = saver._bind.target
+    engine = saver._runner.engine
     rows = size = 0
     with engine.connect() as conn:  # type: ignore[union-attr]
         for table, payload in (

@@ -3,7 +3,7 @@ and MySQL/MariaDB, sync (`SQLSaver`) and async (`AsyncSQLSaver`)."""
 
 from sqlsaver.aio import AsyncSQLSaver
 from sqlsaver.base import SaverOptions
-from sqlsaver.dialects import ValueTooLargeError
+from sqlsaver.execution.limits import ValueTooLargeError
 from sqlsaver.migrate import SchemaError, SchemaNotReadyError, SchemaTooNewError
 from sqlsaver.models import Base, BlobModel, CheckpointModel, ThreadModel, WriteModel
 from sqlsaver.policies import TTL

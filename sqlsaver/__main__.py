@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from sqlalchemy import Connection
 
-from sqlsaver import base, migrate
+from sqlsaver import engines, migrate
 
 T = TypeVar("T")
 DEMO_URL = "sqlite:///sqlsaver-demo.db"
@@ -31,10 +31,10 @@ DEMO_URL = "sqlite:///sqlsaver-demo.db"
 
 def on_connection(url: str, fn: Callable[[Connection], T]) -> T:
     """Run ``fn`` in one write transaction on ``url``, sync or async driver."""
-    if base.parse_url(url).get_dialect().is_async:
+    if engines.parse_url(url).get_dialect().is_async:
 
         async def run() -> T:
-            engine = base.async_engine(url, None)
+            engine = engines.async_engine(url, None)
             try:
                 async with engine.begin() as conn:
                     return await conn.run_sync(fn)
@@ -42,7 +42,7 @@ def on_connection(url: str, fn: Callable[[Connection], T]) -> T:
                 await engine.dispose()
 
         return asyncio.run(run())
-    engine = base.sync_engine(url, None)
+    engine = engines.sync_engine(url, None)
     try:
         with engine.begin() as conn:
             return fn(conn)
@@ -101,7 +101,7 @@ def sweep(args: argparse.Namespace) -> int:
 
     ttl = {"strategy": args.strategy}
     limit = args.limit or sys.maxsize
-    if base.parse_url(args.url).get_dialect().is_async:
+    if engines.parse_url(args.url).get_dialect().is_async:
 
         async def run() -> int:
             async with AsyncSQLSaver.from_url(args.url, ttl=ttl) as saver:

@@ -27,18 +27,10 @@ from sqlalchemy import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import Unpack
 
-from sqlsaver import dialects, migrate, ops
-from sqlsaver.base import (
-    SaverBase,
-    SaverOptions,
-    Sweep,
-    async_engine,
-    check_prune,
-    pre_ping,
-    sync_engine,
-)
-from sqlsaver.bind import AsyncBind, AsyncTarget, SyncBind, ThreadedBind
+from sqlsaver import engines, migrate, ops
+from sqlsaver.base import SaverBase, SaverOptions, Sweep, check_prune
 from sqlsaver.codec import Address
+from sqlsaver.execution.runner import AsyncRunner, AsyncTarget, sync_runner
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -75,7 +67,7 @@ class AsyncSQLSaver(SaverBase):
                 ``check_schema`` (see `SaverOptions`).
         """
         super().__init__(**options)
-        self._bind: AsyncBind | ThreadedBind = AsyncBind(bind, self._check_schema)
+        self._runner = AsyncRunner.of(bind, self._check_schema)
         self._owned_engine: AsyncEngine | None = None
         self._threaded_engine: Engine | None = None
         self._sweeper: tuple[asyncio.Task[None], asyncio.Event] | None = None
@@ -111,25 +103,23 @@ class AsyncSQLSaver(SaverBase):
             ```
         """
         cls._checked_policies(options, from_url=True)  # before there is an engine to leave
-        engine = async_engine(url, engine_kwargs)
+        engine = engines.async_engine(url, engine_kwargs)
         saver = cls(engine, **options)
         saver._owned_engine = engine
-        if (threaded := dialects.threaded_sync_url(engine.url)) is not None:
+        if (threaded := engines.threaded_sync_url(engine.url)) is not None:
             # aiosqlite is a thread around sqlite3: run each operation whole
-            # on sqlite3 in a worker thread instead (see `ThreadedBind`).
-            saver._threaded_engine = sync_engine(threaded, engine_kwargs)
-            threaded_bind = SyncBind(saver._threaded_engine, saver._check_schema)
-            threaded_bind.keep_connections(pre_ping(engine_kwargs))
-            saver._bind = ThreadedBind(threaded_bind)
-        elif isinstance(saver._bind, AsyncBind):
-            saver._bind.keep_connections(pre_ping(engine_kwargs))
+            # on sqlite3 in a worker thread instead (`AsyncRunner`).
+            saver._threaded_engine = engines.sync_engine(threaded, engine_kwargs)
+            runner = sync_runner(saver._threaded_engine, saver._check_schema)
+            saver._runner = AsyncRunner(runner, in_thread=True)
+        saver._runner.keep_connections(engines.pre_ping(engine_kwargs))
         return saver
 
     async def aclose(self) -> None:
         """Stop the TTL sweeper, and dispose of the engine `from_url` created
         (never one you passed in)."""
         await self.stop_ttl_sweeper()
-        await self._bind.close()
+        await self._runner.close()
         if self._owned_engine is not None:
             await self._owned_engine.dispose()
         if self._threaded_engine is not None:
@@ -150,15 +140,15 @@ class AsyncSQLSaver(SaverBase):
     async def setup(self) -> None:
         """Create or upgrade sqlsaver's tables (Alembic, to head)."""
         self.loop = asyncio.get_running_loop()
-        await self._bind.migrate(migrate.setup)
+        await self._runner.migrate(migrate.setup)
 
     # -- reads ---------------------------------------------------------------
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` names, or the latest of its thread."""
         if self.policies.refreshes_on_read:  # the read moves the expiry on
-            return await self._bind.write(ops.get_tuple, self._opts, config)
-        return await self._bind.read(ops.get_tuple, self._opts, config)
+            return await self._runner.write(ops.get_tuple, self._opts, config)
+        return await self._runner.read(ops.get_tuple, self._opts, config)
 
     async def alist(
         self,
@@ -171,7 +161,7 @@ class AsyncSQLSaver(SaverBase):
         """Checkpoints newest first, a page at a time (see `SQLSaver.list`)."""
         query: ops.ListQuery | None = ops.ListQuery.of(config, filter, before, limit)
         while query is not None:
-            page, query = await self._bind.read(ops.list_page, self._opts, query)
+            page, query = await self._runner.read(ops.list_page, self._opts, query)
             for item in page:
                 yield item
 
@@ -179,7 +169,7 @@ class AsyncSQLSaver(SaverBase):
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
         """`DeltaChannel` history (see `BaseCheckpointSaver`), set-based."""
-        return await self._bind.read(ops.get_delta_channel_history, self._opts, config, channels)
+        return await self._runner.read(ops.get_delta_channel_history, self._opts, config, channels)
 
     # -- writes --------------------------------------------------------------
 
@@ -192,7 +182,7 @@ class AsyncSQLSaver(SaverBase):
     ) -> RunnableConfig:
         """Store a checkpoint and its changed channel values atomically."""
         rows_of = partial(ops.put_rows, self._opts, config, checkpoint, metadata, new_versions)
-        await self._bind.store(self._opts, rows_of)
+        await self._runner.store(self.policies, rows_of, ops.store, self._opts)
         return Address.of(config).config(checkpoint["id"])
 
     async def aput_writes(
@@ -204,19 +194,19 @@ class AsyncSQLSaver(SaverBase):
     ) -> None:
         """Store a task's pending writes atomically."""
         rows_of = partial(ops.write_rows, self._opts, config, writes, task_id, task_path)
-        await self._bind.store(self._opts, rows_of)
+        await self._runner.store(self.policies, rows_of, ops.store, self._opts)
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Delete every checkpoint, write and value of a thread."""
-        await self._bind.write(ops.delete_threads, self._opts, [str(thread_id)])
+        await self._runner.write(ops.delete_threads, self._opts, [str(thread_id)])
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete the checkpoints (with writes and values) of these runs."""
-        await self._bind.write(ops.delete_for_runs, self._opts, [str(r) for r in run_ids])
+        await self._runner.write(ops.delete_for_runs, self._opts, [str(r) for r in run_ids])
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy a whole thread, every namespace and checkpoint id included."""
-        await self._bind.write(
+        await self._runner.write(
             ops.copy_thread, self._opts, str(source_thread_id), str(target_thread_id)
         )
 
@@ -224,17 +214,17 @@ class AsyncSQLSaver(SaverBase):
         """See `SQLSaver.prune`."""
         threads = check_prune(thread_ids, strategy)
         if strategy == "delete":
-            await self._bind.write(ops.delete_threads, self._opts, threads)
+            await self._runner.write(ops.delete_threads, self._opts, threads)
             return
         for thread_id in threads:
-            await self._bind.write(ops.prune_keep_latest, self._opts, thread_id)
+            await self._runner.write(ops.prune_keep_latest, self._opts, thread_id)
 
     # -- TTL -----------------------------------------------------------------
 
     async def aset_thread_ttl(self, thread_id: str, minutes: float | None | str) -> None:
         """See `SQLSaver.set_thread_ttl`."""
         self._ttl()
-        await self._bind.write(ops.set_thread_ttl, self._opts, str(thread_id), minutes)
+        await self._runner.write(ops.set_thread_ttl, self._opts, str(thread_id), minutes)
 
     async def asweep_ttl(
         self, limit: int | None = None, progress: Callable[[int], None] | None = None
@@ -243,7 +233,7 @@ class AsyncSQLSaver(SaverBase):
         ttl = self._ttl()
         sweep = Sweep(limit or ttl.sweep_limit, progress)
         for size in sweep:
-            sweep.done(await self._bind.write(ops.sweep_expired, self._opts, size, ttl.strategy))
+            sweep.done(await self._runner.write(ops.sweep_expired, self._opts, size, ttl.strategy))
         return sweep.handled
 
     def start_ttl_sweeper(self, interval_minutes: float | None = None) -> asyncio.Task[None]:
@@ -318,7 +308,7 @@ class AsyncSQLSaver(SaverBase):
     ) -> Iterator[CheckpointTuple]:
         query: ops.ListQuery | None = ops.ListQuery.of(config, filter, before, limit)
         while query is not None:
-            page, query = self._on_loop(self._bind.read(ops.list_page, self._opts, query))
+            page, query = self._on_loop(self._runner.read(ops.list_page, self._opts, query))
             yield from page
 
     def get_delta_channel_history(

@@ -38,6 +38,7 @@ from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, sele
 from sqlalchemy.exc import DBAPIError
 
 from sqlsaver import dialects
+from sqlsaver.execution import transactions
 
 T = TypeVar("T")
 
@@ -101,7 +102,7 @@ def _current(conn: Connection, locking: bool = False) -> str | None:
     if locking:
         query = query.with_for_update(read=True)
     try:
-        with dialects.atomic(conn):
+        with transactions.atomic(conn):
             return conn.execute(query).scalar()
     except DBAPIError as error:
         if dialects.is_missing_table(error):
@@ -178,7 +179,7 @@ def _run_alembic(
 ) -> None:
     from alembic import command
 
-    with dialects.own_transaction(conn), dialects.migration_lock(conn):
+    with transactions.own_transaction(conn), dialects.migration_lock(conn):
         if _status(_current(conn, locking=True)) == "ahead":
             require_current(conn)  # raises SchemaTooNewError, not Alembic's riddle
         config = alembic_config(conn)

@@ -66,12 +66,14 @@ from sqlalchemy import (
 
 from sqlsaver import codec, dialects, policies
 from sqlsaver.codec import Address
+from sqlsaver.execution import limits, transactions
+from sqlsaver.execution.plan import Plan
+from sqlsaver.execution.prepared import Prepared, execute, padded, slots
 from sqlsaver.models import blobs as B
 from sqlsaver.models import checkpoints as C
 from sqlsaver.models import threads as T
 from sqlsaver.models import writes as W
 from sqlsaver.policies import Policies, Strategy, Visibility
-from sqlsaver.prepared import Prepared, padded, slots
 
 # Rows a `list` page holds at most: bounds memory however large the thread.
 PAGE_SIZE = 100
@@ -158,7 +160,7 @@ def _rows_by_keys(
     """The ``key`` and ``columns`` of the rows whose ``key`` is among
     ``keys``: a statement per `CHUNK` of them."""
     for chunk in _chunks(keys):
-        yield from conn.execute(select(*key, *columns).where(_keys_in(key, chunk)))
+        yield from execute(conn, select(*key, *columns).where(_keys_in(key, chunk)))
 
 
 WRITE_COLUMNS = (W.c.task_id, W.c.idx, W.c.task_path, W.c.channel, W.c.type, W.c.blob)
@@ -638,10 +640,10 @@ def _on_one_state(
     first without a transaction, its last statement checking that what the
     first ones found is still stored (``checked``; it returns None where
     not, or where that cannot be told), else again on one snapshot
-    (`dialects.snapshot`). ``checks``: False where one statement reads all."""
+    (`transactions.snapshot`). ``checks``: False where one statement reads all."""
     found = read(checks)
     if found is None:
-        with dialects.snapshot(conn):
+        with transactions.snapshot(conn):
             found = read(False)
     assert found is not None
     return found
@@ -659,7 +661,7 @@ def _read_tuples(
     what it read of them is whole, without a transaction around the two
     (two round trips more on MySQL). Where one went meanwhile (a shallow
     `put`'s prune, a delete), or that cannot be told (several namespaces),
-    both are read again on one snapshot (`dialects.snapshot`)."""
+    both are read again on one snapshot (`transactions.snapshot`)."""
 
     def tuples(checked: bool) -> tuple[Found, list[CheckpointTuple]] | None:
         found = _found(conn.dialect, serde, read())
@@ -1104,7 +1106,7 @@ def get_delta_channel_history(
     one also finds the chain's checkpoints still stored, and as values and
     writes go only with their checkpoints, what it read of them is whole.
     Where a checkpoint went meanwhile (a prune, a delete), or that cannot be
-    told, the history is read again on one snapshot (`dialects.snapshot`).
+    told, the history is read again on one snapshot (`transactions.snapshot`).
     """
     if not channels:
         return {}
@@ -1146,11 +1148,6 @@ def _delta_history(
 # -- writes ------------------------------------------------------------------
 
 
-# Bytes of values one statement of inserts takes at most: a larger write
-# takes a transaction, and a driver call per table, which PyMySQL and
-# asyncmy cut into statements of 1 MB (MySQL refuses a statement larger
-# than its max_allowed_packet, 16 MB by default on MariaDB).
-CHAIN_BYTES = 1_000_000
 # An insert: the table, the columns a key conflict replaces (None: keep the
 # stored row), and the rows.
 Batch = tuple[Table, tuple[str, ...] | None, list[dict[str, Any]]]
@@ -1231,9 +1228,9 @@ def _chained_insert(dialect: Dialect, shape: Shape) -> Prepared:
 @lru_cache(maxsize=256)
 def _insert_script(dialect: Dialect, shape: Shape) -> Prepared:
     """The `_inserts` of `shape` between BEGIN and COMMIT, as one script
-    (`dialects.runs_scripts`)."""
+    (`transactions.runs_scripts`)."""
     inserts = [Prepared(insert, dialect) for insert in _inserts(dialect, shape)]
-    control = dialects.control
+    control = transactions.control
     return Prepared.script([control(dialect, "BEGIN"), *inserts, control(dialect, "COMMIT")])
 
 
@@ -1241,7 +1238,7 @@ def _insert_script(dialect: Dialect, shape: Shape) -> Prepared:
 class Rows:
     """What a `put` or `put_writes` stores, serialized before the saver
     takes a connection (and on SQLite, the single writer's lock). Make it
-    with `of`, which counts what `one_round_trip` weighs."""
+    with `of`, which counts what `plan.plan` weighs."""
 
     thread_id: str
     batches: tuple[Batch, ...]  # the inserts that have rows
@@ -1267,15 +1264,10 @@ class Rows:
                 size += sum(map(len, filter(None, values)))  # NULLs left out
         return cls(thread_id, tuple(kept), checkpoint, tuple(shape), count, binds, size)
 
-    def one_round_trip(self, dialect: Dialect) -> bool:
-        """Whether the inserts can go in one round trip, atomic on their own:
-        one insert, several chained into one statement (PostgreSQL,
-        `dialects.chain`) or as a script (MySQL, `store`); within the
-        database's bind-parameter limit, and up to `CHAIN_BYTES` of values."""
-        several = len(self.batches) > 1
-        if several and not (dialects.chains_inserts(dialect) or dialect.name in dialects.MYSQL):
-            return False
-        return self.binds <= dialects.max_binds(dialect) and self.size <= CHAIN_BYTES
+    @property
+    def inserts(self) -> int:
+        """INSERT statements: one per table and update form with rows."""
+        return len(self.batches)
 
 
 def put_rows(
@@ -1310,56 +1302,44 @@ def write_rows(
     return Rows.of(thread_id, batches, checkpoint=False)
 
 
-def one_round_trip(dialect: Dialect, opts: Options, rows: Rows) -> bool:
-    """Whether these rows are stored in one round trip, atomic with no
-    transaction of the saver's around it (`Rows.one_round_trip`), and no
-    policy writes more (TTL, shallow mode)."""
-    plain = not opts.policies.shallow and opts.policies.ttl is None
-    return plain and rows.one_round_trip(dialect)
-
-
-def store(conn: Connection, opts: Options, rows: Rows) -> None:
-    """Store the rows of a `put` or `put_writes`, with what the policies
-    ask for (shallow mode's prune, TTL's expiry).
-
-    In one round trip where `Rows.one_round_trip` allows: one statement,
-    or on MySQL a script that begins and commits a transaction of its own
-    (`dialects.runs_scripts`; without it, the inserts one by one in a
-    transaction). Otherwise each insert's rows as one driver call, in the
-    transaction the saver opened. On MySQL, a row larger than the server
-    takes is refused before any is sent (`dialects.refuse_oversized`)."""
+def store(conn: Connection, plan: Plan, rows: Rows, opts: Options) -> None:
+    """Store the rows of a `put` or `put_writes` as ``plan`` says (see
+    `sqlsaver.execution.plan`), with what the policies ask for (shallow
+    mode's prune, TTL's expiry). On MySQL, a row larger than the server
+    takes is refused before any is sent (`limits.refuse_oversized`)."""
     dialect = conn.dialect
-    if rows.size >= dialects.PACKET_CHECKED_FROM and dialects.limits_statements(dialect):
+    if rows.size >= limits.PACKET_CHECKED_FROM and dialects.limits_statements(dialect):
         for table, updated, batch in rows.batches:
             sql = _insert(dialect, table, updated).sql
-            dialects.refuse_oversized(conn, table.name, sql, batch)
-    if 1 < rows.count and rows.one_round_trip(dialect):
-        shape = rows.shape
-        names, getters = _row_binding(shape)
-        every_row = itertools.chain.from_iterable(map(_ROWS_OF_BATCH, rows.batches))
-        values = itertools.chain.from_iterable(
-            get(row) for get, row in zip(getters, every_row, strict=True)
-        )
-        params = dict(zip(names, values, strict=True))
-        if len(shape) == 1 or dialects.chains_inserts(dialect):
-            _chained_insert(dialect, shape).run(conn, params)
-        elif dialects.runs_scripts(conn):
-            try:
-                _insert_script(dialect, shape).run(conn, params)
-            except BaseException:
-                # A script stops at the statement that fails: its BEGIN ran,
-                # its COMMIT did not.
-                dialects.rollback(conn)
-                raise
-        else:
-            with dialects.own_transaction(conn):
-                _insert_each(conn, rows)
-    else:
+            limits.refuse_oversized(conn, table.name, sql, batch)
+    if plan.form == "each":
         _insert_each(conn, rows)
+    elif plan.form == "chain":
+        _chained_insert(dialect, rows.shape).run(conn, _row_params(rows))
+    elif transactions.runs_scripts(conn):
+        try:
+            _insert_script(dialect, rows.shape).run(conn, _row_params(rows))
+        except BaseException:
+            # A script stops at the statement that fails: its BEGIN ran,
+            # its COMMIT did not.
+            transactions.rollback(conn)
+            raise
+    else:  # a script's inserts, where the connection takes no scripts
+        with transactions.own_transaction(conn):
+            _insert_each(conn, rows)
     if rows.checkpoint and opts.policies.shallow:
         prune_keep_latest(conn, opts, rows.thread_id)
-    if rows.batches:
-        policies.touch(conn, opts.policies, rows.thread_id)
+    policies.touch(conn, opts.policies, rows.thread_id)
+
+
+def _row_params(rows: Rows) -> dict[str, Any]:
+    """Every value of the rows, by its parameter name in `_row_slots`."""
+    names, getters = _row_binding(rows.shape)
+    every_row = itertools.chain.from_iterable(map(_ROWS_OF_BATCH, rows.batches))
+    values = itertools.chain.from_iterable(
+        get(row) for get, row in zip(getters, every_row, strict=True)
+    )
+    return dict(zip(names, values, strict=True))
 
 
 def _insert_each(conn: Connection, rows: Rows) -> None:
@@ -1372,7 +1352,7 @@ def delete_threads(conn: Connection, opts: Options, thread_ids: Sequence[str]) -
     """Delete everything stored for these threads."""
     for chunk in _chunks(thread_ids):
         for table in (W, B, C, T):
-            conn.execute(delete(table).where(table.c.thread_id.in_(chunk)))
+            execute(conn, delete(table).where(table.c.thread_id.in_(chunk)))
 
 
 def _delete_checkpoints(
@@ -1383,28 +1363,29 @@ def _delete_checkpoints(
     freed: set[tuple[str, str, str, str]] = set()
     for chunk in _chunks(keys):
         stmt = select(*CHECKPOINT_COLUMNS).where(_keys_in(_checkpoint_key(C), chunk))
-        for r in conn.execute(stmt):
+        for r in execute(conn, stmt):
             freed |= codec.blob_keys(
                 r.thread_id, r.checkpoint_ns, codec.blob_versions(opts.serde, r)
             )
         for table in (W, C):
-            conn.execute(delete(table).where(_keys_in(_checkpoint_key(table), chunk)))
+            execute(conn, delete(table).where(_keys_in(_checkpoint_key(table), chunk)))
     by_ns: dict[tuple[str, str], list[str]] = defaultdict(list)
     for thread_id, ns, checkpoint_id in keys:
         by_ns[(thread_id, ns)].append(checkpoint_id)
     for (thread_id, ns), ids in by_ns.items():
         same_ns = (C.c.thread_id == thread_id, C.c.checkpoint_ns == ns)
         for chunk in _chunks(ids):
-            conn.execute(
+            execute(
+                conn,
                 update(C)
                 .where(*same_ns, C.c.parent_checkpoint_id.in_(chunk))
-                .values(parent_checkpoint_id=None)
+                .values(parent_checkpoint_id=None),
             )
-        for r in conn.execute(select(*CHECKPOINT_COLUMNS).where(*same_ns)):
+        for r in execute(conn, select(*CHECKPOINT_COLUMNS).where(*same_ns)):
             freed -= codec.blob_keys(thread_id, ns, codec.blob_versions(opts.serde, r))
     blob_key = (B.c.thread_id, B.c.checkpoint_ns, B.c.channel, B.c.version)
     for chunk in _chunks(freed):
-        conn.execute(delete(B).where(_keys_in(blob_key, chunk)))
+        execute(conn, delete(B).where(_keys_in(blob_key, chunk)))
 
 
 def delete_for_runs(conn: Connection, opts: Options, run_ids: Sequence[str]) -> None:
@@ -1412,7 +1393,7 @@ def delete_for_runs(conn: Connection, opts: Options, run_ids: Sequence[str]) -> 
     keys: list[tuple[str, str, str]] = []
     for chunk in _chunks(run_ids):
         stmt = select(*_checkpoint_key(C)).where(C.c.run_id.in_(chunk))
-        keys.extend(tuple(r) for r in conn.execute(stmt))
+        keys.extend(tuple(r) for r in execute(conn, stmt))
     if keys:
         _delete_checkpoints(conn, opts, keys)
 
@@ -1421,7 +1402,7 @@ def copy_thread(conn: Connection, opts: Options, source: str, target: str) -> No
     """Copy every row of a thread (all namespaces, same checkpoint ids)."""
     if source == target:
         raise ValueError("copy_thread needs two different thread ids")
-    exists = conn.execute(select(literal(1)).where(C.c.thread_id == target).limit(1)).first()
+    exists = execute(conn, select(literal(1)).where(C.c.thread_id == target).limit(1)).first()
     if exists:
         raise ValueError(
             f"copy_thread target thread {target!r} already has checkpoints; "
@@ -1429,13 +1410,14 @@ def copy_thread(conn: Connection, opts: Options, source: str, target: str) -> No
         )
     for table in (C, B, W):
         others = [c for c in table.c if c.name != "thread_id"]
-        conn.execute(
+        execute(
+            conn,
             table.insert().from_select(
                 ["thread_id", *(c.name for c in others)],
                 select(literal(target, table.c.thread_id.type), *others).where(
                     table.c.thread_id == source
                 ),
-            )
+            ),
         )
     policies.touch(conn, opts.policies, target)
 
@@ -1452,10 +1434,11 @@ def prune_keep_latest(conn: Connection, opts: Options, thread_id: str) -> None:
     """
     # In the database's order of ids (its collation), as `get_tuple` finds
     # a namespace's latest: each namespace's last row is its head.
-    rows = conn.execute(
+    rows = execute(
+        conn,
         select(C.c.checkpoint_ns, C.c.checkpoint_id, C.c.metadata_json)
         .where(C.c.thread_id == thread_id)
-        .order_by(C.c.checkpoint_ns, C.c.checkpoint_id)
+        .order_by(C.c.checkpoint_ns, C.c.checkpoint_id),
     ).all()
     heads = {r.checkpoint_ns: r for r in rows}
     kept = {(ns, h.checkpoint_id) for ns, h in heads.items()}
@@ -1500,7 +1483,9 @@ def prune_keep_latest(conn: Connection, opts: Options, thread_id: str) -> None:
                 W.c.checkpoint_id.not_in([cid for n, cid in kept if n == ns]),
             ]
         )
-        conn.execute(delete(W).where(W.c.thread_id == thread_id, W.c.checkpoint_ns == ns, *orphans))
+        execute(
+            conn, delete(W).where(W.c.thread_id == thread_id, W.c.checkpoint_ns == ns, *orphans)
+        )
 
 
 def _comes_before(conn: Connection, first: str, second: str) -> bool:
@@ -1508,7 +1493,7 @@ def _comes_before(conn: Connection, first: str, second: str) -> bool:
     database's order of ids (its collation, which Python's may not be)."""
     key = C.c.checkpoint_id.type
     earlier = bindparam("first", first, type_=key) < bindparam("second", second, type_=key)
-    return bool(conn.execute(select(earlier)).scalar())
+    return bool(execute(conn, select(earlier)).scalar())
 
 
 def sweep_expired(conn: Connection, opts: Options, limit: int, strategy: Strategy) -> int:

@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 
 from sqlsaver import dialects
+from sqlsaver.execution.prepared import execute
 from sqlsaver.models import checkpoints as C
 from sqlsaver.models import threads as T
 
@@ -163,7 +164,7 @@ def touch(conn: Connection, policies: Policies, thread_id: str) -> None:
         "default_seconds": None if ttl.default_ttl is None else ttl.default_ttl * 60,
         **policies.params(),
     }
-    conn.execute(_touch_statement(conn.dialect, policies.clock is None), params)
+    execute(conn, _touch_statement(conn.dialect, policies.clock is None), params)
 
 
 @cache
@@ -202,7 +203,8 @@ def set_thread_ttl(
             f"'default', got {minutes!r}"
         )
     now = policies.now(conn.dialect)
-    conn.execute(
+    execute(
+        conn,
         dialects.upsert_expressions(
             conn.dialect,
             T,
@@ -230,10 +232,10 @@ def expired_threads(conn: Connection, policies: Policies, limit: int) -> list[st
         .limit(limit)
     )
     stmt = dialects.lock_skipping_locked(conn.dialect, stmt)
-    return list(conn.execute(stmt, policies.params()).scalars())
+    return list(execute(conn, stmt, policies.params()).scalars())
 
 
 def unexpire(conn: Connection, thread_ids: list[str]) -> None:
     """After a ``keep_latest`` sweep the thread lives on, not expired until
     its next write moves its expiry on again."""
-    conn.execute(update(T).where(T.c.thread_id.in_(thread_ids)).values(expires_at=None))
+    execute(conn, update(T).where(T.c.thread_id.in_(thread_ids)).values(expires_at=None))

@@ -22,9 +22,10 @@ from sqlalchemy import URL, Engine
 from typing_extensions import Unpack
 
 from sqlsaver import migrate, ops
-from sqlsaver.base import SaverBase, SaverOptions, Sweep, check_prune, pre_ping, sync_engine
-from sqlsaver.bind import SyncBind, SyncTarget
+from sqlsaver.base import SaverBase, SaverOptions, Sweep, check_prune
 from sqlsaver.codec import Address
+from sqlsaver.engines import pre_ping, sync_engine
+from sqlsaver.execution.runner import SyncTarget, sync_runner
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class SQLSaver(SaverBase):
                 ``check_schema`` (see `SaverOptions`).
         """
         super().__init__(**options)
-        self._bind = SyncBind(bind, self._check_schema)
+        self._runner = sync_runner(bind, self._check_schema)
         self._owned_engine: Engine | None = None
         self._sweeper: tuple[threading.Thread, threading.Event] | None = None
 
@@ -94,14 +95,14 @@ class SQLSaver(SaverBase):
         engine = sync_engine(url, engine_kwargs)
         saver = cls(engine, **options)
         saver._owned_engine = engine
-        saver._bind.keep_connections(pre_ping(engine_kwargs))
+        saver._runner.keep_connections(pre_ping(engine_kwargs))
         return saver
 
     def close(self) -> None:
         """Stop the TTL sweeper, and dispose of the engine `from_url` created
         (never one you passed in)."""
         self.stop_ttl_sweeper()
-        self._bind.close()
+        self._runner.close()
         if self._owned_engine is not None:
             self._owned_engine.dispose()
 
@@ -118,15 +119,15 @@ class SQLSaver(SaverBase):
 
     def setup(self) -> None:
         """Create or upgrade sqlsaver's tables (Alembic, to head)."""
-        self._bind.migrate(migrate.setup)
+        self._runner.migrate(migrate.setup)
 
     # -- reads ---------------------------------------------------------------
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` names, or the latest of its thread."""
         if self.policies.refreshes_on_read:  # the read moves the expiry on
-            return self._bind.write(ops.get_tuple, self._opts, config)
-        return self._bind.read(ops.get_tuple, self._opts, config)
+            return self._runner.write(ops.get_tuple, self._opts, config)
+        return self._runner.read(ops.get_tuple, self._opts, config)
 
     def list(
         self,
@@ -147,14 +148,14 @@ class SQLSaver(SaverBase):
         """
         query: ops.ListQuery | None = ops.ListQuery.of(config, filter, before, limit)
         while query is not None:
-            page, query = self._bind.read(ops.list_page, self._opts, query)
+            page, query = self._runner.read(ops.list_page, self._opts, query)
             yield from page
 
     def get_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
         """`DeltaChannel` history (see `BaseCheckpointSaver`), set-based."""
-        return self._bind.read(ops.get_delta_channel_history, self._opts, config, channels)
+        return self._runner.read(ops.get_delta_channel_history, self._opts, config, channels)
 
     # -- writes --------------------------------------------------------------
 
@@ -167,7 +168,7 @@ class SQLSaver(SaverBase):
     ) -> RunnableConfig:
         """Store a checkpoint and its changed channel values atomically."""
         rows_of = partial(ops.put_rows, self._opts, config, checkpoint, metadata, new_versions)
-        self._bind.store(self._opts, rows_of)
+        self._runner.store(self.policies, rows_of, ops.store, self._opts)
         return Address.of(config).config(checkpoint["id"])
 
     def put_writes(
@@ -179,19 +180,21 @@ class SQLSaver(SaverBase):
     ) -> None:
         """Store a task's pending writes atomically."""
         rows_of = partial(ops.write_rows, self._opts, config, writes, task_id, task_path)
-        self._bind.store(self._opts, rows_of)
+        self._runner.store(self.policies, rows_of, ops.store, self._opts)
 
     def delete_thread(self, thread_id: str) -> None:
         """Delete every checkpoint, write and value of a thread."""
-        self._bind.write(ops.delete_threads, self._opts, [str(thread_id)])
+        self._runner.write(ops.delete_threads, self._opts, [str(thread_id)])
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete the checkpoints (with writes and values) of these runs."""
-        self._bind.write(ops.delete_for_runs, self._opts, [str(r) for r in run_ids])
+        self._runner.write(ops.delete_for_runs, self._opts, [str(r) for r in run_ids])
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy a whole thread, every namespace and checkpoint id included."""
-        self._bind.write(ops.copy_thread, self._opts, str(source_thread_id), str(target_thread_id))
+        self._runner.write(
+            ops.copy_thread, self._opts, str(source_thread_id), str(target_thread_id)
+        )
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """Shrink threads: ``"keep_latest"`` keeps each namespace's latest
@@ -199,10 +202,10 @@ class SQLSaver(SaverBase):
         transaction per thread; ``"delete"`` deletes them whole."""
         threads = check_prune(thread_ids, strategy)
         if strategy == "delete":
-            self._bind.write(ops.delete_threads, self._opts, threads)
+            self._runner.write(ops.delete_threads, self._opts, threads)
             return
         for thread_id in threads:
-            self._bind.write(ops.prune_keep_latest, self._opts, thread_id)
+            self._runner.write(ops.prune_keep_latest, self._opts, thread_id)
 
     # -- TTL -----------------------------------------------------------------
 
@@ -210,7 +213,7 @@ class SQLSaver(SaverBase):
         """Give one thread its own TTL: ``minutes`` after each write, ``None``
         to never expire, or ``"default"`` for the saver's ``default_ttl``."""
         self._ttl()
-        self._bind.write(ops.set_thread_ttl, self._opts, str(thread_id), minutes)
+        self._runner.write(ops.set_thread_ttl, self._opts, str(thread_id), minutes)
 
     def sweep_ttl(
         self, limit: int | None = None, progress: Callable[[int], None] | None = None
@@ -223,7 +226,7 @@ class SQLSaver(SaverBase):
         ttl = self._ttl()
         sweep = Sweep(limit or ttl.sweep_limit, progress)
         for size in sweep:
-            sweep.done(self._bind.write(ops.sweep_expired, self._opts, size, ttl.strategy))
+            sweep.done(self._runner.write(ops.sweep_expired, self._opts, size, ttl.strategy))
         return sweep.handled
 
     def start_ttl_sweeper(self, interval_minutes: float | None = None) -> threading.Thread:
@@ -277,7 +280,9 @@ class SQLSaver(SaverBase):
     ) -> AsyncIterator[CheckpointTuple]:
         query: ops.ListQuery | None = ops.ListQuery.of(config, filter, before, limit)
         while query is not None:
-            page, query = await asyncio.to_thread(self._bind.read, ops.list_page, self._opts, query)
+            page, query = await asyncio.to_thread(
+                self._runner.read, ops.list_page, self._opts, query
+            )
             for item in page:
                 yield item
 

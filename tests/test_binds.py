@@ -57,8 +57,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import Pool
 from sqlalchemy.util import greenlet_spawn
 
-from sqlsaver import AsyncSQLSaver, SQLSaver, dialects
-from sqlsaver.bind import ATTEMPTS, ThreadedBind
+from sqlsaver import AsyncSQLSaver, SQLSaver, engines
+from sqlsaver.execution.runner import ATTEMPTS, AsyncRunner
 from sqlsaver.models import blobs, checkpoints, writes
 
 # A table of the application's own, written in the same transactions.
@@ -71,11 +71,16 @@ REFUSED = "refused-"
 # -- helpers -------------------------------------------------------------------
 
 
+def runner_of(saver: SQLSaver | AsyncSQLSaver) -> Any:
+    """The sync runner of a saver (under an async one's `AsyncRunner`)."""
+    runner = saver._runner
+    return runner.runner if isinstance(runner, AsyncRunner) else runner
+
+
 def kept_open(saver: SQLSaver | AsyncSQLSaver) -> int:
     """How many connections a saver keeps open between operations (`from_url`
-    savers, `dialects.keeps_connections`)."""
-    bind = saver._bind.sync if isinstance(saver._bind, ThreadedBind) else saver._bind
-    kept = getattr(bind, "_kept", None)
+    savers, `kept.keeps_connections`)."""
+    kept = runner_of(saver)._kept
     return 0 if kept is None else len(kept._idle)
 
 
@@ -226,7 +231,7 @@ def test_from_url_saver_disposes_its_own_engine(backend: Any) -> None:
     saver.get_tuple(config_of("no-such-thread"))
     pool = saver._owned_engine.pool
     # The connection stays with the saver between operations
-    # (`dialects.keeps_connections`).
+    # (`kept.keeps_connections`).
     assert (pool.checkedout(), pool.checkedin()) == (1, 0)
     checkins: list[object] = []
     event.listen(pool, "checkin", lambda *args: checkins.append(args))
@@ -636,7 +641,7 @@ def test_from_url_keeps_connections_between_operations(
     backend: Any, app_engine: Engine, thread_id: str
 ) -> None:
     """A from_url saver keeps its connection open between operations, with
-    no checkout from the pool per operation (`dialects.keeps_connections`).
+    no checkout from the pool per operation (`kept.keeps_connections`).
     A connection an operation failed on goes back to the pool."""
     checkouts: list[object] = []
     with refusing_checkpoints(app_engine), SQLSaver.from_url(backend.sync_url) as saver:
@@ -737,7 +742,7 @@ def test_connection_left_in_a_transaction_is_not_kept(backend: Any, thread_id: s
     with SQLSaver.from_url(backend.sync_url) as saver:
         config = saver.put(*put_args(thread_id))
         pool = saver._owned_engine.pool
-        saver._bind.read(leave_a_transaction_open)
+        saver._runner.read(leave_a_transaction_open)
         assert (kept_open(saver), pool.checkedout()) == (0, 0)
         assert saver.get_tuple(config) is not None
         assert (kept_open(saver), pool.checkedout()) == (1, 1)
@@ -755,7 +760,7 @@ async def test_async_connection_left_in_a_transaction_is_not_kept(
     async with AsyncSQLSaver.from_url(backend.async_url) as saver:
         config = await saver.aput(*put_args(thread_id))
         pool = (saver._threaded_engine or saver._owned_engine.sync_engine).pool
-        await saver._bind.read(leave_a_transaction_open)
+        await saver._runner.read(leave_a_transaction_open)
         assert (kept_open(saver), pool.checkedout()) == (0, 0)
         assert await saver.aget_tuple(config) is not None
         assert (kept_open(saver), pool.checkedout()) == (1, 1)
@@ -785,7 +790,7 @@ def test_connection_an_operation_failed_on(backend: Any, thread_id: str, failure
         pool = saver._owned_engine.pool
         event.listen(pool, "invalidate", lambda *args: invalidated.append(args))
         with pytest.raises(raised):
-            saver._bind.read(fail)
+            saver._runner.read(fail)
         assert len(invalidated) == (0 if failure == "error" else 1)
         assert (kept_open(saver), pool.checkedout()) == (0, 0)
         assert saver.get_tuple(config) is not None
@@ -797,7 +802,7 @@ def test_no_connection_is_kept_on_an_in_memory_sqlite_database() -> None:
         saver.setup()
         config = saver.put(*put_args("t"))
         assert saver.get_tuple(config) is not None
-        assert saver._bind._kept is None
+        assert runner_of(saver)._kept is None
 
 
 def test_kept_connections_never_starve_a_small_pool(backend: Any, thread_id: str) -> None:
@@ -851,7 +856,7 @@ async def test_from_url_savers_log_in_at_most_pool_size_times(backend: Any, thre
 
     event.listen(Pool, "connect", login)
     try:
-        burst = 4 * dialects.POOL_SIZE
+        burst = 4 * engines.POOL_SIZE
         async with AsyncSQLSaver.from_url(backend.async_url) as saver:
             await saver.setup()
             configs = await asyncio.gather(
@@ -864,17 +869,17 @@ async def test_from_url_savers_log_in_at_most_pool_size_times(backend: Any, thre
         assert [t.checkpoint["channel_values"]["x"] for t in found] == list(range(burst))
     finally:
         event.remove(Pool, "connect", login)
-    assert 2 <= len(logins) <= 2 * dialects.POOL_SIZE, len(logins)
+    assert 2 <= len(logins) <= 2 * engines.POOL_SIZE, len(logins)
 
 
 # -- 11. a connection that died under the saver ---------------------------------------
 
 
 def kept_of(saver: SQLSaver | AsyncSQLSaver) -> Any:
-    """The connections a from_url saver keeps (`bind._KeptConnections`)."""
-    bind = saver._bind.sync if isinstance(saver._bind, ThreadedBind) else saver._bind
-    assert bind._kept is not None
-    return bind._kept
+    """The connections a from_url saver keeps (`kept.KeptConnections`)."""
+    kept = runner_of(saver)._kept
+    assert kept is not None
+    return kept
 
 
 def _keep(kept: Any, count: int) -> None:

@@ -566,7 +566,7 @@ def test_walk_holds_under_a_collation_of_another_order(danish_postgres: str) -> 
     from the database, never from Python: on a database where "aa" comes
     after "z", every history still equals the generic walk's."""
     with SQLSaver.from_url(danish_postgres) as saver:
-        with saver._bind.target.connect() as conn:
+        with saver._runner.engine.connect() as conn:
             assert conn.scalar(text("SELECT 'aa' > 'z' AND 'ab' < 'aa'"))
         asyncio.run(assert_histories_follow_parents(False, saver, "danish"))
 

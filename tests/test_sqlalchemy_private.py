@@ -15,8 +15,9 @@ from conftest import Backend
 from sqlalchemy import Connection, Engine, String, create_engine, event, literal, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from sqlsaver import dialects
-from sqlsaver.prepared import _native_placeholders, observed
+from sqlsaver.execution import transactions
+from sqlsaver.execution.prepared import observed
+from sqlsaver.execution.psycopg_raw import native_placeholders
 
 
 def _engine(backend: Backend, aio: bool, **kwargs: Any) -> Engine:
@@ -27,13 +28,13 @@ def _engine(backend: Backend, aio: bool, **kwargs: Any) -> Engine:
 
 
 def test_an_engines_isolation_level_is_read_off_its_dialect(backend: Backend, aio: bool) -> None:
-    # `Dialect._on_connect_isolation_level` (dialects._engine_isolation).
+    # `Dialect._on_connect_isolation_level` (sqlalchemy_private.engine_isolation).
     autocommit = _engine(backend, aio, isolation_level="AUTOCOMMIT")
     default = _engine(backend, aio)
     try:
-        assert dialects.autocommit_engine(autocommit)
-        assert not dialects.autocommit_engine(default)
-        assert dialects.read_options(autocommit.dialect) == {}
+        assert transactions.autocommit_engine(autocommit)
+        assert not transactions.autocommit_engine(default)
+        assert transactions.read_options(autocommit.dialect) == {}
     finally:
         autocommit.dispose()
         default.dispose()
@@ -41,19 +42,19 @@ def test_an_engines_isolation_level_is_read_off_its_dialect(backend: Backend, ai
 
 def test_psycopg_native_dialect_gets_type_memos_of_its_own() -> None:
     # `Dialect._type_memos` is memoized in the instance's __dict__, which
-    # `_native_placeholders` drops from its copy.
+    # `sqlalchemy_private.dialect_copy` drops from its copy.
     dialect = create_engine("postgresql+psycopg://").dialect
     stmt = select(literal("50%", String()))
     stmt.compile(dialect=dialect)
     assert "_type_memos" in dialect.__dict__
-    native = _native_placeholders(dialect)
+    native = native_placeholders(dialect)
     assert native is not None
     assert native._type_memos is not dialect._type_memos  # type: ignore[attr-defined]
     assert "$1" in str(stmt.compile(dialect=native))
 
 
 async def test_cursor_listeners_are_seen(backend: Backend, aio: bool) -> None:
-    # `Connection._has_events` / `Engine._has_events` (prepared.observed),
+    # `Connection._has_events` / `Engine._has_events` (`sqlalchemy_private.has_listeners`),
     # on the sync connections that `run_sync` hands the operations.
     def listener(*args: Any) -> None:
         pass

@@ -55,9 +55,9 @@ from sqlalchemy.exc import DataError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool, Pool
 
-from sqlsaver import SQLSaver, codec, dialects
+from sqlsaver import SQLSaver, codec, engines
+from sqlsaver.execution.prepared import Prepared, padded, slots
 from sqlsaver.models import blobs
-from sqlsaver.prepared import Prepared, padded, slots
 
 
 @contextmanager
@@ -147,7 +147,7 @@ async def _thread(aio: bool, saver: Any, thread_id: str, steps: int) -> dict[str
     return config
 
 
-# What `dialects.snapshot` sends before and after a read of several
+# What `transactions.snapshot` sends before and after a read of several
 # statements, on a connection whose statements a listener watches (MySQL:
 # two statements, one script where no one watches).
 def reads(backend: Backend, seen: Recording) -> int:
@@ -155,7 +155,7 @@ def reads(backend: Backend, seen: Recording) -> int:
     that was sent (no BEGIN or COMMIT: where there are two, the second
     checks what the first found, see `ops._read_tuples`), on one
     connection: one the saver keeps open between operations, with no
-    checkout from the pool (`dialects.keeps_connections`)."""
+    checkout from the pool (`kept.keeps_connections`)."""
     statements = sent(seen)
     assert all(s.startswith(("SELECT", "WITH C AS")) for s in statements), seen
     assert "<commit>" not in seen, seen
@@ -292,7 +292,7 @@ def test_only_exact_json_safe_string_versions_go_to_their_column() -> None:
 )
 def test_json_columns_decode_as_json_loads_does(document: Any) -> None:
     expected = json.loads(bytes(document) if isinstance(document, memoryview) else document)
-    assert dialects.json_loads(document) == expected
+    assert engines.json_loads(document) == expected
 
 
 @pytest.mark.parametrize("document", ['{"a": }', '{"a": 1} x', "", b"\xff"])
@@ -300,7 +300,7 @@ def test_bad_json_in_a_column_fails_as_json_loads_does(document: Any) -> None:
     with pytest.raises(ValueError) as expected:
         json.loads(document)
     with pytest.raises(type(expected.value), match=re.escape(str(expected.value))):
-        dialects.json_loads(document)
+        engines.json_loads(document)
 
 
 async def test_small_values_are_kept_in_the_checkpoint_row(

@@ -11,7 +11,7 @@ would apply (`TypeEngine.bind_processor` / `result_processor`, e.g. UTF-8
 keys on MySQL; but not ``Binary()``, see `_binary`). That works on the sync
 drivers and, under `AsyncConnection.run_sync`, on the async drivers'
 adapted cursors alike. On psycopg, statements carry PostgreSQL's own ``$n``
-placeholders and run on its raw cursors (`_native_placeholders`).
+placeholders and run on its raw cursors (`psycopg_raw`).
 
 A connection with ``before_cursor_execute``/``after_cursor_execute``
 listeners, or ``echo``, runs them through `Connection.exec_driver_sql`
@@ -25,23 +25,26 @@ Statements must have no expanding ``IN`` parameters; `padded` builds fixed
 
 from __future__ import annotations
 
-import copy
 import operator
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
-from sqlalchemy import BindParameter, Connection, Dialect, TypeDecorator, bindparam
+from sqlalchemy import BindParameter, Connection, CursorResult, Dialect, TypeDecorator, bindparam
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 
-try:  # SQLAlchemy 2.1 and later
-    from sqlalchemy.util import await_
-except ImportError:  # 2.0
-    from sqlalchemy.util import await_only as await_
+from sqlsaver.execution.psycopg_raw import (
+    awaited_raw_cursor,
+    default_cursors,
+    native_placeholders,
+    raw_cursor,
+)
+from sqlsaver.execution.sqlalchemy_private import has_listeners
 
 Processor = Callable[[Any], Any]
 
@@ -64,7 +67,7 @@ class Prepared:
     )
 
     def __init__(self, stmt: ClauseElement, dialect: Dialect, native: bool = True) -> None:
-        raw = _native_placeholders(dialect) if native else None
+        raw = native_placeholders(dialect) if native else None
         compiled = cast(SQLCompiler, stmt.compile(dialect=raw or dialect))
         self.sql = compiled.string
         # How a cursor is had for it, and the statement as the dialect's
@@ -72,7 +75,7 @@ class Prepared:
         # runs that one: `_run`).
         self._cursor: Callable[[PoolProxiedConnection], Any] = _plain_cursor
         if raw:
-            self._cursor = _awaited_raw_cursor if dialect.is_async else _raw_cursor
+            self._cursor = awaited_raw_cursor if dialect.is_async else raw_cursor
         self._watched = Prepared(stmt, dialect, native=False) if raw else self
         self.statements = 1
         names = {bp: compiled.bind_names[bp] for bp in compiled.binds.values()}
@@ -162,86 +165,6 @@ class Prepared:
 _plain_cursor = operator.methodcaller("cursor")
 
 
-def _raw_cursor(pooled: PoolProxiedConnection) -> Any:
-    """A `psycopg.RawCursor` (``$n`` placeholders) on a psycopg connection."""
-    import psycopg  # only where psycopg runs
-
-    return psycopg.RawCursor(cast(psycopg.Connection[Any], pooled.driver_connection))
-
-
-def _awaited_raw_cursor(pooled: PoolProxiedConnection) -> Any:
-    """A `psycopg.AsyncRawCursor` on the psycopg connection under
-    SQLAlchemy's async adapter, driven as `_Awaited`."""
-    import psycopg
-
-    connection = cast(psycopg.AsyncConnection[Any], pooled.driver_connection)
-    return _Awaited(psycopg.AsyncRawCursor(connection))
-
-
-class _Awaited:
-    """An async cursor driven from SQLAlchemy's greenlet bridge (where
-    `AsyncConnection.run_sync` runs every operation): each call awaited in
-    place, as SQLAlchemy's own adapter does with the cursors it makes."""
-
-    __slots__ = ("_cursor",)
-
-    def __init__(self, cursor: Any) -> None:
-        self._cursor = cursor
-
-    @property
-    def description(self) -> Any:
-        return self._cursor.description
-
-    def execute(self, sql: str, params: Any) -> None:
-        await_(self._cursor.execute(sql, params))
-
-    def executemany(self, sql: str, params: Any) -> None:
-        await_(self._cursor.executemany(sql, params))
-
-    def nextset(self) -> Any:
-        return self._cursor.nextset()
-
-    def fetchall(self) -> list[Any]:
-        return cast(list[Any], await_(self._cursor.fetchall()))
-
-    def close(self) -> None:
-        await_(self._cursor.close())
-
-
-def _default_cursors(pooled: PoolProxiedConnection) -> bool:
-    """Whether a psycopg connection makes psycopg's own cursors: one given
-    another ``cursor_factory`` (such as ``ClientCursor``) keeps it, and
-    runs the dialect's own form of a statement (as a watched one does)."""
-    import psycopg
-
-    factory = getattr(pooled.driver_connection, "cursor_factory", None)
-    return factory is psycopg.Cursor or factory is psycopg.AsyncCursor
-
-
-def _native_placeholders(dialect: Dialect) -> Dialect | None:
-    """For psycopg: the dialect, copied to write PostgreSQL's own ``$1``
-    placeholders, which `psycopg.RawCursor` sends as they are.
-
-    psycopg's default cursor rewrites ``%(name)s`` placeholders into ``$n``
-    at each execute by a regular expression over the whole statement, and
-    keeps what it made only for statements of up to 4096 characters and 50
-    parameters: each run of a wider insert or a longer ``IN`` list was
-    parsed again, which cost more than its round trip (a `put_writes` of
-    ten writes: 1.39 times `PostgresSaver`'s time)."""
-    if dialect.name != "postgresql" or dialect.driver != "psycopg":
-        return None
-    if not hasattr(dialect.loaded_dbapi, "RawCursor"):  # psycopg before 3.2
-        return None
-    native = copy.copy(dialect)
-    # Its own memos of type processors: a literal's consults the preparer.
-    native.__dict__.pop("_type_memos", None)
-    native.paramstyle = "numeric_dollar"
-    native.positional = True
-    # Which also stops doubling "%", as only the "format" styles need.
-    native.identifier_preparer = dialect.preparer(native)
-    return native
-
-
 def _binary(impl: Any) -> bool:
     """Whether a type is plainly binary, whose bind processor only wraps a
     value in the DBAPI's ``Binary``, which is skipped: what sqlsaver binds
@@ -272,15 +195,48 @@ def _picker(order: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, 
 def observed(conn: Connection) -> bool:
     """Whether anyone watches this connection's statements: cursor-execute
     listeners (tracing, such as OpenTelemetry's) or ``echo``."""
-    engine = conn.engine
-    if engine.echo:
+    if conn.engine.echo:
         return True
-    # SQLAlchemy's own test before it looks for listeners at all: no event
-    # listener of any kind on this connection or its engine.
-    if not (conn._has_events or engine._has_events):
+    if not has_listeners(conn):
         return False
     dispatch = conn.dispatch
     return bool(dispatch.before_cursor_execute or dispatch.after_cursor_execute)
+
+
+class Tap(Protocol):
+    """Told of each statement sqlsaver runs (`Prepared` and `execute`),
+    just before and just after it: where the fault tests end a connection
+    (`tests/test_fault_matrix.py`). An error ``after`` raises counts as the
+    statement's own (as a reply lost after the server did the work)."""
+
+    def before(self, conn: Connection, sql: str) -> None: ...
+
+    def after(self, conn: Connection, sql: str) -> None: ...
+
+
+# None but in the fault tests: one global read per statement.
+tap: Tap | None = None
+
+
+def execute(
+    conn: Connection, statement: Executable, params: Mapping[str, Any] | None = None
+) -> CursorResult[Any]:
+    """`Connection.execute`, for the statements that are not hot enough to
+    be `Prepared`: every statement sqlsaver runs goes through this module."""
+    if tap is None:
+        return conn.execute(statement, params)
+    sql = str(statement)
+    _tapped(conn, sql, tap.before)
+    result = conn.execute(statement, params)
+    _tapped(conn, sql, tap.after)
+    return result
+
+
+def _tapped(conn: Connection, sql: str, hook: Callable[[Connection, str], None]) -> None:
+    try:
+        hook(conn, sql)
+    except conn.dialect.loaded_dbapi.Error as error:
+        raise _driver_error(conn, sql, error, None) from error
 
 
 def _run(conn: Connection, stmt: Prepared, params: Any, many: bool = False) -> list[Any]:
@@ -290,17 +246,23 @@ def _run(conn: Connection, stmt: Prepared, params: Any, many: bool = False) -> l
     connection someone watches takes `exec_driver_sql` instead, so that its
     listeners and logging see the statement as usual."""
     pooled = conn.connection
-    if observed(conn) or (stmt._watched is not stmt and not _default_cursors(pooled)):
+    if observed(conn) or (stmt._watched is not stmt and not default_cursors(pooled)):
         assert stmt.statements == 1, "a script on a watched connection"
         watched = stmt._watched
         values = [watched._params(p) for p in params] if many else watched._params(params)
+        if tap is not None:
+            _tapped(conn, watched.sql, tap.before)
         result = conn.exec_driver_sql(watched.sql, values)
-        return list(result.fetchall()) if result.returns_rows else []
+        rows = list(result.fetchall()) if result.returns_rows else []
+        if tap is not None:
+            _tapped(conn, watched.sql, tap.after)
+        return rows
     values = [stmt._params(p) for p in params] if many else stmt._params(params)
     dbapi_conn = pooled.dbapi_connection
-    assert dbapi_conn is not None
     cursor = None
     try:
+        if tap is not None:
+            tap.before(conn, stmt.sql)
         cursor = stmt._cursor(pooled)  # fails too on a connection closed under us
         if many:
             cursor.executemany(stmt.sql, values)
@@ -309,24 +271,39 @@ def _run(conn: Connection, stmt: Prepared, params: Any, many: bool = False) -> l
         for _ in range(stmt.statements - 1):  # a script: each statement's result in turn
             cursor.nextset()
         rows = list(cursor.fetchall()) if cursor.description is not None else []
+        if tap is not None:
+            tap.after(conn, stmt.sql)
     except conn.dialect.loaded_dbapi.Error as error:
-        disconnect = conn.dialect.is_disconnect(error, dbapi_conn, cursor)
-        _close_quietly(cursor)
-        if disconnect and not conn.invalidated:
-            conn.invalidate(error)
-        raise DBAPIError.instance(
-            stmt.sql,
-            None,
-            error,
-            conn.dialect.loaded_dbapi.Error,
-            dialect=conn.dialect,
-            connection_invalidated=disconnect,
-        ) from error
+        raise _driver_error(conn, stmt.sql, error, cursor, dbapi_conn) from error
     except BaseException:
         _close_quietly(cursor)
         raise
     cursor.close()
     return rows
+
+
+def _driver_error(
+    conn: Connection, sql: str, error: Any, cursor: Any, dbapi_conn: Any = None
+) -> DBAPIError:
+    """A driver's error as SQLAlchemy's, with the connection invalidated
+    where the error says it is gone: what `Connection.execute` does."""
+    if dbapi_conn is None:
+        dbapi_conn = conn.connection.dbapi_connection
+    disconnect = conn.dialect.is_disconnect(error, dbapi_conn, cursor)
+    _close_quietly(cursor)
+    if disconnect and not conn.invalidated:
+        conn.invalidate(error)
+    return cast(
+        DBAPIError,
+        DBAPIError.instance(
+            sql,
+            None,
+            error,
+            conn.dialect.loaded_dbapi.Error,
+            dialect=conn.dialect,
+            connection_invalidated=disconnect,
+        ),
+    )
 
 
 def _close_quietly(cursor: Any) -> None:

@@ -1,0 +1,246 @@
+"""Engines sqlsaver makes itself (`SQLSaver.from_url`,
+`AsyncSQLSaver.from_url`): from a URL to an Engine or AsyncEngine, with
+the settings that suit a checkpointer on each database.
+"""
+
+from __future__ import annotations
+
+import json
+import json.scanner
+from typing import Any, cast
+
+from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from sqlsaver.dialects import MYSQL
+
+# MySQL's client capability flags (the protocol's, as PyMySQL's CLIENT has them).
+CLIENT_FOUND_ROWS = 1 << 1
+CLIENT_MULTI_STATEMENTS = 1 << 16
+
+# A URL for the other kind of saver, and the driver to use instead.
+_SYNC_FOR = {
+    "sqlite": "sqlite://",
+    "postgresql": "postgresql+psycopg://",
+    "mysql": "mysql+pymysql://",
+}
+_ASYNC_FOR = {
+    "sqlite": "sqlite+aiosqlite://",
+    "postgresql": "postgresql+asyncpg:// (or postgresql+psycopg://)",
+    "mysql": "mysql+asyncmy://",
+}
+
+
+# Connections a saver's own engine keeps (`engine_options`).
+POOL_SIZE = 10
+
+
+def engine_options(url: URL) -> dict[str, Any]:
+    """`create_engine` keyword arguments that suit a checkpointer."""
+    # No pool_pre_ping (a round trip per operation): a dead connection fails
+    # its transaction, the pool drops it, and the saver runs it again.
+    options: dict[str, Any] = {}
+    # The most recently used connection first: its statements are already
+    # prepared (psycopg prepares a statement on its fifth run on a
+    # connection; asyncpg's cache is per connection), and the connections
+    # a quiet app does not need sit idle until the server closes them.
+    options["pool_use_lifo"] = True
+    # A fixed pool. SQLAlchemy's default lets 10 connections beyond the 5 it
+    # keeps open for a burst, and closes them when given back: concurrent
+    # graphs would log in (and have statements prepared) anew all the time.
+    # Waiting a moment for one of the pool's is cheaper.
+    options["pool_size"] = POOL_SIZE
+    options["max_overflow"] = 0
+    options["json_deserializer"] = json_loads
+    if url.get_backend_name() == "sqlite":
+        # Other writers wait for the lock instead of failing at once.
+        options["connect_args"] = {"timeout": 30}
+        # The driver begins no transaction of its own (pysqlite would, before
+        # any INSERT, as DEFERRED): reads and one-statement writes need none,
+        # and the other writes begin theirs as BEGIN IMMEDIATE (`atomic`).
+        options["isolation_level"] = "AUTOCOMMIT"
+        if url.database in (None, "", ":memory:") or "mode=memory" in str(url):
+            # One in-memory database shared by every thread of this engine.
+            options["poolclass"] = StaticPool
+            for pool_option in ("pool_use_lifo", "pool_size", "max_overflow"):
+                del options[pool_option]
+            options["connect_args"]["check_same_thread"] = False
+            # Nothing to reset on return (AUTOCOMMIT; every operation ends
+            # the transactions it begins), and a ROLLBACK there would end
+            # another thread's write on the one shared connection.
+            options["pool_reset_on_return"] = None
+    if url.get_backend_name() in MYSQL:
+        options["pool_recycle"] = 3600  # below MySQL's wait_timeout
+        if url.get_driver_name() == "pymysql":
+            # A write of two inserts in one round trip (`runs_scripts`);
+            # FOUND_ROWS is SQLAlchemy's own flag, which this replaces.
+            flags = CLIENT_FOUND_ROWS | CLIENT_MULTI_STATEMENTS
+            options["connect_args"] = {"client_flag": flags}
+        # AUTOCOMMIT, for the round trips: otherwise InnoDB opens a
+        # transaction at a read's SELECT, which must be rolled back (one
+        # more round trip) lest the connection's next user read an old
+        # snapshot, and SQLAlchemy sends a ROLLBACK after each COMMIT too
+        # (PyMySQL and asyncmy send whatever they are asked). The writes of
+        # more than one statement open a transaction themselves (`atomic`);
+        # every one ends it, so there is nothing to reset on return.
+        options["isolation_level"] = "AUTOCOMMIT"
+        options["pool_reset_on_return"] = None
+    if url.get_backend_name() == "postgresql":
+        options["pool_recycle"] = 1800  # before proxies and load balancers drop idle ones
+        # Reads and one-statement writes need no transaction (`read_options`);
+        # the writes that do open one themselves (`atomic`). Set on the
+        # engine, not switched on each checkout and back on each return.
+        options["isolation_level"] = "AUTOCOMMIT"
+    return options
+
+
+# The C scanner of a default decoder (typeshed types its argument oddly).
+_SCAN_JSON = json.scanner.make_scanner(cast(Any, json.JSONDecoder()))
+
+
+def json_loads(document: str | bytes) -> Any:
+    """`json.loads` for the JSON columns a read gives back (such as the
+    channel versions of each checkpoint), which `engine_options` hands the
+    dialect: a document as the database writes it (UTF-8, no space around
+    it) is scanned in one C call, without `json.loads`'s ~90 bytecodes of
+    Python (a tenth of the Python that reads a checkpoint on SQLite).
+    Anything else, and any error, takes `json.loads` itself."""
+    try:
+        text = document if isinstance(document, str) else bytes(document).decode()
+        value, end = _SCAN_JSON(text, 0)
+        if end == len(text):
+            return value
+    except (StopIteration, ValueError):  # UnicodeDecodeError, JSONDecodeError
+        pass
+    return json.loads(document)
+
+
+def threaded_sync_url(url: URL) -> URL | None:
+    """For an async URL whose driver is a thread around a sync one
+    (aiosqlite), the sync URL that `AsyncSQLSaver` runs in a worker thread
+    instead; None for truly async drivers."""
+    if url.get_backend_name() == "sqlite" and url.get_driver_name() == "aiosqlite":
+        return url.set(drivername="sqlite")
+    return None
+
+
+# The protocol's SERVER_STATUS_IN_TRANS bit, in the status MySQL sends with
+
+
+def configure_engine(engine: Engine) -> None:
+    """Connection-level settings for an engine sqlsaver created.
+
+    SQLite: write-ahead logging. (Its engines are AUTOCOMMIT, see
+    `engine_options`: sqlsaver begins its write transactions itself, as
+    ``BEGIN IMMEDIATE``, so that concurrent writers queue on the busy
+    timeout instead of failing with "database is locked" when they upgrade
+    a read lock, the official saver's failure.)
+
+    MySQL: strict mode, so a key too long for its column is an error rather
+    than silently truncated into another thread's key.
+    """
+    if engine.dialect.name in MYSQL:
+
+        @event.listens_for(engine, "connect")
+        def _strict(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SET SESSION sql_mode = CONCAT_WS(',', @@sql_mode, 'STRICT_ALL_TABLES')")
+            cursor.close()
+
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        if engine.url.database not in (None, "", ":memory:"):
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            except Exception as error:  # the driver's OperationalError
+                # Switching to WAL needs the database to itself, and does not
+                # wait for a writer: go on, and let a later connection (or the
+                # writer's) switch. WAL is speed, not correctness.
+                if "locked" not in str(error):
+                    raise
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+
+def parse_url(url: str | URL) -> URL:
+    """A SQLAlchemy URL, with a clear error for one sqlsaver cannot use."""
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()
+    except (ArgumentError, NoSuchModuleError) as error:
+        raise ValueError(
+            f"cannot use database URL {str(url)!r}: {error}. sqlsaver takes SQLAlchemy URLs "
+            "for SQLite (sqlite:///file.db, sqlite+aiosqlite:///file.db), PostgreSQL "
+            "(postgresql+psycopg://, postgresql+asyncpg://) and MySQL/MariaDB "
+            "(mysql+pymysql://, mysql+asyncmy://)"
+        ) from error
+    return parsed
+
+
+def _options(url: URL, engine_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    options = engine_options(url)
+    for key, value in (engine_kwargs or {}).items():
+        if key == "connect_args":
+            value = {**options.get("connect_args", {}), **value}
+        options[key] = value
+    return options
+
+
+def _backend(url: URL) -> str:
+    backend = url.get_backend_name()
+    return "mysql" if backend in MYSQL else backend
+
+
+def _driver_missing(url: URL, error: ImportError) -> ValueError:
+    return ValueError(
+        f"the driver for {url.drivername!r} is not installed ({error}): install it, or "
+        "sqlsaver's extra for the database: pip install 'sqlsaver[postgres]' "
+        "(psycopg, asyncpg), 'sqlsaver[mysql]' (pymysql, asyncmy), 'sqlsaver[sqlite]' (aiosqlite)"
+    )
+
+
+def pre_ping(engine_kwargs: dict[str, Any] | None) -> bool:
+    """Whether the caller asked for a ping at each checkout from the pool."""
+    return bool((engine_kwargs or {}).get("pool_pre_ping"))
+
+
+def sync_engine(url: str | URL, engine_kwargs: dict[str, Any] | None) -> Engine:
+    """An engine for `SQLSaver.from_url`, configured for checkpointing."""
+    parsed = parse_url(url)
+    if parsed.get_dialect().is_async:
+        instead = _SYNC_FOR.get(_backend(parsed), "its sync driver")
+        raise ValueError(
+            f"{parsed.drivername!r} is an async driver: use AsyncSQLSaver.from_url for it, "
+            f"or give SQLSaver a sync URL such as {instead}"
+        )
+    try:
+        engine = create_engine(parsed, **_options(parsed, engine_kwargs))
+    except ImportError as error:
+        raise _driver_missing(parsed, error) from error
+    configure_engine(engine)
+    return engine
+
+
+def async_engine(url: str | URL, engine_kwargs: dict[str, Any] | None) -> AsyncEngine:
+    """An async engine for `AsyncSQLSaver.from_url`, configured alike."""
+    parsed = parse_url(url)
+    try:
+        engine = create_async_engine(parsed, **_options(parsed, engine_kwargs))
+    except ImportError as error:
+        raise _driver_missing(parsed, error) from error
+    except Exception as error:  # sqlalchemy raises InvalidRequestError for sync drivers
+        if "async" not in str(error):
+            raise
+        instead = _ASYNC_FOR.get(_backend(parsed), "its async driver")
+        raise ValueError(
+            f"{parsed.drivername!r} is not an async driver: use SQLSaver.from_url for it, "
+            f"or give AsyncSQLSaver an async URL such as {instead}"
+        ) from error
+    configure_engine(engine.sync_engine)
+    return engine
