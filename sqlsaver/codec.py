@@ -88,7 +88,7 @@ def put_rows(
 
 def dump(serde: SerializerProtocol, value: Any) -> tuple[str, bytes]:
     """``serde.dumps_typed(value)``, its data as `bytes` exactly: binary
-    columns are bound as they are (`prepared._binary`), and MySQL's drivers
+    columns are bound as they are (`execution.prepared._binary`), and MySQL's drivers
     would write another buffer (a ``memoryview``; a ``bytearray`` on
     asyncmy) as its repr."""
     type_, data = serde.dumps_typed(value)

@@ -663,7 +663,7 @@ async def test_async_from_url_keeps_connections_between_operations(
     backend: Any, thread_id: str
 ) -> None:
     """So does an async one: the sync connections under its async driver's
-    (on SQLite, those of its sync engine, `ThreadedBind`), handed back by
+    (on SQLite, those of its sync engine, `AsyncRunner` in a worker thread), handed back by
     ``aclose()``."""
     checkouts: list[object] = []
     checkins: list[object] = []
@@ -684,7 +684,7 @@ def test_kept_connection_goes_back_to_the_pool_when_its_lease_ends(
     backend: Any, thread_id: str
 ) -> None:
     """A kept connection skips the pool's checkout, and so its recycling
-    (``pool_recycle``): after `_KeptConnections.LEASE` seconds it goes back
+    (``pool_recycle``): after `KeptConnections.LEASE` seconds it goes back
     to the pool, which checks it out again, recycled if it is old."""
     checkouts: list[object] = []
     with SQLSaver.from_url(backend.sync_url) as saver:
@@ -702,7 +702,7 @@ async def test_async_kept_connection_goes_back_to_the_pool_when_its_lease_ends(
     backend: Any, thread_id: str
 ) -> None:
     """So does an async saver's (its sync connections under the async
-    driver's; on SQLite, `ThreadedBind`'s)."""
+    driver's; on SQLite, `AsyncRunner` in a worker thread's)."""
     checkouts: list[object] = []
     async with AsyncSQLSaver.from_url(backend.async_url) as saver:
         config = await saver.aput(*put_args(thread_id))
@@ -752,7 +752,7 @@ async def test_async_connection_left_in_a_transaction_is_not_kept(
     backend: Any, thread_id: str
 ) -> None:
     """The same for an async saver, as its driver tells (asyncpg, asyncmy;
-    on SQLite, sqlite3 under `ThreadedBind`)."""
+    on SQLite, sqlite3 under `AsyncRunner` in a worker thread)."""
 
     def leave_a_transaction_open(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN")
@@ -824,7 +824,7 @@ async def test_async_from_url_saver_returns_every_connection(
 ) -> None:
     with refusing_checkpoints(app_engine):
         async with AsyncSQLSaver.from_url(backend.async_url) as saver:
-            # SQLite's operations run on a sync engine of the saver's (`ThreadedBind`).
+            # SQLite: a sync engine of the saver's, in a worker thread (`AsyncRunner`).
             engine = saver._threaded_engine or saver._owned_engine.sync_engine
             pool = engine.pool
             config = await saver.aput(*put_args(thread_id, run_id="run"))
@@ -916,7 +916,7 @@ def test_dead_kept_connections_are_replaced(
     """No pre-ping round trip per operation: an operation that meets a dead
     connection has its transaction run again on a fresh one, reads and
     writes. After a disconnect, the other kept connections (dead too, after
-    a server restart) are not tried: more of them than `bind.ATTEMPTS`."""
+    a server restart) are not tried: more of them than `runner.ATTEMPTS`."""
     with SQLSaver.from_url(backend.sync_url) as saver:
         saver.put(*put_args(thread_id))
         _keep(kept_of(saver), ATTEMPTS + 2)

@@ -9,6 +9,7 @@ lowest and the newest SQLAlchemy that pyproject.toml declares.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from conftest import Backend
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlsaver.execution import transactions
 from sqlsaver.execution.prepared import observed
 from sqlsaver.execution.psycopg_raw import native_placeholders
+from sqlsaver.execution.sqlalchemy_private import await_, greenlet_spawn
 
 
 def _engine(backend: Backend, aio: bool, **kwargs: Any) -> Engine:
@@ -82,3 +84,16 @@ async def test_cursor_listeners_are_seen(backend: Backend, aio: bool) -> None:
     finally:
         await async_engine.dispose()
         engine.dispose()
+
+
+async def test_the_greenlet_bridge_awaits_from_sync_code() -> None:
+    # `sqlalchemy.util.greenlet_spawn` and `await_` (`await_only` on 2.0),
+    # which `AsyncRunner` runs every async operation through.
+    async def later() -> str:
+        await asyncio.sleep(0)
+        return "awaited"
+
+    def sync_code() -> str:
+        return await_(later())
+
+    assert await greenlet_spawn(sync_code) == "awaited"

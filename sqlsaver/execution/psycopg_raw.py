@@ -19,12 +19,7 @@ from typing import Any, cast
 from sqlalchemy import Dialect
 from sqlalchemy.pool import PoolProxiedConnection
 
-from sqlsaver.execution.sqlalchemy_private import dialect_copy
-
-try:  # SQLAlchemy 2.1 and later
-    from sqlalchemy.util import await_
-except ImportError:  # 2.0
-    from sqlalchemy.util import await_only as await_
+from sqlsaver.execution.sqlalchemy_private import await_, dialect_copy
 
 
 def raw_cursor(pooled: PoolProxiedConnection) -> Any:

@@ -48,19 +48,14 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, UnboundExecutionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
-from sqlalchemy.util import greenlet_spawn
 
 from sqlsaver import dialects, migrate
 from sqlsaver.execution import transactions
 from sqlsaver.execution.kept import KeptConnections, keeps_connections
 from sqlsaver.execution.plan import Sized, plan
+from sqlsaver.execution.sqlalchemy_private import await_, greenlet_spawn
 from sqlsaver.migrate import SchemaNotReadyError
 from sqlsaver.policies import Policies
-
-try:  # SQLAlchemy 2.1 and later
-    from sqlalchemy.util import await_
-except ImportError:  # 2.0
-    from sqlalchemy.util import await_only as await_
 
 P = ParamSpec("P")
 T = TypeVar("T")

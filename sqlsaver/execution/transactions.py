@@ -34,7 +34,7 @@ def read_options(dialect: Dialect) -> dict[str, Any]:
     default READ COMMITTED gives each statement its own snapshot anyway, so
     a transaction buys a read nothing). psycopg and asyncpg switch it on the
     client, without a round trip of their own. A write that is a single
-    statement (`ops.one_round_trip`) takes the same connections: it needs no
+    statement (`Plan.alone`) takes the same connections: it needs no
     transaction around it.
 
     SQLite reads need no option: pysqlite begins no transaction for a
@@ -53,14 +53,14 @@ def autocommit_engine(engine: Engine | AsyncEngine) -> bool:
 
 
 def statements_commit(engine: Engine | AsyncEngine) -> bool:
-    """Whether a write that is one statement (`ops.one_round_trip`) runs on
+    """Whether a write that is one statement (`Plan.alone`) runs on
     this engine (a saver's read engine) with no transaction of the saver's
     around it: where its connections are AUTOCOMMIT (PostgreSQL's always,
     see `read_options`; `from_url`'s on MySQL and SQLite), and on any
     SQLite engine, where a statement is atomic on its own (no ``BEGIN
     IMMEDIATE``: two statements fewer under the writer's lock; on an engine
     of the caller's the driver may open a transaction itself, which
-    `bind._connection` commits)."""
+    `Runner._connection` commits)."""
     return engine.dialect.name == "sqlite" or autocommit_engine(engine)
 
 
@@ -158,7 +158,7 @@ def rollback(conn: Connection) -> None:
     (`runs_scripts`) or `own_transaction` began. The failure is what the
     caller raises: none is on a connection found dead (nothing to roll
     back), and one of the ROLLBACK's own is dropped. A connection left in a
-    transaction is then not reused (`bind._KeptConnections.failed`)."""
+    transaction is then not reused (`kept.KeptConnections.failed`)."""
     if conn.invalidated:
         return
     try:
@@ -217,7 +217,7 @@ def runs_scripts(conn: Connection) -> bool:
     several statements in one query (asyncmy always; PyMySQL with
     ``CLIENT.MULTI_STATEMENTS``, which sqlsaver's engines set), on an
     AUTOCOMMIT connection in no transaction, and with no one watching its
-    statements one by one (`prepared.observed`)."""
+    statements one by one (`observed`)."""
     if (
         not dialects.takes_scripts(conn.dialect)
         or not _needs_own_transaction(conn)
