@@ -374,6 +374,28 @@ def single_writer(dialect: Dialect) -> bool:
     return dialect.name == "sqlite"
 
 
+def begin_write(dialect: Dialect) -> str:
+    """The BEGIN of a write's own transaction: ``BEGIN IMMEDIATE`` on
+    SQLite, which takes the writer's lock up front, so that concurrent
+    writers queue on the busy timeout instead of failing with "database is
+    locked" when they upgrade a read lock (the official saver's failure)."""
+    return "BEGIN IMMEDIATE" if dialect.name == "sqlite" else "BEGIN"
+
+
+def begin_snapshot(dialect: Dialect) -> tuple[str, ...]:
+    """The statements that begin a read-only transaction whose reads all
+    see one state of the database. SQLite: a deferred BEGIN, whose snapshot
+    is taken at the first read (and under WAL holds no writer back).
+    PostgreSQL: REPEATABLE READ, as READ COMMITTED takes a snapshot per
+    statement. MySQL/MariaDB: REPEATABLE READ for the next transaction only
+    (not ``SET SESSION``), whose snapshot InnoDB takes at the first read."""
+    if dialect.name == "sqlite":
+        return ("BEGIN",)
+    if dialect.name == "postgresql":
+        return ("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",)
+    return ("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", "START TRANSACTION READ ONLY")
+
+
 def commits_ddl(dialect: Dialect) -> bool:
     """Whether every DDL statement commits, whatever transaction it is in
     (MySQL, MariaDB: the transaction open before it, and the statement

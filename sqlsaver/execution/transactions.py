@@ -175,13 +175,9 @@ def snapshot(conn: Connection) -> Iterator[None]:
     begins none for a SELECT. Without it, a checkpoint read by one statement
     may have lost its channel values to a shallow `put` (or `prune`) by the
     next. Inside a transaction already (a caller's, or a write's), the block
-    reads in that one.
-
-    SQLite: a deferred BEGIN, whose snapshot is taken at the first read
-    (and under WAL holds no writer back). MySQL/MariaDB: REPEATABLE READ,
-    whose snapshot InnoDB takes at the first read, whatever the session's
-    level (one round trip, where the connection takes scripts). PostgreSQL:
-    REPEATABLE READ, as READ COMMITTED takes a snapshot per statement."""
+    reads in that one. How each database begins it: `dialects.begin_snapshot`
+    (on MySQL two statements, sent as one script where the connection takes
+    scripts: one round trip)."""
     try:
         inside = in_transaction(conn)
     except conn.dialect.loaded_dbapi.Error:  # a dead connection: the BEGIN
@@ -194,16 +190,10 @@ def snapshot(conn: Connection) -> Iterator[None]:
 
 
 def _begin_snapshot(conn: Connection) -> list[Prepared]:
-    dialect = conn.dialect
-    if dialect.name == "sqlite":
-        return [control(dialect, "BEGIN")]
-    if dialect.name == "postgresql":
-        return [control(dialect, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")]
-    # Not `SET SESSION`: the level of the next transaction only.
-    begin = ("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", "START TRANSACTION READ ONLY")
-    if runs_scripts(conn):
-        return [_script(dialect, begin)]
-    return [control(dialect, statement) for statement in begin]
+    begin = dialects.begin_snapshot(conn.dialect)
+    if len(begin) > 1 and runs_scripts(conn):
+        return [_script(conn.dialect, begin)]
+    return [control(conn.dialect, statement) for statement in begin]
 
 
 @cache
@@ -234,10 +224,9 @@ def _needs_own_transaction(conn: Connection) -> bool:
 
 @contextmanager
 def _own_transaction(conn: Connection) -> Iterator[None]:
-    """BEGIN (IMMEDIATE on SQLite: the writer's lock up front) ... COMMIT
-    (`_driver_transaction`), marked in ``conn.info`` while it holds."""
-    begin = "BEGIN IMMEDIATE" if conn.dialect.name == "sqlite" else "BEGIN"
-    with _driver_transaction(conn, [control(conn.dialect, begin)]):
+    """BEGIN (`dialects.begin_write`) ... COMMIT (`_driver_transaction`),
+    marked in ``conn.info`` while it holds."""
+    with _driver_transaction(conn, [control(conn.dialect, dialects.begin_write(conn.dialect))]):
         # The mark goes with the driver's connection, as the transaction
         # does, and comes off the same one: after a disconnect SQLAlchemy
         # has invalidated ``conn``, whose ``info`` would then be a new
