@@ -16,9 +16,7 @@ from sqlalchemy import (
     Dialect,
     Integer,
     bindparam,
-    cast,
     literal_column,
-    null,
     select,
     union_all,
 )
@@ -38,6 +36,7 @@ from sqlsaver.ops.lookups import (
     _same_checkpoint,
     _writes_and_values_in,
 )
+from sqlsaver.ops.union import Layout, named
 
 # Checkpoints read by the pages of a parent-chain walk: few first (a
 # `DeltaChannel` is seeded every `snapshot_frequency` updates, 100 by
@@ -54,6 +53,18 @@ _WALKED_COLUMNS = (
     C.c.channel_versions,
     C.c.checkpoint_type,
     C.c.checkpoint,
+)
+# The rows of a `_walk_statement` that also finds stored values: a
+# checkpoint's `_WALKED_COLUMNS`, or a value's `_STORED_COLUMNS`
+# (``stored_<name>``). The NULLs of these are cast: the page is a subquery,
+# and a type given in Python alone (`type_coerce`) would not reach the
+# union's columns in SQL.
+_WALK_ROWS = Layout(
+    {
+        **{c.name: c.type for c in _WALKED_COLUMNS},
+        **{f"stored_{c.name}": c.type for c in _STORED_COLUMNS},
+    },
+    cast=[f"stored_{c.name}" for c in _STORED_COLUMNS],
 )
 
 
@@ -109,7 +120,7 @@ def _walk_statement(dialect: Dialect, size: int, stored_of: int, keyed: bool) ->
     on (`_chain_of_keys`), for ids out of time order. With ``stored_of``
     channels (`slots` ``channel_<i>``), the same statement also returns
     which versions of theirs have a stored value (`_STORED_COLUMNS`, keys
-    only; the other columns NULL)."""
+    only; see `_WALK_ROWS`)."""
     newest_first = C.c.checkpoint_id.desc()
     if keyed:
         chain = _chain_of_keys(size)
@@ -127,10 +138,9 @@ def _walk_statement(dialect: Dialect, size: int, stored_of: int, keyed: bool) ->
     page = page.order_by(newest_first)
     if not stored_of:
         return Prepared(page, dialect)
-    no_stored = [cast(null(), col.type).label(f"stored_{col.name}") for col in _STORED_COLUMNS]
     # A subquery: SQLite takes no ORDER BY or LIMIT in a part of a UNION.
-    walked = page.add_columns(*no_stored).subquery("page")
-    stored = select(*[null()] * len(_WALKED_COLUMNS), *_STORED_COLUMNS).where(
+    walked = page.with_only_columns(*_WALK_ROWS.columns(named(_WALKED_COLUMNS))).subquery("page")
+    stored = _WALK_ROWS.branch(named(_STORED_COLUMNS, "stored_")).where(
         B.c.thread_id == bindparam("thread_id"),
         B.c.checkpoint_ns == bindparam("checkpoint_ns"),
         B.c.channel.in_(slots("channel", stored_of, B.c.channel.type)),

@@ -4,6 +4,7 @@ that reads a namespace's writes and channel values together."""
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from collections.abc import Callable, Collection, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,11 +22,9 @@ from sqlalchemy import (
     and_,
     bindparam,
     func,
-    null,
     or_,
     select,
     tuple_,
-    type_coerce,
     union_all,
 )
 
@@ -36,6 +35,7 @@ from sqlsaver.execution.prepared import Prepared, execute, padded, slots
 from sqlsaver.models import blobs as B
 from sqlsaver.models import checkpoints as C
 from sqlsaver.models import writes as W
+from sqlsaver.ops.union import Layout, named
 from sqlsaver.policies import Policies
 
 # Key tuples per `IN (...)`: well under every driver's bind-parameter cap.
@@ -107,6 +107,10 @@ def _rows_by_keys(
 
 WRITE_COLUMNS = (W.c.task_id, W.c.idx, W.c.task_path, W.c.channel, W.c.type, W.c.blob)
 VALUE_COLUMNS = (B.c.channel, B.c.version, B.c.type, B.c.blob)
+# A row's checkpoint key, and a write row's `WRITE_COLUMNS` as
+# `codec.pending_writes` takes them: read by name, cheaply (C getters).
+checkpoint_key_of = operator.attrgetter("thread_id", "checkpoint_ns", "checkpoint_id")
+write_of = operator.attrgetter(*(c.name for c in WRITE_COLUMNS))
 
 
 @cache
@@ -149,9 +153,9 @@ def _load_blobs(
                 ("channel", "version", "type", "blob"),
                 (("channel", channels), ("version", versions)),
             ).rows(conn, params)
-            for channel, version, type_, blob in found:
-                if (key := (thread_id, ns, channel, version)) in keys:
-                    values[key] = codec.load(serde, type_, blob)
+            for r in found:
+                if (key := (thread_id, ns, r.channel, r.version)) in keys:
+                    values[key] = codec.load(serde, r.type, r.blob)
         return values
     blob_key = (B.c.thread_id, B.c.checkpoint_ns, B.c.channel, B.c.version)
     for r in _rows_by_keys(conn, blob_key, (B.c.type, B.c.blob), keys):
@@ -185,8 +189,8 @@ def _load_writes(
         id_count, id_params = padded("checkpoint_id", chunk)
         params.update(id_params)
         stmt = _in_namespace(conn.dialect, W, _WRITES_BY_ID, (("checkpoint_id", id_count), *lists))
-        for r in stmt.rows(conn, params, named=False):
-            rows[r[0]].append(r[1:])
+        for r in stmt.rows(conn, params):
+            rows[r.checkpoint_id].append(write_of(r))
     return {key: codec.pending_writes(serde, group) for key, group in rows.items()}
 
 
@@ -194,6 +198,20 @@ def _load_writes(
 # many values: with its thread and namespace (bound twice by positional
 # drivers), within SQLite's oldest limit of 999 parameters.
 WRITES_AND_VALUES_BINDS = 990
+# The rows of a `_writes_and_values_statement`: a write's checkpoint id and
+# `WRITE_COLUMNS`; a value's channel, type, blob and version; a stored
+# checkpoint's id.
+WRITES_AND_VALUES = Layout(
+    {
+        "checkpoint_id": W.c.checkpoint_id.type,
+        **{c.name: c.type for c in WRITE_COLUMNS},
+        "version": B.c.version.type,
+    }
+)
+# Read from plain rows (`Layout.getter`): every write and value of a read.
+_WRITE_HEAD = WRITES_AND_VALUES.getter("checkpoint_id", "task_id")
+_WRITE = WRITES_AND_VALUES.getter(*(c.name for c in WRITE_COLUMNS))
+_VALUE = WRITES_AND_VALUES.getter("channel", "version", "type", "blob")
 
 
 @cache
@@ -212,13 +230,11 @@ def _writes_and_values_statement(
     ``write_channels``, only those to channels ``channel_<i>``) and channel
     values (``value_channel_<i>`` and ``value_version_<i>``; the exact
     pairs are picked from the rows; none for no channels), as one statement
-    of narrow rows: a write's checkpoint id, `WRITE_COLUMNS` and a NULL
-    version; or a value's channel, type, blob and version, its other
-    columns NULL. With ``present``, also the ids of those checkpoints still
-    stored, the other columns NULL. (A range of the primary key is read by
-    the index where a long IN list is not: the plan PostgreSQL keeps for a
-    prepared statement builds the list anew to test each row of the
-    namespace.)"""
+    of narrow rows (`WRITES_AND_VALUES`): a write's, a value's, and with
+    ``present``, also the ids of those checkpoints still stored. (A range
+    of the primary key is read by the index where a long IN list is not:
+    the plan PostgreSQL keeps for a prepared statement builds the list anew
+    to test each row of the namespace.)"""
 
     def in_namespace(table: Table) -> tuple[ColumnElement[bool], ...]:
         return (
@@ -238,23 +254,21 @@ def _writes_and_values_statement(
         listed = [column.in_(slots("checkpoint_id", id_count, column.type))] if id_count else []
         return or_(*ranges, *listed)
 
-    # Typed: the first branch's types decide how each column is read.
-    no_version = type_coerce(null(), B.c.version.type).label("version")
-    writes = select(W.c.checkpoint_id, *WRITE_COLUMNS, no_version).where(
-        *in_namespace(W), of_checkpoints(W.c.checkpoint_id)
-    )
+    writes = WRITES_AND_VALUES.branch(
+        {"checkpoint_id": W.c.checkpoint_id, **named(WRITE_COLUMNS)}
+    ).where(*in_namespace(W), of_checkpoints(W.c.checkpoint_id))
     if write_channels:
         writes = writes.where(W.c.channel.in_(slots("channel", write_channels, W.c.channel.type)))
     parts: list[Any] = [writes]
     if channel_count:
-        values = select(*[null()] * 4, B.c.channel, B.c.type, B.c.blob, B.c.version).where(
+        values = WRITES_AND_VALUES.branch(named(VALUE_COLUMNS)).where(
             *in_namespace(B),
             B.c.channel.in_(slots("value_channel", channel_count, B.c.channel.type)),
             B.c.version.in_(slots("value_version", version_count, B.c.version.type)),
         )
         parts.append(values)
     if present:
-        stored = select(C.c.checkpoint_id, *[null()] * 7).where(
+        stored = WRITES_AND_VALUES.branch({"checkpoint_id": C.c.checkpoint_id}).where(
             *in_namespace(C), of_checkpoints(C.c.checkpoint_id)
         )
         parts.append(stored)
@@ -330,13 +344,15 @@ def _writes_and_values_in(
     values = {}
     found_stored = set()
     for r in stmt.rows(conn, params, named=False):
-        if r[0] is not None:  # a write, or (no task id) a checkpoint still stored
-            if r[1] is None:
-                found_stored.add(r[0])
-            elif keep is None or r[0] in keep:
-                writes[r[0]].append(r[1:7])
-        elif (key := key_of(r[4], r[7])) is not None:
-            values[key] = codec.load(serde, r[5], r[6])
+        checkpoint_id, task_id = _WRITE_HEAD(r)
+        if checkpoint_id is None:  # a value
+            channel, version, type_, blob = _VALUE(r)
+            if (key := key_of(channel, version)) is not None:
+                values[key] = codec.load(serde, type_, blob)
+        elif task_id is None:  # a checkpoint still stored
+            found_stored.add(checkpoint_id)
+        elif keep is None or checkpoint_id in keep:
+            writes[checkpoint_id].append(_WRITE(r))
     if not found_stored.issuperset(stored):
         return None  # one went since it was found
     pending = {k: codec.pending_writes(serde, w) for k, w in writes.items()}

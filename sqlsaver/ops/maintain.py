@@ -16,7 +16,14 @@ from sqlsaver.models import checkpoints as C
 from sqlsaver.models import threads as T
 from sqlsaver.models import writes as W
 from sqlsaver.ops.delta import _walk_to_seeds
-from sqlsaver.ops.lookups import CHECKPOINT_COLUMNS, Options, _checkpoint_key, _chunks, _keys_in
+from sqlsaver.ops.lookups import (
+    CHECKPOINT_COLUMNS,
+    Options,
+    _checkpoint_key,
+    _chunks,
+    _keys_in,
+    checkpoint_key_of,
+)
 from sqlsaver.policies import Strategy
 
 COUNTERS_KEY = dialects.canonical_key("counters_since_delta_snapshot")
@@ -68,7 +75,7 @@ def delete_for_runs(conn: Connection, opts: Options, run_ids: Sequence[str]) -> 
     keys: list[tuple[str, str, str]] = []
     for chunk in _chunks(run_ids):
         stmt = select(*_checkpoint_key(C)).where(C.c.run_id.in_(chunk))
-        keys.extend(tuple(r) for r in execute(conn, stmt))
+        keys.extend(map(checkpoint_key_of, execute(conn, stmt)))
     if keys:
         _delete_checkpoints(conn, opts, keys)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import CheckpointTuple, PendingWrite, get_checkpoint_id
@@ -18,12 +19,9 @@ from sqlalchemy import (
     Integer,
     Select,
     bindparam,
-    cast,
-    null,
     select,
     true,
     tuple_,
-    type_coerce,
     union_all,
 )
 
@@ -46,7 +44,10 @@ from sqlsaver.ops.lookups import (
     _rows_by_keys,
     _same_checkpoint,
     _writes_and_values_in,
+    checkpoint_key_of,
+    write_of,
 )
+from sqlsaver.ops.union import Layout, named
 from sqlsaver.policies import Visibility
 
 # Rows a `list` page holds at most: bounds memory however large the thread.
@@ -64,10 +65,10 @@ def _writes_of(
         ids = [r.checkpoint_id for r in rows]
         found = _load_writes(conn, serde, Address(thread_id, ns), ids)
         return {(thread_id, ns, key): writes for key, writes in found.items()}
-    keys = ((r.thread_id, r.checkpoint_ns, r.checkpoint_id) for r in rows)
+    keys = map(checkpoint_key_of, rows)
     grouped: dict[tuple[str, str, str], list[Sequence[Any]]] = defaultdict(list)
     for r in _rows_by_keys(conn, _checkpoint_key(W), WRITE_COLUMNS, keys):
-        grouped[tuple(r[:3])].append(r[3:])
+        grouped[checkpoint_key_of(r)].append(write_of(r))
     return {k: codec.pending_writes(serde, group) for k, group in grouped.items()}
 
 
@@ -79,7 +80,7 @@ def _assemble(
     more (`_writes_and_values`; ``checked``: None unless it found the
     checkpoints still stored); where it joined them (PostgreSQL), those of
     checkpoints whose versions are not in their column take one more."""
-    rows, writes, blob_values = found
+    rows, writes, blob_values = found.rows, found.writes, found.values
     if not rows:
         return []
     stored = [codec.stored_checkpoint(serde, r) for r in rows]
@@ -105,7 +106,7 @@ def _assemble(
             s,
             row_keys,
             blob_values,
-            writes.get((r.thread_id, r.checkpoint_ns, r.checkpoint_id), []),
+            writes.get(checkpoint_key_of(r), []),
         )
         for r, s, row_keys in zip(rows, stored, keys, strict=True)
     ]
@@ -153,6 +154,22 @@ def _writes_and_values(
     return _writes_of(conn, serde, rows), _load_blobs(conn, serde, keys)
 
 
+# The rows of a `_tuples_statement`: a checkpoint's `CHECKPOINT_COLUMNS`; a
+# write's checkpoint key and `WRITE_COLUMNS` (``write_<name>``); a value's
+# thread, namespace and `VALUE_COLUMNS` (``value_<name>``). The values'
+# NULLs are cast: the third branch's blob is bytea, the others' NULLs would
+# be text (see `Layout.columns`).
+TUPLE_ROWS = Layout(
+    {
+        **{c.name: c.type for c in CHECKPOINT_COLUMNS},
+        **{f"write_{c.name}": c.type for c in WRITE_COLUMNS},
+        **{f"value_{c.name}": c.type for c in VALUE_COLUMNS},
+    },
+    cast=[f"value_{c.name}" for c in VALUE_COLUMNS],
+)
+_TUPLE_WRITE = operator.attrgetter(*(f"write_{c.name}" for c in WRITE_COLUMNS))
+
+
 def _tuples_statement(
     dialect: Dialect, chosen: Select[Any], order: Sequence[Any] = ()
 ) -> Select[Any] | CompoundSelect[Any]:
@@ -172,16 +189,10 @@ def _tuples_statement(
     if not dialects.expands_json(dialect):
         return chosen
     c = chosen.cte("c")
-    no_writes = [type_coerce(null(), col.type).label(f"write_{col.name}") for col in WRITE_COLUMNS]
-    # Cast: PostgreSQL types a union's columns branch by branch, and NULLs
-    # in the first two branches would be text where the third has bytea.
-    no_values = [cast(null(), col.type).label(f"value_{col.name}") for col in VALUE_COLUMNS]
-    # Labelled: a compound's ORDER BY names its columns (SQLite).
-    checkpoints = select(*(col.label(col.name) for col in c.c), *no_writes, *no_values)
-    no_checkpoint = [null()] * (len(c.c) - 3)
-    writes = select(*_checkpoint_key(c), *no_checkpoint, *WRITE_COLUMNS, *no_values).select_from(
-        c.join(W, _same_checkpoint(W, c))
-    )
+    checkpoints = TUPLE_ROWS.branch(named(c.c))
+    writes = TUPLE_ROWS.branch(
+        {**named(_checkpoint_key(c)), **named(WRITE_COLUMNS, "write_")}
+    ).select_from(c.join(W, _same_checkpoint(W, c)))
     entries = dialects.json_entries(dialect, c.c.channel_versions)
     # Each value once, however many of the checkpoints reference it.
     referenced = (
@@ -205,34 +216,33 @@ def _tuples_statement(
         # version without a stored value looks up NULL.
         return select(column).where(*same_blob).scalar_subquery()
 
-    values = select(
-        referenced.c.thread_id,
-        referenced.c.checkpoint_ns,
-        *[null()] * (len(c.c) - 2 + len(WRITE_COLUMNS)),
-        referenced.c.key,
-        referenced.c.value,
-        looked_up(B.c.type),
-        looked_up(B.c.blob),
+    values = TUPLE_ROWS.branch(
+        {
+            "thread_id": referenced.c.thread_id,
+            "checkpoint_ns": referenced.c.checkpoint_ns,
+            "value_channel": referenced.c.key,
+            "value_version": referenced.c.value,
+            "value_type": looked_up(B.c.type),
+            "value_blob": looked_up(B.c.blob),
+        }
     )
     stmt = union_all(checkpoints, writes, values)
     return stmt.order_by(*(stmt.selected_columns[col.name].desc() for col in order))
 
 
-# A `_tuples_statement`'s rows split up: the checkpoint rows in order, the
-# writes of each, and the channel values it joined, by blob key.
-Found = tuple[
-    list[Row],
-    dict[tuple[str, str, str], list[PendingWrite]],
-    dict[tuple[str, str, str, str], Any],
-]
-_WRITES = slice(len(CHECKPOINT_COLUMNS), len(CHECKPOINT_COLUMNS) + len(WRITE_COLUMNS))
+class Found(NamedTuple):
+    """A `_tuples_statement`'s rows split up."""
+
+    rows: list[Row]  # the checkpoint rows, in order
+    writes: dict[tuple[str, str, str], list[PendingWrite]]  # of each, by checkpoint key
+    values: dict[tuple[str, str, str, str], Any]  # the channel values it joined, by blob key
 
 
 def _found(dialect: Dialect, serde: SerializerProtocol, rows: Sequence[Row]) -> Found:
     """Split the rows of a `_tuples_statement` (or take its checkpoints:
     where it has nothing else, see `dialects.expands_json`)."""
     if not dialects.expands_json(dialect):
-        return list(rows), {}, {}
+        return Found(list(rows), {}, {})
     checkpoints: list[Row] = []
     writes: dict[tuple[str, str, str], list[Sequence[Any]]] = defaultdict(list)
     values: dict[tuple[str, str, str, str], Any] = {}
@@ -243,11 +253,11 @@ def _found(dialect: Dialect, serde: SerializerProtocol, rows: Sequence[Row]) -> 
                 values[blob_key] = codec.load(serde, r.value_type, r.value_blob)
             continue
         if r.write_task_id is not None:  # a write, else a checkpoint
-            writes[(r.thread_id, r.checkpoint_ns, r.checkpoint_id)].append(r[_WRITES])
+            writes[checkpoint_key_of(r)].append(_TUPLE_WRITE(r))
         else:
             checkpoints.append(r)
     pending = {k: codec.pending_writes(serde, w) for k, w in writes.items() if w}
-    return checkpoints, pending, values
+    return Found(checkpoints, pending, values)
 
 
 @cache
@@ -428,7 +438,7 @@ def list_page(
         opts.policies.visibility,
     )
     found, page = _read_tuples(conn, opts.serde, lambda: stmt.rows(conn, params))
-    rows = found[0]
+    rows = found.rows
     remaining = None if query.remaining is None else query.remaining - len(rows)
     # No next page after a short one, nor once the limit is reached (which
     # would take a connection only to find it has nothing to do).
