@@ -68,7 +68,9 @@ class Options:
     policies: Policies = Policies()
 
 
-def _chunks(items: Iterable[Any], size: int = CHUNK) -> Iterable[list[Any]]:
+def _chunks(items: Iterable[Any], size: int | None = None) -> Iterable[list[Any]]:
+    """Lists of up to ``size`` items (`CHUNK`, as it is when called)."""
+    size = size or CHUNK
     items = list(items)
     for start in range(0, len(items), size):
         yield items[start : start + size]
