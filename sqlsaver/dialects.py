@@ -115,7 +115,7 @@ def expands_json(dialect: Dialect) -> bool:
     compare under a collation where our binary key columns compare bytes.
     Not SQLite, where ``json_each`` would, at ten times the cost of looking
     the values up by their keys. Elsewhere a read takes the checkpoints,
-    then their writes and values (`ops._writes_and_values`)."""
+    then their writes and values (`ops.read._writes_and_values`)."""
     return dialect.name == "postgresql"
 
 

@@ -178,7 +178,7 @@ async def test_delta_history_matches_base_walk(
 ) -> None:
     """Also with a bind limit that no read's writes and values fit under
     together ("apart"), where each kind takes a statement of its own."""
-    monkeypatch.setattr(ops, "WRITES_AND_VALUES_BINDS", binds)
+    monkeypatch.setattr(ops.lookups, "WRITES_AND_VALUES_BINDS", binds)
     memory = InMemorySaver()
     outcomes = []
     for checkpointer in (saver, memory):
@@ -303,8 +303,8 @@ async def test_long_walk_over_many_chunks(
         # than one IN list (`ops.CHUNK` checkpoints) load their writes in
         # chunks.
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(ops, "WRITES_AND_VALUES_BINDS", 1)
-            patch.setattr(ops, "CHUNK", 7)
+            patch.setattr(ops.lookups, "WRITES_AND_VALUES_BINDS", 1)
+            patch.setattr(ops.lookups, "CHUNK", 7)
             assert sync_saver.get_delta_channel_history(config=at, channels=channels) == expected
 
 

@@ -153,7 +153,7 @@ async def _thread(aio: bool, saver: Any, thread_id: str, steps: int) -> dict[str
 def reads(backend: Backend, seen: Recording) -> int:
     """How many reading statements were sent, asserting that they were all
     that was sent (no BEGIN or COMMIT: where there are two, the second
-    checks what the first found, see `ops._read_tuples`), on one
+    checks what the first found, see `ops.read._read_tuples`), on one
     connection: one the saver keeps open between operations, with no
     checkout from the pool (`kept.keeps_connections`)."""
     statements = sent(seen)
