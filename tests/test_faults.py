@@ -331,3 +331,61 @@ async def test_connection_ended_between_statements(
                 break
             await still_works(target, aio, db, victim + "-after")
         assert at > 2, "a write of one statement"
+
+
+# -- a connection lost after a statement ran (`prepared.tap`) -------------------
+
+
+class CloseAfter:
+    """A `prepared.Tap` that closes SQLite's connection under the saver just
+    after statement ``at`` ran (on the production path, which a
+    ``before_cursor_execute`` listener would switch off)."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.seen = at, 0
+
+    def before(self, conn: Connection, sql: str) -> None:
+        pass
+
+    def after(self, conn: Connection, sql: str) -> None:
+        self.seen += 1
+        if self.seen == self.at:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            if raw.in_transaction:
+                raw.execute("ROLLBACK")  # as a kill does; closing keeps its lock else
+            raw.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("operation", ["put", "setup"])
+def test_sqlite_closed_after_a_statement(
+    backend: Any, operation: str, db: Engine, thread_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's connection closed just after the first statement of a write
+    (a BEGIN IMMEDIATE, or the write itself): the saver runs it again on a
+    new connection, never lets sqlite3's own ProgrammingError ("Cannot
+    operate on a closed database") out unconverted: neither from closing
+    the finished statement's cursor (`prepared._run`) nor from asking the
+    dead connection whether it is in a transaction (`transactions.atomic`)."""
+    from sqlsaver.execution import prepared
+
+    with SQLSaver.from_url(backend.sync_url) as saver:
+        saver.setup()
+        closer = CloseAfter(1)
+        if operation == "setup":
+            # Alembic's statements pass no tap: a cursor listener sees them
+            # (and sqlsaver's own too, on its "watched" path).
+            def after(conn: Connection, *_: Any) -> None:
+                closer.after(conn, "")
+
+            event.listen(Engine, "after_cursor_execute", after)
+            try:
+                saver.setup()
+            finally:
+                event.remove(Engine, "after_cursor_execute", after)
+            assert closer.seen > 1
+            return
+        monkeypatch.setattr(prepared, "tap", closer)
+        saver.put(config_of(thread_id), empty_checkpoint(), {}, {})
+    assert stored(db, thread_id)["checkpoints"] == 1

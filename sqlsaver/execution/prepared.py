@@ -278,7 +278,10 @@ def _run(conn: Connection, stmt: Prepared, params: Any, many: bool = False) -> l
     except BaseException:
         _close_quietly(cursor)
         raise
-    cursor.close()
+    # The statement is done and its rows are fetched: a connection lost
+    # since (SQLite's closed under it) is the next statement's to find, not
+    # a driver error of this one's escaping unconverted.
+    _close_quietly(cursor)
     return rows
 
 

@@ -134,7 +134,11 @@ def atomic(conn: Connection) -> Iterator[None]:
     if conn.dialect.name == "sqlite":
         if not conn.in_transaction():
             conn.begin()  # on sqlsaver's own engines, this emits the BEGIN
-        if not in_transaction(conn):
+        try:
+            inside = in_transaction(conn)
+        except conn.dialect.loaded_dbapi.Error:  # a dead connection: the BEGIN
+            inside = False  # fails as SQLAlchemy's error, which a retry knows
+        if not inside:
             conn.exec_driver_sql("BEGIN")
     with conn.begin_nested():
         yield
