@@ -777,6 +777,25 @@ async def test_copy_thread_onto_existing_thread_changes_nothing(
     assert (rows(db, thread_id), rows(db, target)) == before
 
 
+async def test_copy_thread_again_onto_its_copy_changes_nothing(
+    saver: Saver, db: Engine, thread_id: str
+) -> None:
+    """A copy run again onto the copy it made (as the saver's own retry does
+    after a COMMIT whose reply was lost) succeeds and changes nothing; once
+    the source has moved on, the copy is another thread's and is refused."""
+    target = f"{thread_id}-copy"
+    first = await put(saver, thread_id, {"c": "source 1"})
+    await saver.put_writes(first, [("c", "w")], "task")
+    await saver.copy_thread(thread_id, target)
+    copied = rows(db, target)
+    await saver.copy_thread(thread_id, target)
+    assert rows(db, target) == copied
+    await put(saver, thread_id, {"c": "source 2"}, parent=first["configurable"]["checkpoint_id"])
+    with pytest.raises(ValueError, match="already has checkpoints"):
+        await saver.copy_thread(thread_id, target)
+    assert rows(db, target) == copied
+
+
 # -- 9: encryption -----------------------------------------------------------
 
 

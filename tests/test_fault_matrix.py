@@ -619,14 +619,6 @@ async def test_fault_matrix(
     request: pytest.FixtureRequest,
 ) -> None:
     """``name`` on ``kind``, with each fault at each boundary (module doc)."""
-    if name == "copy_thread" and kind in OWN_ENGINE:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="copy_thread is not idempotent: when its COMMIT's reply is lost, "
-                "the retry finds the copy there and raises ValueError (sqlsaver/ops.py)",
-            )
-        )
     db = fault_db
     make_seed, operation, writes_values, reads_values = OPS[name]
     serde = BrokenSerde()

@@ -81,11 +81,17 @@ def delete_for_runs(conn: Connection, opts: Options, run_ids: Sequence[str]) -> 
 
 
 def copy_thread(conn: Connection, opts: Options, source: str, target: str) -> None:
-    """Copy every row of a thread (all namespaces, same checkpoint ids)."""
+    """Copy every row of a thread (all namespaces, same checkpoint ids).
+
+    A target that already holds exactly the source's checkpoints is a copy
+    made before, and is left as it is: the runner runs an operation again
+    when its connection dies, which may be after its COMMIT took effect."""
     if source == target:
         raise ValueError("copy_thread needs two different thread ids")
     exists = execute(conn, select(literal(1)).where(C.c.thread_id == target).limit(1)).first()
     if exists:
+        if _checkpoints_of(conn, target) == _checkpoints_of(conn, source):
+            return
         raise ValueError(
             f"copy_thread target thread {target!r} already has checkpoints; "
             "delete it first (delete_thread) or choose a new thread id"
@@ -102,6 +108,12 @@ def copy_thread(conn: Connection, opts: Options, source: str, target: str) -> No
             ),
         )
     policies.touch(conn, opts.policies, target)
+
+
+def _checkpoints_of(conn: Connection, thread_id: str) -> set[tuple[str, str]]:
+    """The (namespace, id) of every checkpoint of a thread."""
+    stmt = select(C.c.checkpoint_ns, C.c.checkpoint_id).where(C.c.thread_id == thread_id)
+    return {(r.checkpoint_ns, r.checkpoint_id) for r in execute(conn, stmt)}
 
 
 def prune_keep_latest(conn: Connection, opts: Options, thread_id: str) -> None:
