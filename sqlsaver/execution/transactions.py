@@ -113,6 +113,16 @@ def in_transaction(conn: Connection) -> bool:
 _OWN_TRANSACTION = "sqlsaver_own_transaction"
 
 
+def _began(conn: Connection) -> bool:
+    """`in_transaction`, asked before a BEGIN; False on a dead connection,
+    whose BEGIN then fails as SQLAlchemy's error (which a retry knows),
+    where the driver's would escape unconverted."""
+    try:
+        return in_transaction(conn)
+    except conn.dialect.loaded_dbapi.Error:
+        return False
+
+
 @contextmanager
 def atomic(conn: Connection) -> Iterator[None]:
     """Make statements on a connection all-or-nothing without ending the
@@ -134,11 +144,7 @@ def atomic(conn: Connection) -> Iterator[None]:
     if conn.dialect.name == "sqlite":
         if not conn.in_transaction():
             conn.begin()  # on sqlsaver's own engines, this emits the BEGIN
-        try:
-            inside = in_transaction(conn)
-        except conn.dialect.loaded_dbapi.Error:  # a dead connection: the BEGIN
-            inside = False  # fails as SQLAlchemy's error, which a retry knows
-        if not inside:
+        if not _began(conn):
             conn.exec_driver_sql("BEGIN")
     with conn.begin_nested():
         yield
@@ -182,11 +188,7 @@ def snapshot(conn: Connection) -> Iterator[None]:
     reads in that one. How each database begins it: `dialects.begin_snapshot`
     (on MySQL two statements, sent as one script where the connection takes
     scripts: one round trip)."""
-    try:
-        inside = in_transaction(conn)
-    except conn.dialect.loaded_dbapi.Error:  # a dead connection: the BEGIN
-        inside = False  # fails as SQLAlchemy's error, which a retry knows
-    if inside:
+    if _began(conn):
         yield
         return
     with _driver_transaction(conn, _begin_snapshot(conn)):
