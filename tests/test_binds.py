@@ -622,6 +622,7 @@ async def test_sync_from_url_saver_returns_every_connection(
         next(saver.list(config_of(thread_id)))  # left unfinished
         saver.get_delta_channel_history(config=config, channels=["x"])
         saver.copy_thread(thread_id, thread_id + "-copy")
+        saver.put(*put_args(thread_id + "-copy"))  # no longer the source's copy
         with pytest.raises(ValueError, match="already has checkpoints"):
             saver.copy_thread(thread_id, thread_id + "-copy")
         await asyncio.gather(*(saver.aget_tuple(config) for _ in range(8)))
@@ -835,6 +836,7 @@ async def test_async_from_url_saver_returns_every_connection(
             await anext(saver.alist(config_of(thread_id)))  # left unfinished
             await asyncio.to_thread(saver.get_tuple, config)
             await saver.acopy_thread(thread_id, thread_id + "-copy")
+            await saver.aput(*put_args(thread_id + "-copy"))  # no longer the source's copy
             with pytest.raises(ValueError, match="already has checkpoints"):
                 await saver.acopy_thread(thread_id, thread_id + "-copy")
             await saver.aprune([thread_id])
