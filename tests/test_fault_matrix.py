@@ -770,7 +770,8 @@ async def check_case(
         and target.kind in OWN_ENGINE
         and fault in ("kill_before", "kill_after", "commit_lost", "deadlock")
     ):
-        raise AssertionError(f"not run again after one {fault}: {error!r}") from error
+        where = "".join(traceback.format_exception(error)[-12:])
+        raise AssertionError(f"not run again after one {fault}: {error!r}\n{where}") from error
     killed = isinstance(error, DBAPIError) and error.connection_invalidated
     if target.caller is not None:
         committed = False
