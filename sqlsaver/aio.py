@@ -1,8 +1,8 @@
 """`AsyncSQLSaver`: the asyncio checkpointer.
 
-It runs the very operations `SQLSaver` runs (`sqlsaver.ops`), through
-`AsyncConnection.run_sync`: the async driver does the I/O, and no SQL or row
-handling is written twice.
+It runs the very operations `SQLSaver` runs (`sqlsaver.ops`), by the same
+runner, in a greenlet (`execution.runner.AsyncRunner`): the async driver
+does the I/O, and no SQL, row handling or retry is written twice.
 """
 
 from __future__ import annotations

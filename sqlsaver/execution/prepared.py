@@ -9,9 +9,10 @@ compiled by SQLAlchemy for the connection's dialect, but compiled once: each
 run is one call on the DBAPI cursor plus the type conversions SQLAlchemy
 would apply (`TypeEngine.bind_processor` / `result_processor`, e.g. UTF-8
 keys on MySQL; but not ``Binary()``, see `_binary`). That works on the sync
-drivers and, under `AsyncConnection.run_sync`, on the async drivers'
-adapted cursors alike. On psycopg, statements carry PostgreSQL's own ``$n``
-placeholders and run on its raw cursors (`psycopg_raw`).
+drivers and, in the greenlet an async saver runs its operations in
+(`runner.AsyncRunner`), on the async drivers' adapted cursors alike. On
+psycopg, statements carry PostgreSQL's own ``$n`` placeholders and run on
+its raw cursors (`psycopg_raw`).
 
 A connection with ``before_cursor_execute``/``after_cursor_execute``
 listeners, or ``echo``, runs them through `Connection.exec_driver_sql`

@@ -40,8 +40,8 @@ def awaited_raw_cursor(pooled: PoolProxiedConnection) -> Any:
 
 class _Awaited:
     """An async cursor driven from SQLAlchemy's greenlet bridge (where
-    `AsyncConnection.run_sync` runs every operation): each call awaited in
-    place, as SQLAlchemy's own adapter does with the cursors it makes."""
+    `runner.AsyncRunner` runs every operation): each call awaited in place,
+    as SQLAlchemy's own adapter does with the cursors it makes."""
 
     __slots__ = ("_cursor",)
 

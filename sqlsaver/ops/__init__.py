@@ -2,10 +2,10 @@
 
 Each operation is a plain function over a sync SQLAlchemy `Connection` that
 is already inside the transaction it must run in. The runner
-(`sqlsaver.execution.runner`) gives it that connection: `SQLSaver`'s in a
-thread of its own, `AsyncSQLSaver`'s through `AsyncConnection.run_sync`
-(SQLAlchemy's greenlet bridge: the async driver does the I/O). There is no
-second copy of any SQL.
+(`sqlsaver.execution.runner`) gives it that connection: `SQLSaver`'s in the
+caller's thread, `AsyncSQLSaver`'s in a greenlet (SQLAlchemy's bridge, as
+`AsyncConnection.run_sync` uses it: the async driver does the I/O). There
+is no second copy of any SQL.
 
 `lookups` holds what the others share; `read` the reads of whole
 checkpoints, `delta` the parent-chain walk, `write` the `put`s, and
