@@ -389,3 +389,50 @@ def test_sqlite_closed_after_a_statement(
         monkeypatch.setattr(prepared, "tap", closer)
         saver.put(config_of(thread_id), empty_checkpoint(), {}, {})
     assert stored(db, thread_id)["checkpoints"] == 1
+
+
+# -- a psycopg connection that fails before libpq calls it broken ------------------
+
+
+class LeaveMidCommand:
+    """Before the ``at``-th statement, leaves the psycopg connection under
+    it halfway through a command: a query sent, its reply never read, as a
+    reply cut off by a failing network leaves it. psycopg then refuses the
+    next statement ("another command is already in progress"), an
+    OperationalError with no SQLSTATE, while libpq still calls the
+    connection OK: all that SQLAlchemy's psycopg dialect asks."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.seen = at, 0
+
+    def before(self, conn: Connection, sql: str) -> None:
+        self.seen += 1
+        if self.seen == self.at:
+            conn.connection.driver_connection.pgconn.send_query(b"SELECT 1")  # type: ignore[union-attr]
+
+    def after(self, conn: Connection, sql: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+@pytest.mark.parametrize("kind", ["from_url", "engine"])
+async def test_psycopg_connection_left_mid_command_is_run_again(
+    backend: Any, kind: str, db: Engine, thread_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write (then a read) whose psycopg connection is left halfway
+    through a command before its first statement: the saver takes that
+    connection for lost (`psycopg_raw.connection_lost`), invalidates it and
+    runs the operation again on another, where SQLAlchemy alone would keep
+    it and give up. Both operations complete; the next ones work."""
+    from sqlsaver.execution import prepared
+
+    async with saver_on(kind, False, backend) as target:
+        await put(target.saver, False, thread_id + "-warm", a="warm")  # the schema check
+        monkeypatch.setattr(prepared, "tap", LeaveMidCommand(1))
+        await put(target.saver, False, thread_id, a="first")
+        monkeypatch.setattr(prepared, "tap", LeaveMidCommand(1))
+        found = await call(False, target.saver, "get_tuple", config_of(thread_id))
+        assert found.checkpoint["channel_values"] == {"a": ["first"]}
+        monkeypatch.setattr(prepared, "tap", None)
+        await still_works(target, False, db, thread_id + "-after")
+    assert stored(db, thread_id) == {"checkpoints": 1, "blobs": 1, "writes": 0}

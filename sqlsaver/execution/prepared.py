@@ -41,6 +41,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from sqlsaver.execution.psycopg_raw import (
     awaited_raw_cursor,
+    connection_lost,
     default_cursors,
     native_placeholders,
     raw_cursor,
@@ -293,7 +294,7 @@ def _driver_error(
     where the error says it is gone: what `Connection.execute` does."""
     if dbapi_conn is None:
         dbapi_conn = conn.connection.dbapi_connection
-    disconnect = conn.dialect.is_disconnect(error, dbapi_conn, cursor)
+    disconnect = conn.dialect.is_disconnect(error, dbapi_conn, cursor) or connection_lost(error)
     _close_quietly(cursor)
     if disconnect and not conn.invalidated:
         conn.invalidate(error)

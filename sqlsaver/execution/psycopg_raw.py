@@ -1,5 +1,7 @@
-"""psycopg's raw cursors: statements with PostgreSQL's own ``$n``
-placeholders, sent as they are.
+"""psycopg: its raw cursors, and the errors that mean a lost connection.
+
+Raw cursors: statements with PostgreSQL's own ``$n`` placeholders, sent as
+they are.
 
 psycopg's default cursor rewrites ``%(name)s`` placeholders into ``$n`` at
 each execute by a regular expression over the whole statement, and keeps
@@ -92,3 +94,20 @@ def native_placeholders(dialect: Dialect) -> Dialect | None:
     # Which also stops doubling "%", as only the "format" styles need.
     native.identifier_preparer = dialect.preparer(native)
     return native
+
+
+def connection_lost(error: BaseException | None) -> bool:
+    """Whether a psycopg error says its connection can no longer be used,
+    where SQLAlchemy's psycopg dialect may not see it: that dialect asks
+    only whether libpq calls the connection closed or broken, and psycopg
+    raises some failures before libpq does (a socket its poll finds closed:
+    "connection socket closed"; a command cut off halfway, which leaves the
+    connection refusing the next: "another command is already in
+    progress"). Such an error is a psycopg `OperationalError` without a
+    SQLSTATE: every error the server reports carries one. (Other drivers:
+    SQLAlchemy's own judgment, `Dialect.is_disconnect`.)"""
+    if error is None or type(error).__module__.split(".")[0] != "psycopg":
+        return False
+    import psycopg
+
+    return isinstance(error, psycopg.OperationalError) and error.sqlstate is None

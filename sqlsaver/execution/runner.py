@@ -53,6 +53,7 @@ from sqlsaver import dialects, migrate
 from sqlsaver.execution import transactions
 from sqlsaver.execution.kept import KeptConnections, keeps_connections
 from sqlsaver.execution.plan import Sized, plan
+from sqlsaver.execution.psycopg_raw import connection_lost
 from sqlsaver.execution.sqlalchemy_private import await_, greenlet_spawn
 from sqlsaver.migrate import SchemaNotReadyError
 from sqlsaver.policies import Policies
@@ -78,7 +79,11 @@ ATTEMPTS = 4
 def _retryable(error: DBAPIError) -> bool:
     # A dropped connection (the pool discards it; there is no pre-ping round
     # trip per checkout) or a deadlock victim: run the transaction again.
-    return error.connection_invalidated or dialects.is_retryable(error)
+    # (A lost psycopg connection that SQLAlchemy's own statements did not
+    # invalidate is discarded when it is given back: its state is not idle.)
+    return (
+        error.connection_invalidated or dialects.is_retryable(error) or connection_lost(error.orig)
+    )
 
 
 def _backoff(attempt: int) -> float:
