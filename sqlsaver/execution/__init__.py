@@ -7,8 +7,10 @@
   snapshot.
 - `kept`: connections of sqlsaver's own engines kept between operations.
 - `prepared`: hot statements compiled once and run on the driver's cursor;
-  `execute` for the others. Every statement goes through it.
-- `psycopg_raw`: psycopg's raw cursors (``$n`` placeholders).
+  `execute` for the others. Every statement of an operation goes through
+  it (migrations run Alembic's own).
+- `psycopg_raw`: psycopg's raw cursors (``$n`` placeholders), and its errors
+  that mean a lost connection.
 - `limits`: values too large for MySQL's ``max_allowed_packet``.
 - `sqlalchemy_private`: the SQLAlchemy attributes below its API we read.
 """
