@@ -48,38 +48,27 @@ pytest's base temporary directory (see docs/testing.md).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiosqlite
 import pytest
-from helpers import SESSION_ID, call
+from helpers import call
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-from sqlalchemy.orm import Session
-from test_faults import GONE, KILL
+from test_faults import Target, config_of, kill, saver_on
 
-from sqlsaver import AsyncSQLSaver, SchemaNotReadyError, SQLSaver, ValueTooLargeError, migrate
+from sqlsaver import SchemaNotReadyError, ValueTooLargeError, migrate
 from sqlsaver.execution import prepared
 from sqlsaver.models import Base, blobs, checkpoints, threads, writes
 
-try:  # SQLAlchemy 2.1 and later
-    from sqlalchemy.util import await_
-except ImportError:  # 2.0
-    from sqlalchemy.util import await_only as await_
-
-# pg_terminate_backend's own wait (test_faults') polls every 100 ms: poll here.
-KILL = {**KILL, "postgres": "SELECT pg_terminate_backend({})"}
 TARGETS = ["from_url", "engine", "connection", "session"]
 OWN_ENGINE = ("from_url", "engine")  # savers that retry (`runner.ATTEMPTS`)
 MARKER = "fault_matrix_marker"  # the caller's own table, for its own writes
@@ -145,39 +134,6 @@ def matrix_report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 # -- ending a connection ---------------------------------------------------------
-
-
-def kill(backend: str, db: Engine, dbapi_conn: Any) -> None:
-    """End a driver connection for real: the server kills it from another
-    connection (`test_faults.Killer`); SQLite's is closed under its user."""
-    driver_conn = getattr(dbapi_conn, "driver_connection", dbapi_conn)
-    if backend == "sqlite":
-        if isinstance(driver_conn, aiosqlite.Connection):
-            # sqlite3's connection closed in aiosqlite's thread, under it: as a
-            # server's kill, unknown to the client until it next uses it
-            # (SQLAlchemy's adapter skips a COMMIT once aiosqlite is closed).
-            await_(driver_conn._execute(_close_sqlite, driver_conn._conn))
-        else:
-            _close_sqlite(driver_conn)
-        return
-    driver = type(driver_conn).__module__.split(".")[0]
-    victim = int(SESSION_ID[driver](driver_conn))
-    with db.connect() as other:
-        other.exec_driver_sql(KILL[backend].format(victim))
-        deadline = time.monotonic() + 5
-        while other.exec_driver_sql(GONE[backend].format(victim)).scalar():
-            assert time.monotonic() < deadline, "the killed connection lingers"
-            time.sleep(0.002)
-
-
-def _close_sqlite(raw: Any) -> None:
-    """Close a sqlite3 connection, its transaction rolled back first, as a
-    server's kill does: closed with a statement still open (a cursor's,
-    killed after it ran), sqlite3 would keep it, and its lock, open until
-    that cursor is collected."""
-    if raw.in_transaction:
-        raw.execute("ROLLBACK")
-    raw.close()
 
 
 def dead_error(dbapi_conn: Any) -> None:
@@ -300,37 +256,10 @@ CONNECT_ARGS = {
 }
 
 
-@dataclass
-class Target:
-    """A saver on one kind of target; the caller's Connection or Session
-    whose transaction it joins, if any."""
-
-    kind: str
-    aio: bool
-    saver: Any
-    caller: Any = None
-    engine: Engine | None = None  # the caller's Engine (sync), if any
-
-    async def _do(self, result: Any) -> Any:
-        return await result if inspect.isawaitable(result) else result
-
-    async def commit(self) -> None:
-        if self.caller is not None:
-            await self._do(self.caller.commit())
-
-    async def rollback(self) -> None:
-        if self.caller is not None:
-            await self._do(self.caller.rollback())
-
-    async def begin(self) -> None:
-        """A new transaction of the caller's (a Session begins its own)."""
-        if self.kind == "connection":
-            await self._do(self.caller.begin())
-
-    async def mark(self, marker: str) -> None:
-        """The caller's own write, in its transaction."""
-        sql = text(f"INSERT INTO {MARKER} (id) VALUES (:id)")
-        await self._do(self.caller.execute(sql, {"id": marker}))
+async def mark(target: Target, marker: str) -> None:
+    """The caller's own write, in its transaction."""
+    sql = text(f"INSERT INTO {MARKER} (id) VALUES (:id)")
+    await target._do(target.caller.execute(sql, {"id": marker}))
 
 
 def driver_of(url: str) -> str:
@@ -338,59 +267,7 @@ def driver_of(url: str) -> str:
     return scheme.split("+", 1)[1] if "+" in scheme else "pysqlite"
 
 
-@contextlib.asynccontextmanager
-async def target_on(kind: str, aio: bool, backend: Any, **options: Any) -> AsyncIterator[Target]:
-    url = backend.async_url if aio else backend.sync_url
-    connect_args = CONNECT_ARGS[driver_of(url)]
-    if kind == "from_url":
-        kwargs = {"engine_kwargs": {"connect_args": connect_args}, **options}
-        if aio:
-            async with AsyncSQLSaver.from_url(url, **kwargs) as saver:
-                yield Target(kind, aio, saver)
-        else:
-            with SQLSaver.from_url(url, **kwargs) as saver:
-                yield Target(kind, aio, saver)
-        return
-    if aio:
-        aengine = create_async_engine(url, connect_args=connect_args)
-        try:
-            if kind == "engine":
-                yield Target(
-                    kind, aio, AsyncSQLSaver(aengine, **options), None, aengine.sync_engine
-                )
-            elif kind == "connection":
-                async with aengine.connect() as aconn:
-                    await aconn.begin()
-                    yield Target(kind, aio, AsyncSQLSaver(aconn, **options), aconn)
-            else:
-                async with AsyncSession(aengine) as asession:
-                    yield Target(kind, aio, AsyncSQLSaver(asession, **options), asession)
-        finally:
-            await aengine.dispose()
-        return
-    engine = create_engine(url, connect_args=connect_args)
-    try:
-        if kind == "engine":
-            yield Target(kind, aio, SQLSaver(engine, **options), None, engine)
-        elif kind == "connection":
-            with engine.connect() as conn:
-                conn.begin()
-                yield Target(kind, aio, SQLSaver(conn, **options), conn)
-        else:
-            with Session(engine) as session:
-                yield Target(kind, aio, SQLSaver(session, **options), session)
-    finally:
-        engine.dispose()
-
-
 # -- the operations ----------------------------------------------------------------
-
-
-def config_of(thread_id: str, checkpoint_id: str | None = None) -> dict[str, Any]:
-    configurable = {"thread_id": thread_id, "checkpoint_ns": ""}
-    if checkpoint_id:
-        configurable["checkpoint_id"] = checkpoint_id
-    return {"configurable": configurable}
 
 
 async def put(
@@ -628,7 +505,9 @@ async def test_fault_matrix(
     injector = Injector(backend.name, db)
     prefix = f"fm-{uuid.uuid4().hex[:12]}"
     failures: list[str] = []
-    async with target_on(kind, aio, backend, **options) as target:
+    url = backend.async_url if aio else backend.sync_url
+    connect_args = CONNECT_ARGS[driver_of(url)]
+    async with saver_on(kind, aio, backend, connect_args, **options) as target:
         if target.engine is not None:  # the caller's engine: its driver-level COMMIT
             dialect = target.engine.dialect
             do_commit = dialect.do_commit
@@ -666,7 +545,7 @@ async def test_fault_matrix(
                         fault == "lock" and backend.name == "sqlite"
                     )
                     if caller_marks:
-                        await target.mark(marker)
+                        await mark(target, marker)
                     once = fault in ("serde", "lock")
                     if not once:
                         injector.arm(fault, at)

@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import aiosqlite
 import pytest
 from helpers import SESSION_ID, call
 from langgraph.checkpoint.base import empty_checkpoint
@@ -33,6 +34,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from sqlsaver import AsyncSQLSaver, SQLSaver, ValueTooLargeError
+from sqlsaver.execution.sqlalchemy_private import await_
 from sqlsaver.models import blobs, checkpoints, writes
 
 TARGETS = ["from_url", "engine", "connection", "session"]
@@ -42,71 +44,91 @@ DEFAULT_MAX_PACKET = 16 * 1024 * 1024
 
 @dataclass
 class Target:
-    """A saver on one kind of target, and the caller's Connection or
-    Session (sync or async) whose transaction it joins, if any."""
+    """A saver on one kind of target; the caller's Connection or Session
+    (sync or async) whose transaction it joins, if any."""
 
+    kind: str
+    aio: bool
     saver: Any
     caller: Any = None
+    engine: Engine | None = None  # the caller's Engine (sync), if any
+
+    async def _do(self, result: Any) -> Any:
+        return await result if inspect.isawaitable(result) else result
 
     async def commit(self) -> None:
-        await self._end("commit")
+        if self.caller is not None:
+            await self._do(self.caller.commit())
 
     async def rollback(self) -> None:
-        await self._end("rollback")
-
-    async def _end(self, how: str) -> None:
         if self.caller is not None:
-            done = getattr(self.caller, how)()
-            if inspect.isawaitable(done):
-                await done
+            await self._do(self.caller.rollback())
+
+    async def begin(self) -> None:
+        """A new transaction of the caller's (a Session begins its own)."""
+        if self.kind == "connection":
+            await self._do(self.caller.begin())
 
 
 @asynccontextmanager
-async def saver_on(kind: str, aio: bool, backend: Any) -> AsyncIterator[Target]:
-    """A saver on ``kind``: its own engine (`from_url`), or a caller's
-    Engine, Connection or Session (these two in a transaction the caller
-    commits or rolls back: `Target.commit`)."""
+async def saver_on(
+    kind: str,
+    aio: bool,
+    backend: Any,
+    connect_args: dict[str, Any] | None = None,
+    **options: Any,
+) -> AsyncIterator[Target]:
+    """A saver (with ``options``) on ``kind``: its own engine (`from_url`),
+    or a caller's Engine, Connection or Session (these two in a transaction
+    the caller commits or rolls back: `Target.commit`); ``connect_args``
+    for the driver's connections."""
     url = backend.async_url if aio else backend.sync_url
+    connect_args = connect_args or {}
     if kind == "from_url":
+        kwargs = {"engine_kwargs": {"connect_args": connect_args}, **options}
         if aio:
-            async with AsyncSQLSaver.from_url(url) as saver:
-                yield Target(saver)
+            async with AsyncSQLSaver.from_url(url, **kwargs) as saver:
+                yield Target(kind, aio, saver)
         else:
-            with SQLSaver.from_url(url) as saver:
-                yield Target(saver)
+            with SQLSaver.from_url(url, **kwargs) as saver:
+                yield Target(kind, aio, saver)
         return
     if aio:
-        aengine = create_async_engine(url)
+        aengine = create_async_engine(url, connect_args=connect_args)
         try:
             if kind == "engine":
-                yield Target(AsyncSQLSaver(aengine))
+                saver = AsyncSQLSaver(aengine, **options)
+                yield Target(kind, aio, saver, None, aengine.sync_engine)
             elif kind == "connection":
                 async with aengine.connect() as aconn:
                     await aconn.begin()
-                    yield Target(AsyncSQLSaver(aconn), aconn)
+                    yield Target(kind, aio, AsyncSQLSaver(aconn, **options), aconn)
             else:
                 async with AsyncSession(aengine) as asession:
-                    yield Target(AsyncSQLSaver(asession), asession)
+                    yield Target(kind, aio, AsyncSQLSaver(asession, **options), asession)
         finally:
             await aengine.dispose()
         return
-    engine = create_engine(url)
+    engine = create_engine(url, connect_args=connect_args)
     try:
         if kind == "engine":
-            yield Target(SQLSaver(engine))
+            yield Target(kind, aio, SQLSaver(engine, **options), None, engine)
         elif kind == "connection":
             with engine.connect() as conn:
                 conn.begin()
-                yield Target(SQLSaver(conn), conn)
+                yield Target(kind, aio, SQLSaver(conn, **options), conn)
         else:
             with Session(engine) as session:
-                yield Target(SQLSaver(session), session)
+                yield Target(kind, aio, SQLSaver(session, **options), session)
     finally:
         engine.dispose()
 
 
-def config_of(thread_id: str) -> dict[str, Any]:
-    return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+def config_of(thread_id: str, checkpoint_id: str | None = None) -> dict[str, Any]:
+    configurable = {"thread_id": thread_id, "checkpoint_ns": ""}
+    if checkpoint_id:
+        configurable["checkpoint_id"] = checkpoint_id
+    return {"configurable": configurable}
 
 
 async def put(saver: Any, aio: bool, thread_id: str, **values: Any) -> None:
@@ -248,13 +270,46 @@ async def test_max_allowed_packet_counted_as_the_driver_writes(
 
 # -- the connection ended between two statements of a write --------------------
 
-# How to end a connection (`helpers.SESSION_ID`) from another.
-# pg_terminate_backend waits (up to 5 s) for the backend to be gone.
-KILL = {"postgres": "SELECT pg_terminate_backend({}, 5000)", "mysql": "KILL {}"}
+# How to end a connection (`helpers.SESSION_ID`) from another, and to see
+# it gone. (pg_terminate_backend's own wait polls every 100 ms: `kill` polls.)
+KILL = {"postgres": "SELECT pg_terminate_backend({})", "mysql": "KILL {}"}
 GONE = {
     "postgres": "SELECT count(*) FROM pg_stat_activity WHERE pid = {}",
     "mysql": "SELECT count(*) FROM information_schema.PROCESSLIST WHERE ID = {}",
 }
+
+
+def kill(backend: str, db: Engine, dbapi_conn: Any) -> None:
+    """End a driver connection for real: the server kills it from another
+    connection (`test_faults.Killer`); SQLite's is closed under its user."""
+    driver_conn = getattr(dbapi_conn, "driver_connection", dbapi_conn)
+    if backend == "sqlite":
+        if isinstance(driver_conn, aiosqlite.Connection):
+            # sqlite3's connection closed in aiosqlite's thread, under it: as a
+            # server's kill, unknown to the client until it next uses it
+            # (SQLAlchemy's adapter skips a COMMIT once aiosqlite is closed).
+            await_(driver_conn._execute(close_sqlite, driver_conn._conn))
+        else:
+            close_sqlite(driver_conn)
+        return
+    driver = type(driver_conn).__module__.split(".")[0]
+    victim = int(SESSION_ID[driver](driver_conn))
+    with db.connect() as other:
+        other.exec_driver_sql(KILL[backend].format(victim))
+        deadline = time.monotonic() + 5
+        while other.exec_driver_sql(GONE[backend].format(victim)).scalar():
+            assert time.monotonic() < deadline, "the killed connection lingers"
+            time.sleep(0.002)
+
+
+def close_sqlite(raw: Any) -> None:
+    """Close a sqlite3 connection, its transaction rolled back first, as a
+    server's kill does: closed with a statement still open (a cursor's,
+    killed after it ran), sqlite3 would keep it, and its lock, open until
+    that cursor is collected."""
+    if raw.in_transaction:
+        raw.execute("ROLLBACK")
+    raw.close()
 
 
 class Killer:
@@ -275,16 +330,7 @@ class Killer:
             self.kill(conn)
 
     def kill(self, conn: Connection) -> None:
-        if self.backend.name == "sqlite":
-            conn.connection.dbapi_connection.close()  # type: ignore[union-attr]
-            return
-        victim = int(SESSION_ID[conn.dialect.driver](conn.connection.driver_connection))
-        with self.db.connect() as other:
-            other.exec_driver_sql(KILL[self.backend.name].format(victim))
-            deadline = time.monotonic() + 5
-            while other.exec_driver_sql(GONE[self.backend.name].format(victim)).scalar():
-                assert time.monotonic() < deadline, "the killed connection lingers"
-                time.sleep(0.01)
+        kill(self.backend.name, self.db, conn.connection.dbapi_connection)
 
 
 @pytest.fixture
@@ -350,11 +396,7 @@ class CloseAfter:
     def after(self, conn: Connection, sql: str) -> None:
         self.seen += 1
         if self.seen == self.at:
-            raw = conn.connection.dbapi_connection
-            assert raw is not None
-            if raw.in_transaction:
-                raw.execute("ROLLBACK")  # as a kill does; closing keeps its lock else
-            raw.close()
+            close_sqlite(conn.connection.dbapi_connection)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
