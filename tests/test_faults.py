@@ -478,3 +478,36 @@ async def test_psycopg_connection_left_mid_command_is_run_again(
         monkeypatch.setattr(prepared, "tap", None)
         await still_works(target, False, db, thread_id + "-after")
     assert stored(db, thread_id) == {"checkpoints": 1, "blobs": 1, "writes": 0}
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+@pytest.mark.parametrize("kind", ["connection", "session"])
+async def test_psycopg_connection_left_mid_command_is_invalidated_for_the_caller(
+    backend: Any, kind: str, db: Engine, thread_id: str
+) -> None:
+    """On a caller's Connection or Session, a write whose psycopg connection
+    is left halfway through a command before the SAVEPOINT that SQLAlchemy
+    itself sends: the saver raises the driver's error with the connection
+    invalidated, as for any lost connection, so that the caller's rollback
+    and next transaction work. SQLAlchemy alone would keep the connection,
+    and its rollback would fail the same way ("another command is already
+    in progress")."""
+
+    def leave(conn: Connection, _name: str) -> None:
+        conn.connection.driver_connection.pgconn.send_query(b"SELECT 1")  # type: ignore[union-attr]
+
+    async with saver_on(kind, False, backend) as target:
+        await put(target.saver, False, thread_id + "-warm", a="warm")  # the schema check
+        await target.commit()
+        await target.begin()
+        event.listen(Engine, "savepoint", leave)
+        try:
+            with pytest.raises(DBAPIError) as raised:
+                await put(target.saver, False, thread_id, a="first")
+        finally:
+            event.remove(Engine, "savepoint", leave)
+        assert raised.value.connection_invalidated, raised.value
+        await target.rollback()
+        await target.begin()
+        await still_works(target, False, db, thread_id + "-after")
+    assert stored(db, thread_id) == {"checkpoints": 0, "blobs": 0, "writes": 0}

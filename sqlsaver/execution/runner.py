@@ -86,6 +86,16 @@ def _retryable(error: DBAPIError) -> bool:
     )
 
 
+def _invalidate_if_lost(conn: Connection, error: DBAPIError) -> None:
+    """Invalidate a caller's connection lost where SQLAlchemy did not see it
+    (`connection_lost`: a SAVEPOINT or COMMIT SQLAlchemy sent itself), so
+    that the caller's rollback and next transaction work, as after any
+    disconnect; otherwise its rollback would fail the same way."""
+    if not conn.invalidated and connection_lost(error.orig):
+        conn.invalidate(error.orig)
+        error.connection_invalidated = True
+
+
 def _backoff(attempt: int) -> float:
     """Seconds to wait before another attempt: short, jittered, growing."""
     return random.uniform(0, 0.01 * 2**attempt)
@@ -219,7 +229,12 @@ class Runner:
         try:
             if self.engine is None:
                 with self._lock:
-                    return self._invoke(self._caller(), mode, op, args, kwargs)
+                    conn = self._caller()
+                    try:
+                        return self._invoke(conn, mode, op, args, kwargs)
+                    except DBAPIError as error:
+                        _invalidate_if_lost(conn, error)
+                        raise
             attempt = 1
             while True:
                 try:
