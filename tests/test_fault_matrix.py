@@ -668,7 +668,7 @@ async def check_case(
             assert state(db, case) == before, "a killed transaction committed"
         elif marker is not None and (error is None or name not in NOT_SAVEPOINTED):
             # A failed read on PostgreSQL aborts the caller's transaction:
-            # only a write runs under a SAVEPOINT (README).
+            # only a write runs under a SAVEPOINT (docs/usage.md).
             assert marked(db, marker), "the caller's earlier write was lost"
     now = state(db, case)
     if target.caller is not None and (not committed or killed):
