@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 from typing import Any
 
 MARKER = "<!-- cli-help -->"
@@ -33,9 +34,10 @@ def _block(title: str, parser: argparse.ArgumentParser, heading: str) -> str:
 def cli_reference() -> str:
     """The markdown that replaces the marker: the top-level help, then one
     section per subcommand, in the parser's order."""
-    from sqlsaver.__main__ import parser as make_parser
+    import sqlsaver.__main__
 
-    top = make_parser()
+    # Reloaded: under `mkdocs serve` an edit of the CLI shows on the next build.
+    top = importlib.reload(sqlsaver.__main__).parser()
     sections = [f"```text\n{_help(top)}\n```\n"]
     for action in top._actions:
         if isinstance(action, argparse._SubParsersAction):
