@@ -24,20 +24,21 @@ SWEEP_BATCH = 100
 class SaverOptions(TypedDict, total=False):
     """The options of both savers (their constructors and `from_url`).
 
-    serde: The serializer (default: LangGraph's `JsonPlusSerializer`); an
-        `EncryptedSerializer` encrypts every stored value.
-    shallow: Keep only the latest checkpoint of each thread and namespace.
-    ttl: A thread-level TTL, ``{"default_ttl": minutes, "strategy": "delete" |
-        "keep_latest", "refresh_on_read": bool, "sweep_interval_minutes": ...,
-        "sweep_limit": ...}`` (or a `TTL`).
-    clock: Seconds since the epoch (UTC) for TTL; default: the database's
-        clock, which every host of an app shares.
-    check_schema: On first use, raise `SchemaNotReadyError` (tables missing or
-        older) or `SchemaTooNewError` unless sqlsaver's tables are at this
-        sqlsaver's revision. Turn it off only if your own migrations manage
-        sqlsaver's tables.
-
     Any other name, or a value of the wrong type, raises `TypeError`.
+
+    Attributes:
+        serde: The serializer (default: LangGraph's `JsonPlusSerializer`); an
+            `EncryptedSerializer` encrypts every stored value.
+        shallow: Keep only the latest checkpoint of each thread and namespace.
+        ttl: A thread-level TTL, ``{"default_ttl": minutes, "strategy": "delete" |
+            "keep_latest", "refresh_on_read": bool, "sweep_interval_minutes": ...,
+            "sweep_limit": ...}`` (or a `TTL`).
+        clock: Seconds since the epoch (UTC) for TTL; default: the database's
+            clock, which every host of an app shares.
+        check_schema: On first use, raise `SchemaNotReadyError` (tables missing or
+            older) or `SchemaTooNewError` unless sqlsaver's tables are at this
+            sqlsaver's revision. Turn it off only if your own migrations manage
+            sqlsaver's tables.
     """
 
     serde: SerializerProtocol | None

@@ -5,7 +5,7 @@ as ``sqlsaver.migrations``) and record themselves in a private version table,
 ``sqlsaver_alembic_version``: an application's own ``alembic_version`` is never
 read or written.
 
-For applications that run migrations from their own code::
+For applications that run migrations from their own code:
 
     import sqlsaver.migrate
 
@@ -278,7 +278,7 @@ def include_object(
     obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
 ) -> bool:
     """An ``include_object`` hook for an application's Alembic ``env.py``
-    that keeps sqlsaver's tables out of ``alembic revision --autogenerate``::
+    that keeps sqlsaver's tables out of ``alembic revision --autogenerate``:
 
         from sqlsaver.migrate import include_object
         context.configure(..., include_object=include_object)

@@ -7,16 +7,14 @@ Key columns are unbounded text on PostgreSQL and SQLite. On MySQL/MariaDB
 they are byte-exact ``VARBINARY`` columns whose byte budgets keep every
 primary key under InnoDB's 3072-byte limit (see `dialects.key_string`):
 
-=================  =======  ===========================================
-column             bytes    what fits
-=================  =======  ===========================================
-thread_id          1020     255 characters of any script (4 bytes each)
-checkpoint_ns      1536     ~30 nested subgraph levels of ``node:uuid``
-checkpoint_id      150      uuid6 ids (36) with room to spare
-task_id            150      uuid5 ids (36) with room to spare
-channel            255      channel (state key) names
-version            64       LangGraph's ``<32 digits>.<random>`` versions
-=================  =======  ===========================================
+| column        | bytes | what fits                                     |
+|---------------|-------|-----------------------------------------------|
+| thread_id     | 1020  | 255 characters of any script (4 bytes each)   |
+| checkpoint_ns | 1536  | ~30 nested subgraph levels of ``node:uuid``   |
+| checkpoint_id | 150   | uuid6 ids (36) with room to spare             |
+| task_id       | 150   | uuid5 ids (36) with room to spare             |
+| channel       | 255   | channel (state key) names                     |
+| version       | 64    | LangGraph's ``<32 digits>.<random>`` versions |
 """
 
 from __future__ import annotations
