@@ -34,7 +34,16 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
-from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, select
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    select,
+)
 from sqlalchemy.exc import DBAPIError
 
 from sqlsaver import dialects
@@ -269,6 +278,46 @@ def present(table: str, *, column: str | None = None, index: str | None = None) 
     """In a revision script: whether ``table`` (or its ``column``, or its
     ``index``) is still to be dropped. Offline (``--sql``): True."""
     return _offline() or _exists(table, column, index)
+
+
+def primary_key_name(name: str) -> str | None:
+    """In a revision script: the name for a primary key constraint, or None
+    on MySQL/MariaDB, which name every primary key ``PRIMARY`` and, given
+    another name, ignore it with a warning (that asyncmy logs): the same
+    schema either way."""
+    from alembic import op
+
+    return None if op.get_context().dialect.name in dialects.MYSQL else name
+
+
+def target_metadata(dialect_name: str) -> MetaData:
+    """The models' metadata, for Alembic's ``target_metadata`` on this
+    dialect. Alembic names the constraints of the tables a revision creates
+    by its naming convention, so on MySQL/MariaDB it gets one without a
+    primary key name (see `primary_key_name`)."""
+    from sqlsaver.models import NAMING_CONVENTION, Base
+
+    if dialect_name not in dialects.MYSQL:
+        return Base.metadata
+    convention = {k: v for k, v in NAMING_CONVENTION.items() if k != "pk"}
+    metadata = MetaData(naming_convention=convention)
+    for table in Base.metadata.tables.values():
+        table.to_metadata(metadata)
+    return metadata
+
+
+def create_version_table(conn: Connection) -> None:
+    """Create the version table as Alembic would, unless it exists, but with
+    no name for its primary key on MySQL/MariaDB (see `primary_key_name`)."""
+    if conn.dialect.name not in dialects.MYSQL:
+        return  # Alembic's own, named ``<table>_pkc``, as ever
+    table = Table(
+        VERSION_TABLE,
+        MetaData(),
+        Column("version_num", String(32), nullable=False),
+        PrimaryKeyConstraint("version_num"),
+    )
+    table.create(conn, checkfirst=True)
 
 
 # -- living beside an application's own Alembic --------------------------------
