@@ -111,6 +111,7 @@ class AsyncSQLSaver(SaverBase):
             # on sqlite3 in a worker thread instead (`AsyncRunner`).
             saver._threaded_engine = engines.sync_engine(threaded, engine_kwargs)
             runner = sync_runner(saver._threaded_engine, saver._check_schema)
+            runner.url = engine.url  # errors suggest the URL given, not sqlite://
             saver._runner = AsyncRunner(runner, in_thread=True)
         saver._runner.keep_connections(engines.pre_ping(engine_kwargs))
         return saver

@@ -3,18 +3,21 @@ SQLite, PostgreSQL and MySQL/MariaDB databases.
 
 1. Offline ``--sql`` DDL per dialect (no database); upgrade / check /
    current / downgrade, sync and async URLs.
+2. The commands that errors suggest work when pasted.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
+import sys
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 from conftest import Backend
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from test_migrations import (
     HEAD,
     REVISIONS,
@@ -22,13 +25,15 @@ from test_migrations import (
     VERSION_TABLE,
     at_once,
     cli,
+    config,
     engine_on,
     fresh,
+    run,
     schema,
     schema_diff,
 )
 
-from sqlsaver import migrate
+from sqlsaver import AsyncSQLSaver, SchemaNotReadyError, SQLSaver, migrate
 
 __all__ = ["fresh"]  # the fixture, imported for pytest
 
@@ -90,3 +95,48 @@ def test_cli_upgrade_refuses_a_database_ahead(tmp_path: Path) -> None:
     done = cli("upgrade", "--url", url)
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.startswith("error: ") and "newer sqlsaver" in done.stderr, done.stderr
+
+
+# -- 2: the commands errors suggest ----------------------------------------------------
+
+
+def pasted(message: str, password: str | None) -> list[str]:
+    """The upgrade command in an error message, as a user pastes it: with
+    the password put in for ``<password>``."""
+    found = re.search(r"`(python -m sqlsaver upgrade --url [^`]+)`", message)
+    assert found, message
+    command = found.group(1)
+    if password is not None:
+        command = command.replace("<password>", password)
+    return [sys.executable, *shlex.split(command)[1:]]
+
+
+@pytest.mark.parametrize("check_schema", [True, False])
+async def test_not_ready_hint_is_a_command_that_works(fresh: Backend, check_schema: bool) -> None:
+    url = make_url(fresh.async_url)
+    async with AsyncSQLSaver.from_url(fresh.async_url, check_schema=check_schema) as saver:
+        with pytest.raises(SchemaNotReadyError) as error:
+            await saver.aget_tuple(config("t"))
+    message = str(error.value)
+    # The URL as given: its async driver (sqlite+aiosqlite, not sqlite).
+    assert f"--url {url.drivername}://" in message or f"--url '{url.drivername}://" in message
+    assert "***" not in message
+    if url.password:
+        assert url.password not in message and "<password>" in message
+    done = run(*pasted(message, url.password))
+    assert done.returncode == 0, done.stderr
+    with SQLSaver.from_url(fresh.sync_url) as sync_saver:
+        assert sync_saver.get_tuple(config("t")) is None
+
+
+def test_hint_never_shows_a_password() -> None:
+    url = make_url("postgresql+asyncpg://bob:s3cr%40t@db.example:5432/app?ssl=require")
+    command = migrate.upgrade_command(url)
+    assert command == (
+        "`python -m sqlsaver upgrade --url "
+        "'postgresql+asyncpg://bob:<password>@db.example:5432/app?ssl=require'`"
+        " (with the password in place of <password>)"
+    )
+    assert migrate.upgrade_command(make_url("sqlite+aiosqlite:///a/b.db")) == (
+        "`python -m sqlsaver upgrade --url sqlite+aiosqlite:///a/b.db`"
+    )
