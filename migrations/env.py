@@ -20,8 +20,7 @@ from sqlalchemy import Connection, create_engine, make_url, pool
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from sqlsaver import dialects
-from sqlsaver.migrate import VERSION_TABLE
-from sqlsaver.models import Base
+from sqlsaver.migrate import VERSION_TABLE, create_version_table, target_metadata
 
 config = context.config
 # Logging as alembic.ini sets it ("Running upgrade ..." lines), when run from
@@ -29,7 +28,6 @@ config = context.config
 if config.config_file_name is not None:
     fileConfig(config.config_file_name)
 OPTIONS = {
-    "target_metadata": Base.metadata,
     "version_table": VERSION_TABLE,
     # Only sqlsaver's tables are ever compared, created or dropped.
     "include_name": lambda name, type_, _parent: type_ != "table" or name.startswith("sqlsaver_"),
@@ -64,7 +62,15 @@ def _run(connection: Connection) -> None:
     # Each revision also creates only what is missing (`sqlsaver.migrate.missing`),
     # so one interrupted between two DDL statements completes when run again.
     commit = [_commit_revision] if dialects.commits_ddl(connection.dialect) else []
-    context.configure(connection=connection, on_version_apply=commit, **OPTIONS)
+    # Before Alembic makes it with a primary key name MySQL would ignore,
+    # with a warning.
+    create_version_table(connection)
+    context.configure(
+        connection=connection,
+        on_version_apply=commit,
+        target_metadata=target_metadata(connection.dialect.name),
+        **OPTIONS,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -81,7 +87,9 @@ async def _run_async(url: str) -> None:
 
 def main() -> None:
     if context.is_offline_mode():
-        context.configure(url=_url(), literal_binds=True, **OPTIONS)
+        url = _url()
+        metadata = target_metadata(make_url(url).get_backend_name())
+        context.configure(url=url, literal_binds=True, target_metadata=metadata, **OPTIONS)
         with context.begin_transaction():
             context.run_migrations()
         return

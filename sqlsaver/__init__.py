@@ -1,6 +1,8 @@
 """sqlsaver: a LangGraph checkpointer on SQLAlchemy, for SQLite, PostgreSQL
 and MySQL/MariaDB, sync (`SQLSaver`) and async (`AsyncSQLSaver`)."""
 
+from importlib import metadata as _metadata
+
 from sqlsaver.aio import AsyncSQLSaver
 from sqlsaver.base import SaverOptions
 from sqlsaver.execution.limits import ValueTooLargeError
@@ -9,7 +11,13 @@ from sqlsaver.models import Base, BlobModel, CheckpointModel, ThreadModel, Write
 from sqlsaver.policies import TTL
 from sqlsaver.saver import SQLSaver
 
+try:
+    __version__: str = _metadata.version("sqlsaver")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"
+
 __all__ = [
+    "__version__",
     "AsyncSQLSaver",
     "Base",
     "BlobModel",

@@ -1,15 +1,6 @@
-"""``python -m sqlsaver``: the demo, and sqlsaver's schema in deployment.
-
-    python -m sqlsaver demo                          # a real graph on ./sqlsaver-demo.db
-    python -m sqlsaver upgrade --url URL             # bring sqlsaver's tables to head
-    python -m sqlsaver upgrade --url URL --sql       # print the DDL instead (no database)
-    python -m sqlsaver current --url URL             # the revision the tables are at
-    python -m sqlsaver check --url URL               # exit 1 unless at this sqlsaver's head
-    python -m sqlsaver downgrade --url URL --revision REV
-    python -m sqlsaver history                       # the revisions this sqlsaver ships
-    python -m sqlsaver sweep --url URL               # delete threads whose TTL expired
-
-URLs are SQLAlchemy URLs, with a sync or an async driver alike.
+"""The command line, ``python -m sqlsaver`` (or ``sqlsaver``): the demo, and
+sqlsaver's schema in deployment. `parser` builds it all (the docs render
+each command's help from it); `main` runs it.
 """
 
 from __future__ import annotations
@@ -21,12 +12,31 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from sqlalchemy import Connection
+from sqlalchemy import URL, Connection
 
-from sqlsaver import engines, migrate
+import sqlsaver
+from sqlsaver import _cli_errors, engines, migrate
+from sqlsaver._cli_progress import MigrationProgress, SweepProgress
 
 T = TypeVar("T")
 DEMO_URL = "sqlite:///sqlsaver-demo.db"
+
+DESCRIPTION = """\
+sqlsaver: a LangGraph checkpointer on SQLAlchemy. These commands run its
+demo, and manage its tables in deployment. A URL is a SQLAlchemy database
+URL, with a sync or an async driver alike: sqlite:///file.db,
+postgresql+psycopg://user:password@host/db, mysql+pymysql://user@host/db.
+
+Exit status: 0 done, 1 "not at head" (check), 2 an error."""
+
+EXAMPLES = """\
+examples:
+  python -m sqlsaver demo
+  python -m sqlsaver upgrade --url postgresql+psycopg://app@db.example/app
+  python -m sqlsaver upgrade --url mysql+pymysql://app@db.example/app --sql > ddl.sql
+  python -m sqlsaver check --url sqlite:///checkpoints.db || echo "needs upgrade"
+  python -m sqlsaver downgrade --url sqlite:///checkpoints.db --revision 0003
+  python -m sqlsaver sweep --url sqlite:///checkpoints.db --limit 1000"""
 
 
 def on_connection(url: str, fn: Callable[[Connection], T]) -> T:
@@ -56,10 +66,39 @@ def demo(args: argparse.Namespace) -> int:
     from sqlsaver._demo import run_turn
     from sqlsaver.saver import SQLSaver
 
+    _cli_errors.require_sqlite_folder(engines.parse_url(args.url))
     with SQLSaver.from_url(args.url) as saver:
         saver.setup()
         run_turn(saver, args.thread, print, args.pause)
     return 0
+
+
+def _steps(start: str | None, target: str) -> int | None:
+    """How many revisions lie between two (None: cannot say, e.g. "+1")."""
+    position = {None: 0, "base": 0, "head": len(migrate.REVISIONS)}
+    position.update({r: i + 1 for i, r in enumerate(migrate.REVISIONS)})
+    if start not in position or target not in position:
+        return None
+    return abs(position[target] - position[start])
+
+
+def _migrate(args: argparse.Namespace, command: Callable[[Connection], None]) -> str | None:
+    """Run an upgrade or downgrade ``command``, reporting each revision."""
+    start = on_connection(args.url, migrate.current)
+    handler = MigrationProgress(_steps(start, args.revision))
+    # Alembic logs each revision it runs ("Running upgrade 0001 -> 0002"):
+    # those records, and only those, go to the handler.
+    alembic_log = logging.getLogger("alembic.runtime.migration")
+    alembic_log.setLevel(logging.INFO)
+    alembic_log.propagate = False
+    alembic_log.addHandler(handler)
+    try:
+        on_connection(args.url, command)
+    finally:
+        alembic_log.removeHandler(handler)
+        alembic_log.propagate = True
+        handler.progress.finish()
+    return on_connection(args.url, migrate.current)
 
 
 def upgrade(args: argparse.Namespace) -> int:
@@ -68,24 +107,31 @@ def upgrade(args: argparse.Namespace) -> int:
 
         command.upgrade(migrate.alembic_config(url=args.url), args.revision, sql=True)
         return 0
-    on_connection(args.url, lambda conn: migrate.upgrade(conn, args.revision))
-    print(f"sqlsaver tables: {on_connection(args.url, migrate.current)}")
+    _cli_errors.require_sqlite_folder(engines.parse_url(args.url))
+    revision = _migrate(args, lambda conn: migrate.upgrade(conn, args.revision))
+    print(f"sqlsaver tables: {revision}")
     return 0
 
 
 def downgrade(args: argparse.Namespace) -> int:
-    on_connection(args.url, lambda conn: migrate.downgrade(conn, args.revision))
-    print(f"sqlsaver tables: {on_connection(args.url, migrate.current) or 'none (base)'}")
+    _cli_errors.require_sqlite_file(engines.parse_url(args.url))
+    revision = _migrate(args, lambda conn: migrate.downgrade(conn, args.revision))
+    print(f"sqlsaver tables: {revision or 'none (base)'}")
     return 0
 
 
 def current(args: argparse.Namespace) -> int:
+    _cli_errors.require_sqlite_file(engines.parse_url(args.url))
     revision = on_connection(args.url, migrate.current)
     print(f"{revision or 'none'} ({migrate.describe(revision)})")
     return 0
 
 
 def check(args: argparse.Namespace) -> int:
+    path = _cli_errors.sqlite_file(engines.parse_url(args.url))
+    if path is not None and not path.exists():  # not set up; and left uncreated
+        print(f"none (not set up: no SQLite database at {path})")
+        return 1
     revision = on_connection(args.url, migrate.current)
     print(f"{revision or 'none'} ({migrate.describe(revision)})")
     return 0 if revision == migrate.HEAD else 1
@@ -96,21 +142,24 @@ def sweep(args: argparse.Namespace) -> int:
     from sqlsaver.aio import AsyncSQLSaver
     from sqlsaver.saver import SQLSaver
 
-    def report(total: int) -> None:
-        print(f"swept {total} expired threads so far", file=sys.stderr)
-
+    url = engines.parse_url(args.url)
+    _cli_errors.require_sqlite_file(url)  # nothing to sweep in a file not there
     ttl = {"strategy": args.strategy}
-    limit = args.limit or sys.maxsize
-    if engines.parse_url(args.url).get_dialect().is_async:
+    limit = args.limit or sys.maxsize  # 0 is refused by `_positive`
+    report = SweepProgress(args.limit)
+    try:
+        if url.get_dialect().is_async:
 
-        async def run() -> int:
-            async with AsyncSQLSaver.from_url(args.url, ttl=ttl) as saver:
-                return await saver.asweep_ttl(limit, report)
+            async def run() -> int:
+                async with AsyncSQLSaver.from_url(args.url, ttl=ttl) as saver:
+                    return await saver.asweep_ttl(limit, report)
 
-        handled = asyncio.run(run())
-    else:
-        with SQLSaver.from_url(args.url, ttl=ttl) as saver:
-            handled = saver.sweep_ttl(limit, report)
+            handled = asyncio.run(run())
+        else:
+            with SQLSaver.from_url(args.url, ttl=ttl) as saver:
+                handled = saver.sweep_ttl(limit, report)
+    finally:
+        report.finish()
     print(f"swept {handled} expired threads ({args.strategy})")
     return 0
 
@@ -122,13 +171,59 @@ def history(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
-        prog="python -m sqlsaver", description=(__doc__ or "").split("\n", 1)[0]
-    )
-    commands = top.add_subparsers(dest="command", required=True)
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number of at least 1 (leave --limit out to sweep "
+            "every expired thread)"
+        )
+    return value
 
-    run_demo = commands.add_parser("demo", help="run a small LangGraph graph persisted by sqlsaver")
+
+def parser() -> argparse.ArgumentParser:
+    """The whole command line: every command, its description and options."""
+    # -v after the command as well as before it: where users type it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="on an error, show the full traceback",
+    )
+    formatter = argparse.RawDescriptionHelpFormatter
+    top = argparse.ArgumentParser(
+        prog="python -m sqlsaver",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=formatter,
+        parents=[common],
+    )
+    top.add_argument("--version", action="version", version=f"sqlsaver {sqlsaver.__version__}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, help: str, description: str, url: bool = True
+    ) -> argparse.ArgumentParser:
+        made = commands.add_parser(
+            name, help=help, description=description, formatter_class=formatter, parents=[common]
+        )
+        if url:
+            made.add_argument("--url", required=True, help="SQLAlchemy database URL")
+        return made
+
+    run_demo = command(
+        "demo",
+        "run a small LangGraph graph persisted by sqlsaver",
+        "Run one turn of a small note-taking graph with a human approval step,\n"
+        "persisted by sqlsaver (it creates the tables). Run it again and the\n"
+        "thread picks up where it was. Needs langgraph (pip install 'sqlsaver[demo]').",
+        url=False,
+    )
     run_demo.add_argument("--url", default=DEMO_URL, help=f"database URL (default {DEMO_URL})")
     run_demo.add_argument("--thread", default="demo", help="thread id (default 'demo')")
     run_demo.add_argument(
@@ -136,51 +231,89 @@ def parser() -> argparse.ArgumentParser:
     )
     run_demo.set_defaults(run=demo)
 
-    def with_url(name: str, help: str) -> argparse.ArgumentParser:
-        command = commands.add_parser(name, help=help)
-        command.add_argument("--url", required=True, help="SQLAlchemy database URL")
-        return command
-
-    run_upgrade = with_url("upgrade", "upgrade sqlsaver's tables (default: to head)")
+    run_upgrade = command(
+        "upgrade",
+        "create or upgrade sqlsaver's tables (default: to head)",
+        "Create sqlsaver's tables, or upgrade them to a revision (default: the\n"
+        "head of this sqlsaver), one revision at a time, under a lock: safe while\n"
+        "other processes run setup(). Creates a SQLite file that does not exist.",
+    )
     run_upgrade.add_argument("--revision", default="head", help="target revision (default head)")
     run_upgrade.add_argument(
         "--sql", action="store_true", help="print the DDL for the URL's dialect; touch nothing"
     )
     run_upgrade.set_defaults(run=upgrade)
-    run_downgrade = with_url("downgrade", "downgrade sqlsaver's tables ('base' drops them)")
+    run_downgrade = command(
+        "downgrade",
+        "downgrade sqlsaver's tables ('base' drops them)",
+        "Downgrade sqlsaver's tables to an older revision, keeping what they\n"
+        "hold; to 'base' drops them. The history command lists the revisions.",
+    )
     run_downgrade.add_argument("--revision", required=True, help="target revision, or base")
     run_downgrade.set_defaults(run=downgrade)
-    with_url("current", "show the revision sqlsaver's tables are at").set_defaults(run=current)
-    with_url("check", "exit 1 unless the tables are at this sqlsaver's head").set_defaults(
-        run=check
+    command(
+        "current",
+        "show the revision sqlsaver's tables are at",
+        "Print the revision sqlsaver's tables are at, and what it means to this\n"
+        "sqlsaver. A SQLite file that does not exist is an error (and is not created).",
+    ).set_defaults(run=current)
+    command(
+        "check",
+        "exit 1 unless the tables are at this sqlsaver's head",
+        "Print the revision sqlsaver's tables are at; exit 0 if it is this\n"
+        "sqlsaver's head, 1 if not (not set up, behind, or newer), 2 on an error\n"
+        "(such as a server that cannot be reached). A SQLite file that does not\n"
+        "exist is 'not set up', exit 1, and is not created.",
+    ).set_defaults(run=check)
+    run_sweep = command(
+        "sweep",
+        "delete (or prune) threads whose TTL has expired",
+        "Delete the threads whose TTL has expired, 100 per transaction (or keep\n"
+        "their latest checkpoints): for a cron job. Several sweepers may run at\n"
+        "once. A SQLite file that does not exist is an error (and is not created).",
     )
-    run_sweep = with_url("sweep", "delete (or prune) threads whose TTL has expired")
     run_sweep.add_argument(
         "--strategy",
         choices=["delete", "keep_latest"],
         default="delete",
         help="delete expired threads (default), or keep their latest checkpoints",
     )
-    run_sweep.add_argument("--limit", type=int, help="at most this many threads (default: all)")
+    run_sweep.add_argument(
+        "--limit", type=_positive, help="at most this many threads, 1 or more (default: all)"
+    )
     run_sweep.set_defaults(run=sweep)
-    run_history = commands.add_parser("history", help="list the revisions this sqlsaver ships")
-    run_history.add_argument("--verbose", action="store_true")
-    run_history.set_defaults(run=history)
+    command(
+        "history",
+        "list the revisions this sqlsaver ships",
+        "List the revisions of sqlsaver's tables that this sqlsaver ships, newest\n"
+        "first (with -v, each one's details).",
+        url=False,
+    ).set_defaults(run=history)
     return top
 
 
+def _url(args: argparse.Namespace) -> URL | None:
+    try:
+        return engines.parse_url(args.url) if getattr(args, "url", None) else None
+    except ValueError:
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; the exit status."""
     args = parser().parse_args(argv)
-    # Alembic reports each revision it runs ("Running upgrade 0001 -> 0002"):
-    # the progress of a long upgrade.
+    args.verbose = getattr(args, "verbose", False)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    progress = logging.getLogger("alembic.runtime.migration")
-    progress.setLevel(logging.INFO)
-    progress.addFilter(lambda record: record.getMessage().startswith("Running"))
     try:
         code: int = args.run(args)
-    except (ValueError, migrate.SchemaError, TimeoutError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        message = None if args.verbose else _cli_errors.explain(error, _url(args))
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return code
 

@@ -111,6 +111,7 @@ class AsyncSQLSaver(SaverBase):
             # on sqlite3 in a worker thread instead (`AsyncRunner`).
             saver._threaded_engine = engines.sync_engine(threaded, engine_kwargs)
             runner = sync_runner(saver._threaded_engine, saver._check_schema)
+            runner.url = engine.url  # errors suggest the URL given, not sqlite://
             saver._runner = AsyncRunner(runner, in_thread=True)
         saver._runner.keep_connections(engines.pre_ping(engine_kwargs))
         return saver
@@ -201,7 +202,12 @@ class AsyncSQLSaver(SaverBase):
         await self._runner.write(ops.delete_threads, self._opts, [str(thread_id)])
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
-        """Delete the checkpoints (with writes and values) of these runs."""
+        """Delete the checkpoints (with writes and values) of these runs.
+
+        A checkpoint belongs to the run whose id is in its metadata, which
+        LangGraph fills from ``config["configurable"]["run_id"]``; a
+        top-level ``config["run_id"]`` is not stored by LangGraph (for any
+        saver), so runs started with only that are not found."""
         await self._runner.write(ops.delete_for_runs, self._opts, [str(r) for r in run_ids])
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import json.scanner
+import re
 from typing import Any, cast
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url
@@ -168,17 +169,50 @@ def configure_engine(engine: Engine) -> None:
         cursor.close()
 
 
+# The drivers to name in a URL: SQLAlchemy's defaults for a URL that names
+# none (mysql://: mysqlclient; postgresql://: psycopg2 before SQLAlchemy
+# 2.1) are not sqlsaver's, nor installed by its extras.
+_DRIVERS = {
+    "postgresql": ("postgresql+psycopg://", "postgresql+asyncpg://", "postgres"),
+    "mysql": ("mysql+pymysql://", "mysql+asyncmy://", "mysql"),
+    "sqlite": ("sqlite://", "sqlite+aiosqlite://", "sqlite"),
+}
+_ALL_DRIVERS = (
+    "sqlsaver takes SQLAlchemy URLs for SQLite (sqlite:///file.db, sqlite+aiosqlite:///file.db), "
+    "PostgreSQL (postgresql+psycopg://, postgresql+asyncpg://) and MySQL/MariaDB "
+    "(mysql+pymysql://, mysql+asyncmy://)"
+)
+
+
+def _shown(url: str | URL) -> str:
+    """A URL for a message, without its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # not even a URL: hide what may be a password
+        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", str(url))
+
+
 def parse_url(url: str | URL) -> URL:
     """A SQLAlchemy URL, with a clear error for one sqlsaver cannot use."""
     try:
         parsed = make_url(url)
+    except ArgumentError as error:
+        raise ValueError(
+            f"cannot use database URL {_shown(url)!r}: {error}. {_ALL_DRIVERS}"
+        ) from error
+    if parsed.get_backend_name() == "postgres":
+        # The scheme of Heroku-style DATABASE_URLs, which SQLAlchemy dropped.
+        sync, aio, _ = _DRIVERS["postgresql"]
+        raise ValueError(
+            f"cannot use database URL {_shown(parsed)!r}: SQLAlchemy has no 'postgres://' "
+            f"scheme (a common DATABASE_URL form): write {sync} (SQLSaver or AsyncSQLSaver) "
+            f"or {aio} (AsyncSQLSaver), with the rest of the URL as it is"
+        )
+    try:
         parsed.get_dialect()
     except (ArgumentError, NoSuchModuleError) as error:
         raise ValueError(
-            f"cannot use database URL {str(url)!r}: {error}. sqlsaver takes SQLAlchemy URLs "
-            "for SQLite (sqlite:///file.db, sqlite+aiosqlite:///file.db), PostgreSQL "
-            "(postgresql+psycopg://, postgresql+asyncpg://) and MySQL/MariaDB "
-            "(mysql+pymysql://, mysql+asyncmy://)"
+            f"cannot use database URL {_shown(parsed)!r}: {error}. {_ALL_DRIVERS}"
         ) from error
     return parsed
 
@@ -198,10 +232,18 @@ def _backend(url: URL) -> str:
 
 
 def _driver_missing(url: URL, error: ImportError) -> ValueError:
+    backend = _backend(url)
+    if backend in _DRIVERS and "+" not in url.drivername:
+        sync, aio, extra = _DRIVERS[backend]
+        return ValueError(
+            f"'{url.drivername}://' asks for SQLAlchemy's default driver for it, which is not "
+            f"installed ({error}): name sqlsaver's in the URL instead, {sync} for SQLSaver "
+            f"or {aio} for AsyncSQLSaver (pip install 'sqlsaver[{extra}]')"
+        )
+    extra = _DRIVERS[backend][2] if backend in _DRIVERS else "all"
     return ValueError(
         f"the driver for {url.drivername!r} is not installed ({error}): install it, or "
-        "sqlsaver's extra for the database: pip install 'sqlsaver[postgres]' "
-        "(psycopg, asyncpg), 'sqlsaver[mysql]' (pymysql, asyncmy), 'sqlsaver[sqlite]' (aiosqlite)"
+        f"use the drivers of sqlsaver's extra: pip install 'sqlsaver[{extra}]'"
     )
 
 

@@ -28,13 +28,24 @@ there.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
-from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, select
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    select,
+)
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from sqlsaver import dialects
@@ -146,26 +157,54 @@ def describe(revision: str | None) -> str:
     }[_status(revision)]
 
 
-def require_current(conn: Connection) -> None:
-    """Raise a `SchemaError` saying what to do unless the tables are at head."""
+# A placeholder without characters a URL escapes: replaced after rendering.
+_PASSWORD_SLOT = "SQLSAVERPASSWORDSLOT"
+
+
+def shown_url(url: URL) -> str:
+    """``url`` to show in a message: the password (if any) as
+    ``<password>``, never the real one; the driver as given."""
+    if url.password is None:
+        return url.render_as_string(hide_password=False)
+    rendered = url.set(password=_PASSWORD_SLOT).render_as_string(hide_password=False)
+    return rendered.replace(_PASSWORD_SLOT, "<password>")
+
+
+def upgrade_command(url: URL) -> str:
+    """The CLI command, in backticks, that brings ``url``'s tables to head,
+    to paste into a shell (the CLI takes sync and async URLs alike); a
+    template where the URL has a password, to put in for ``<password>``."""
+    command = f"`python -m sqlsaver upgrade --url {shlex.quote(shown_url(url))}`"
+    if url.password is not None:
+        command += " (with the password in place of <password>)"
+    return command
+
+
+def require_current(conn: Connection, url: URL | None = None) -> None:
+    """Raise a `SchemaError` saying what to do unless the tables are at head.
+
+    ``url``: the database as the caller knows it, for the message (by
+    default the connection's; an async saver on aiosqlite runs on a sync
+    engine, whose URL is not the one it was given)."""
     revision = _current(conn)
     state = _status(revision)
     if state == "current":
         return
-    url = conn.engine.url.render_as_string(hide_password=True)
-    command = f"python -m sqlsaver upgrade --url '{url}'"
+    url = url or conn.engine.url
+    where = shown_url(url)
+    command = upgrade_command(url)
     if state == "missing":
         raise SchemaNotReadyError(
-            f"sqlsaver's tables do not exist in {url}. Create them with `saver.setup()` "
+            f"sqlsaver's tables do not exist in {where}. Create them with `saver.setup()` "
             f"(`await saver.setup()` for AsyncSQLSaver), or in deployment with: {command}"
         )
     if state == "behind":
         raise SchemaNotReadyError(
-            f"sqlsaver's tables in {url} are at revision {revision}; this sqlsaver needs "
-            f"{HEAD}. Upgrade them with: {command} (or `saver.setup()`)"
+            f"sqlsaver's tables in {where} are at revision {revision}; this sqlsaver needs "
+            f"{HEAD}. Upgrade them with `saver.setup()`, or with: {command}"
         )
     raise SchemaTooNewError(
-        f"sqlsaver's tables in {url} are at revision {revision}, which this sqlsaver "
+        f"sqlsaver's tables in {where} are at revision {revision}, which this sqlsaver "
         f"(head {HEAD}) does not know: they were migrated by a newer sqlsaver. "
         "Upgrade the sqlsaver package, or downgrade the tables with the newer one."
     )
@@ -269,6 +308,46 @@ def present(table: str, *, column: str | None = None, index: str | None = None) 
     """In a revision script: whether ``table`` (or its ``column``, or its
     ``index``) is still to be dropped. Offline (``--sql``): True."""
     return _offline() or _exists(table, column, index)
+
+
+def primary_key_name(name: str) -> str | None:
+    """In a revision script: the name for a primary key constraint, or None
+    on MySQL/MariaDB, which name every primary key ``PRIMARY`` and, given
+    another name, ignore it with a warning (that asyncmy logs): the same
+    schema either way."""
+    from alembic import op
+
+    return None if op.get_context().dialect.name in dialects.MYSQL else name
+
+
+def target_metadata(dialect_name: str) -> MetaData:
+    """The models' metadata, for Alembic's ``target_metadata`` on this
+    dialect. Alembic names the constraints of the tables a revision creates
+    by its naming convention, so on MySQL/MariaDB it gets one without a
+    primary key name (see `primary_key_name`)."""
+    from sqlsaver.models import NAMING_CONVENTION, Base
+
+    if dialect_name not in dialects.MYSQL:
+        return Base.metadata
+    convention = {k: v for k, v in NAMING_CONVENTION.items() if k != "pk"}
+    metadata = MetaData(naming_convention=convention)
+    for table in Base.metadata.tables.values():
+        table.to_metadata(metadata)
+    return metadata
+
+
+def create_version_table(conn: Connection) -> None:
+    """Create the version table as Alembic would, unless it exists, but with
+    no name for its primary key on MySQL/MariaDB (see `primary_key_name`)."""
+    if conn.dialect.name not in dialects.MYSQL:
+        return  # Alembic's own, named ``<table>_pkc``, as ever
+    table = Table(
+        VERSION_TABLE,
+        MetaData(),
+        Column("version_num", String(32), nullable=False),
+        PrimaryKeyConstraint("version_num"),
+    )
+    table.create(conn, checkfirst=True)
 
 
 # -- living beside an application's own Alembic --------------------------------

@@ -187,7 +187,12 @@ class SQLSaver(SaverBase):
         self._runner.write(ops.delete_threads, self._opts, [str(thread_id)])
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
-        """Delete the checkpoints (with writes and values) of these runs."""
+        """Delete the checkpoints (with writes and values) of these runs.
+
+        A checkpoint belongs to the run whose id is in its metadata, which
+        LangGraph fills from ``config["configurable"]["run_id"]``; a
+        top-level ``config["run_id"]`` is not stored by LangGraph (for any
+        saver), so runs started with only that are not found."""
         self._runner.write(ops.delete_for_runs, self._opts, [str(r) for r in run_ids])
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from sqlsaver.dialects import BINARY, JSON_OBJECT, LONG_TEXT, key_string
-from sqlsaver.migrate import missing, present
+from sqlsaver.migrate import missing, present, primary_key_name
 
 revision = "0001"
 down_revision = None
@@ -50,7 +50,10 @@ def _create_checkpoints() -> None:
         sa.Column("metadata_blob", BINARY, nullable=False),
         sa.Column("metadata_json", JSON_OBJECT, nullable=False),
         sa.PrimaryKeyConstraint(
-            "thread_id", "checkpoint_ns", "checkpoint_id", name="pk_sqlsaver_checkpoints"
+            "thread_id",
+            "checkpoint_ns",
+            "checkpoint_id",
+            name=primary_key_name("pk_sqlsaver_checkpoints"),
         ),
     )
 
@@ -62,7 +65,11 @@ def _create_blobs() -> None:
         sa.Column("type", sa.String(64), nullable=False),
         sa.Column("blob", BINARY, nullable=False),
         sa.PrimaryKeyConstraint(
-            "thread_id", "checkpoint_ns", "channel", "version", name="pk_sqlsaver_blobs"
+            "thread_id",
+            "checkpoint_ns",
+            "channel",
+            "version",
+            name=primary_key_name("pk_sqlsaver_blobs"),
         ),
     )
 
@@ -82,7 +89,7 @@ def _create_writes() -> None:
             "checkpoint_id",
             "task_id",
             "idx",
-            name="pk_sqlsaver_writes",
+            name=primary_key_name("pk_sqlsaver_writes"),
         ),
     )
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from sqlsaver.dialects import key_string
-from sqlsaver.migrate import missing, present
+from sqlsaver.migrate import missing, present, primary_key_name
 
 revision = "0003"
 down_revision = "0002"
@@ -41,7 +41,7 @@ def _create_threads() -> None:
         sa.Column("expires_at", sa.Double(), nullable=True),
         sa.Column("ttl_minutes", sa.Double(), nullable=True),
         sa.Column("updated_at", sa.Double(), nullable=False),
-        sa.PrimaryKeyConstraint("thread_id", name="pk_sqlsaver_threads"),
+        sa.PrimaryKeyConstraint("thread_id", name=primary_key_name("pk_sqlsaver_threads")),
     )
 
 

@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, UnboundExecutionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
@@ -101,12 +101,16 @@ def _backoff(attempt: int) -> float:
     return random.uniform(0, 0.01 * 2**attempt)
 
 
-def _not_ready(error: DBAPIError) -> SchemaNotReadyError:
+def _not_ready(error: DBAPIError, url: URL | None) -> SchemaNotReadyError:
+    command = (
+        migrate.upgrade_command(url)
+        if url is not None
+        else "`python -m sqlsaver upgrade --url '<database url>'`"
+    )
     return SchemaNotReadyError(
         "sqlsaver's tables do not exist in this database. Create them once with "
         "`saver.setup()` (`await saver.setup()` for AsyncSQLSaver), or in "
-        "deployment with `python -m sqlsaver upgrade --url <database url>`. "
-        f"(database said: {error.orig})"
+        f"deployment with: {command}. (database said: {error.orig})"
     )
 
 
@@ -165,6 +169,9 @@ class Runner:
         self._waits = waits = waits or Waits(on_loop=False)
         self._kept: KeptConnections | None = None
         self.engine: Engine | None = target if isinstance(target, Engine) else None
+        # The database's URL as the saver was given it, for the commands
+        # that errors suggest (see `AsyncSQLSaver.from_url` on aiosqlite).
+        self.url: URL | None = self.engine.url if self.engine is not None else None
         self._writer: contextlib.AbstractContextManager[Any] = _UNLOCKED
         self._alone_engine: Engine | None = None
         if self.engine is not None:
@@ -250,7 +257,7 @@ class Runner:
                 attempt += 1
         except DBAPIError as error:
             if dialects.is_missing_table(error):
-                raise _not_ready(error) from error
+                raise _not_ready(error, self.url) from error
             raise
 
     def _connection(self, mode: Mode) -> contextlib.AbstractContextManager[Connection]:
@@ -279,7 +286,7 @@ class Runner:
             self.schema_checked = True
             return result
         if not self.schema_checked:
-            migrate.require_current(conn)
+            migrate.require_current(conn, self.url)
             self.schema_checked = True
         if mode == "read" or (mode == "alone" and self._alone_engine is not None):
             return op(conn, *args, **kwargs)
