@@ -193,9 +193,8 @@ def test_server_down(scheme: str, name: str) -> None:
 
 
 @pytest.mark.parametrize("aio", [False, True])
+@pytest.mark.parametrize("backend", ["postgres", "mysql"], indirect=True)  # servers only
 def test_unknown_database_and_login(backend: Backend, aio: bool) -> None:
-    if backend.name == "sqlite":
-        pytest.skip("SQLite has no server, logins or databases to name")
     url = make_url(backend.async_url if aio else backend.sync_url)
     name = {"postgres": "PostgreSQL", "mysql": "MySQL"}[backend.name]
     where = f"{name} at {url.host}:{url.port or {'postgres': 5432, 'mysql': 3306}[backend.name]}"
