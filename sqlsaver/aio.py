@@ -49,12 +49,26 @@ class AsyncSQLSaver(SaverBase):
 
     Example:
         ```python
+        import asyncio
+
+        from langgraph.graph import START, MessagesState, StateGraph
         from sqlsaver import AsyncSQLSaver
 
-        async with AsyncSQLSaver.from_url("postgresql+asyncpg://postgres@localhost/app") as saver:
-            await saver.setup()
-            graph = builder.compile(checkpointer=saver)
-            await graph.ainvoke(inputs, {"configurable": {"thread_id": "1"}})
+        builder = StateGraph(MessagesState)
+        builder.add_node("reply", lambda state: {"messages": [("ai", "hello")]})
+        builder.add_edge(START, "reply")
+
+
+        async def main() -> None:
+            url = "postgresql+asyncpg://postgres@localhost/app"
+            async with AsyncSQLSaver.from_url(url) as saver:
+                await saver.setup()
+                graph = builder.compile(checkpointer=saver)
+                config = {"configurable": {"thread_id": "1"}}
+                await graph.ainvoke({"messages": [("user", "hi")]}, config)
+
+
+        asyncio.run(main())
         ```
     """
 
@@ -98,8 +112,17 @@ class AsyncSQLSaver(SaverBase):
 
         Example:
             ```python
-            async with AsyncSQLSaver.from_url("sqlite+aiosqlite:///checkpoints.db") as saver:
-                await saver.setup()
+            import asyncio
+
+            from sqlsaver import AsyncSQLSaver
+
+
+            async def main() -> None:
+                async with AsyncSQLSaver.from_url("sqlite+aiosqlite:///checkpoints.db") as saver:
+                    await saver.setup()
+
+
+            asyncio.run(main())
             ```
         """
         cls._checked_policies(options, from_url=True)  # before there is an engine to leave

@@ -7,11 +7,16 @@ read or written.
 
 For applications that run migrations from their own code:
 
-    import sqlsaver.migrate
+```python
+from sqlalchemy import create_engine
 
-    sqlsaver.migrate.upgrade(engine)            # to head; or a Connection
-    sqlsaver.migrate.current(engine)            # "0002", or None when not set up
-    sqlsaver.migrate.status(engine)             # "current" | "behind" | "ahead" | "missing"
+import sqlsaver.migrate
+
+engine = create_engine("sqlite:///app.db")
+sqlsaver.migrate.upgrade(engine)  # to head; or a Connection, in its transaction
+print(sqlsaver.migrate.current(engine))  # "0004", or None when not set up
+print(sqlsaver.migrate.status(engine))  # "current" | "behind" | "ahead" | "missing"
+```
 
 With an async engine: ``await async_conn.run_sync(sqlsaver.migrate.upgrade)``.
 
@@ -358,10 +363,8 @@ def include_object(
 ) -> bool:
     """An ``include_object`` hook for an application's Alembic ``env.py``
     that keeps sqlsaver's tables out of ``alembic revision --autogenerate``:
-
-        from sqlsaver.migrate import include_object
-        context.configure(..., include_object=include_object)
-    """
+    pass ``include_object=include_object`` to ``context.configure(...)``
+    there (docs/migrations.md shows what autogenerate then sees)."""
     table = obj if type_ == "table" else getattr(obj, "table", None)
     table_name = name if type_ == "table" else getattr(table, "name", None)
     return not (table_name or "").startswith("sqlsaver_")

@@ -43,13 +43,17 @@ class SQLSaver(SaverBase):
 
     Example:
         ```python
-        from langgraph.graph import StateGraph
+        from langgraph.graph import START, MessagesState, StateGraph
         from sqlsaver import SQLSaver
+
+        builder = StateGraph(MessagesState)
+        builder.add_node("reply", lambda state: {"messages": [("ai", "hello")]})
+        builder.add_edge(START, "reply")
 
         with SQLSaver.from_url("sqlite:///checkpoints.db") as saver:
             saver.setup()
             graph = builder.compile(checkpointer=saver)
-            graph.invoke(inputs, {"configurable": {"thread_id": "1"}})
+            graph.invoke({"messages": [("user", "hi")]}, {"configurable": {"thread_id": "1"}})
         ```
     """
 
@@ -87,7 +91,10 @@ class SQLSaver(SaverBase):
 
         Example:
             ```python
-            with SQLSaver.from_url("postgresql+psycopg://postgres@localhost/app") as saver:
+            from sqlsaver import SQLSaver
+
+            url = "postgresql+psycopg://postgres@localhost/app"
+            with SQLSaver.from_url(url, engine_kwargs={"pool_size": 20}) as saver:
                 saver.setup()
             ```
         """

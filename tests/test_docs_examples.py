@@ -1,6 +1,8 @@
-"""The examples in README.md and docs/ run, so that they cannot rot.
+"""The examples in README.md, docs/ and the API's docstrings run, so that
+they cannot rot.
 
-Every ```` ```python ```` block of a page runs, in the page's order, in one
+Every ```` ```python ```` block of a page (or of a docstring of
+`DOCUMENTED`'s, which the API reference shows) runs, in the page's order, in one
 namespace (as pasted into one Python session), in a temporary folder, so
 ``sqlite:///checkpoints.db`` makes a file there. A block that names a
 PostgreSQL or MySQL URL runs against the test servers (`conftest.POSTGRES`,
@@ -11,16 +13,23 @@ become the test server's. Every ``python -m sqlsaver ...`` line of a
 
 from __future__ import annotations
 
+import inspect
 import re
 import shlex
+import textwrap
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 from conftest import MYSQL, POSTGRES, REQUIRE_ALL, _reachable
 from sqlalchemy import make_url
 
+import sqlsaver
+from sqlsaver import base, migrate, models, policies
 from sqlsaver.__main__ import parser
+from sqlsaver.aio import AsyncSQLSaver
+from sqlsaver.saver import SQLSaver
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), ROOT / "benchmarks/README.md"])
@@ -31,14 +40,40 @@ SERVERS = {"postgresql": ("postgres", POSTGRES), "mysql": ("mysql", MYSQL)}
 SERVERS["mariadb"] = SERVERS["mysql"]
 
 
-def blocks(page: Path, language: str) -> list[tuple[int, str]]:
-    """The page's fenced blocks in ``language``, with their first line."""
-    text = page.read_text()
+# What the API reference (docs/reference/) renders the docstrings of.
+DOCUMENTED: list[ModuleType | type] = [sqlsaver, SQLSaver, AsyncSQLSaver, migrate, base, models]
+DOCUMENTED += [policies]
+
+
+def fenced(text: str, language: str) -> list[tuple[int, str]]:
+    """The fenced blocks in ``language`` of ``text``, with their first line."""
     return [
-        (text.count("\n", 0, found.start()) + 2, found.group(2))
-        for found in FENCE.finditer(text)
+        (text.count("\n", 0, found.start()) + 2, textwrap.dedent(found.group(2)))
+        for found in FENCE.finditer(textwrap.dedent(text))
         if found.group(1) == language
     ]
+
+
+def blocks(page: Path, language: str) -> list[tuple[int, str]]:
+    """The page's fenced blocks in ``language``, with their first line."""
+    return fenced(page.read_text(), language)
+
+
+def docstrings() -> dict[str, str]:
+    """The docstrings of `DOCUMENTED` and of their members, by name."""
+    found: dict[str, str] = {}
+    for owner in DOCUMENTED:
+        members = [(owner.__name__, owner)] + [
+            (f"{owner.__name__}.{name}", member) for name, member in vars(owner).items()
+        ]
+        for name, member in members:
+            member = getattr(member, "__func__", member)  # a classmethod's function
+            home = owner.__name__ if isinstance(owner, ModuleType) else owner.__module__
+            if member is owner or getattr(member, "__module__", None) == home:  # its own
+                doc = inspect.getdoc(member)
+                if doc and "```python" in doc:
+                    found[name] = doc
+    return found
 
 
 def on_test_servers(code: str) -> tuple[str, set[str]]:
@@ -71,20 +106,32 @@ def page_id(page: Path) -> str:
     return str(page.relative_to(ROOT))
 
 
+def run_examples(name: str, examples: list[tuple[int, str]]) -> None:
+    """Run the examples in order, in one namespace (as one Python session)."""
+    pointed = [(line, *on_test_servers(code)) for line, code in examples]
+    require(set().union(*(needed for _, _, needed in pointed)))
+    namespace: dict[str, Any] = {"__name__": "example"}
+    for line, code, _ in pointed:
+        where = f"{name}:{line}"
+        try:
+            exec(compile(code, where, "exec", dont_inherit=True), namespace)
+        except Exception as error:
+            raise AssertionError(f"the example at {where} failed: {error!r}") from error
+
+
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "python")], ids=page_id)
 def test_python_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each Python block of the page runs, after the ones before it."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LANGGRAPH_AES_KEY", raising=False)
-    examples = [(line, *on_test_servers(code)) for line, code in blocks(page, "python")]
-    require(set().union(*(needed for _, _, needed in examples)))
-    namespace: dict[str, Any] = {"__name__": "example"}
-    for line, code, _ in examples:
-        where = f"{page_id(page)}:{line}"
-        try:
-            exec(compile(code, where, "exec", dont_inherit=True), namespace)
-        except Exception as error:
-            raise AssertionError(f"the example at {where} failed: {error!r}") from error
+    run_examples(page_id(page), blocks(page, "python"))
+
+
+@pytest.mark.parametrize("name", sorted(docstrings()))
+def test_docstring_examples_run(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each Python block of a docstring the API reference shows runs."""
+    monkeypatch.chdir(tmp_path)
+    run_examples(name, fenced(docstrings()[name], "python"))
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "bash")], ids=page_id)
