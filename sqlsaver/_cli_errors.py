@@ -148,6 +148,8 @@ def explain(error: BaseException, url: URL | None) -> str | None:
         return None
     path = sqlite_file(url)
     if path is not None:
+        if not isinstance(error, DBAPIError):
+            return None  # not SQLite's
         return (
             f"cannot use the SQLite file {path}: {_server_says(error)}. "
             "Check that it is a SQLite database and that you may write to it and its folder."

@@ -221,6 +221,25 @@ def test_url_hints(url: str, expected: str) -> None:
     assert expected in message and "s3cret" not in message
 
 
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`python -m sqlsaver ... | head`, with the reader gone: exit 1 and
+    nothing on stderr, not an error that blames the SQLite file (as the
+    closed pipe's OSError once did) nor Python's notice at exit."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "sqlsaver", "demo", "--url", f"sqlite:///{tmp_path / 'd.db'}"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (1, "")
+
+
 def test_missing_sqlite_folder(tmp_path: Path) -> None:
     folder = tmp_path / "x" / "y"
     for command in ("upgrade", "demo"):
