@@ -17,7 +17,7 @@ from sqlalchemy import URL, Connection
 
 import sqlsaver
 from sqlsaver import _cli_errors, engines, migrate
-from sqlsaver._cli_progress import MigrationProgress, SweepProgress
+from sqlsaver._cli_progress import CopyProgress, MigrationProgress, SweepProgress
 
 T = TypeVar("T")
 DEMO_URL = "sqlite:///sqlsaver-demo.db"
@@ -37,7 +37,8 @@ examples:
   python -m sqlsaver upgrade --url mysql+pymysql://app@db.example/app --sql > ddl.sql
   python -m sqlsaver check --url sqlite:///checkpoints.db || echo "needs upgrade"
   python -m sqlsaver downgrade --url sqlite:///checkpoints.db --revision 0003
-  python -m sqlsaver sweep --url sqlite:///checkpoints.db --limit 1000"""
+  python -m sqlsaver sweep --url sqlite:///checkpoints.db --limit 1000
+  python -m sqlsaver copy --from sqlite:///checkpoints.db --to postgresql+psycopg://app@db/app"""
 
 
 def on_connection(url: str, fn: Callable[[Connection], T]) -> T:
@@ -165,6 +166,26 @@ def sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def copy(args: argparse.Namespace) -> int:
+    """Copy threads from a sqlsaver database or an official saver's into sqlsaver."""
+    from sqlsaver.transfer import copy_threads
+
+    bar = CopyProgress()
+    try:
+        report = copy_threads(
+            args.source,
+            args.target,
+            thread_ids=args.thread or None,
+            source_kind=args.source_kind,
+            dry_run=args.dry_run,
+            progress=bar,
+        )
+    finally:
+        bar.finish()
+    print(report)
+    return 0
+
+
 def history(args: argparse.Namespace) -> int:
     from alembic import command
 
@@ -283,6 +304,31 @@ def parser() -> argparse.ArgumentParser:
         "--limit", type=_positive, help="at most this many threads, 1 or more (default: all)"
     )
     run_sweep.set_defaults(run=sweep)
+    run_copy = command(
+        "copy",
+        "copy threads into sqlsaver, from sqlsaver or an official saver",
+        "Copy threads (all, or each --thread) from a database of sqlsaver's or of an\n"
+        "official saver (PostgresSaver, SqliteSaver, the MySQL saver: told apart by\n"
+        "its tables) into a sqlsaver database, which is set up on the way. Safe to\n"
+        "run again after a crash or Ctrl-C: it goes on, and never copies a row twice.\n"
+        "Each thread is verified on the target. Values are copied as the serializer's\n"
+        "bytes: open the target with the serializer the source was written with.",
+        url=False,
+    )
+    run_copy.add_argument("--from", dest="source", required=True, help="the source's URL")
+    run_copy.add_argument("--to", dest="target", required=True, help="the target's URL")
+    run_copy.add_argument(
+        "--thread", action="append", help="a thread to copy (repeat it; default: every thread)"
+    )
+    run_copy.add_argument(
+        "--source-kind",
+        choices=["sqlsaver", "postgres", "mysql", "sqlite"],
+        help="which checkpoints to read, where the source holds two kinds",
+    )
+    run_copy.add_argument(
+        "--dry-run", action="store_true", help="count what would be copied; write nothing"
+    )
+    run_copy.set_defaults(run=copy)
     command(
         "history",
         "list the revisions this sqlsaver ships",
@@ -294,8 +340,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _url(args: argparse.Namespace) -> URL | None:
+    """The URL a failure is about: ``--url``; for ``copy``, ``--from``."""
+    url = getattr(args, "url", None) or getattr(args, "source", None)
     try:
-        return engines.parse_url(args.url) if getattr(args, "url", None) else None
+        return engines.parse_url(url) if url else None
     except ValueError:
         return None
 

@@ -1,4 +1,4 @@
-"""Progress of the CLI's long work (upgrade, downgrade, sweep) on stderr: a
+"""Progress of the CLI's long work (upgrade, downgrade, sweep, copy) on stderr: a
 bar redrawn in place on a terminal, plain lines otherwise (a log, a CI job),
 with no dependency for either."""
 
@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+import time
+from typing import Any, TextIO
 
 WIDTH = 20
 
@@ -78,6 +79,27 @@ class SweepProgress:
             line = f"swept {self._pending} expired threads so far"
             print(line, file=self.progress.stream, flush=True)
         self._pending = total
+
+    def finish(self) -> None:
+        self.progress.finish()
+
+
+class CopyProgress:
+    """A copy's running totals (`sqlsaver.transfer.CopyReport`) as
+    `Progress`: on a terminal a count redrawn in place; otherwise a line at
+    most once a second."""
+
+    def __init__(self) -> None:
+        self.progress = Progress("rows copied")
+        self._last = 0.0
+
+    def __call__(self, report: Any) -> None:
+        now = time.monotonic()
+        if not self.progress.bar and now - self._last < 1:
+            return
+        self._last = now
+        line = f"{report.threads} threads, {report.rows} rows copied so far"
+        self.progress.update(report.rows, None, line)
 
     def finish(self) -> None:
         self.progress.finish()

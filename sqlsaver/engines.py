@@ -118,6 +118,26 @@ def json_loads(document: str | bytes) -> Any:
     return json.loads(document)
 
 
+# The sync driver of each async one sqlsaver knows (`sync_twin`).
+_SYNC_TWIN = {
+    "aiosqlite": "pysqlite",
+    "asyncpg": "psycopg",
+    "psycopg_async": "psycopg",
+    "asyncmy": "pymysql",
+    "aiomysql": "pymysql",
+}
+
+
+def sync_twin(url: URL) -> URL:
+    """The URL of the same database through a sync driver, for work that
+    runs on threads (a copy): aiosqlite's is sqlite3, asyncpg's psycopg,
+    asyncmy's and aiomysql's PyMySQL."""
+    driver = _SYNC_TWIN.get(url.get_driver_name())
+    if driver is None:
+        raise ValueError(f"no sync driver known for {_shown(url)}: give a sync URL instead")
+    return url.set(drivername=f"{url.get_backend_name()}+{driver}")
+
+
 def threaded_sync_url(url: URL) -> URL | None:
     """For an async URL whose driver is a thread around a sync one
     (aiosqlite), the sync URL that `AsyncSQLSaver` runs in a worker thread

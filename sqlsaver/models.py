@@ -26,13 +26,23 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sqlsaver.dialects import BINARY, JSON_OBJECT, LONG_TEXT, key_string
 
-THREAD_ID = key_string(1020)
-CHECKPOINT_NS = key_string(1536)
-CHECKPOINT_ID = key_string(150)
-TASK_ID = key_string(150)
-CHANNEL = key_string(255)
-VERSION = key_string(64)
-RUN_ID = key_string(255)
+# The byte budget of each key column on MySQL/MariaDB (see the module doc).
+MYSQL_KEY_BYTES = {
+    "thread_id": 1020,
+    "checkpoint_ns": 1536,
+    "checkpoint_id": 150,
+    "task_id": 150,
+    "channel": 255,
+    "version": 64,
+    "run_id": 255,
+}
+THREAD_ID = key_string(MYSQL_KEY_BYTES["thread_id"])
+CHECKPOINT_NS = key_string(MYSQL_KEY_BYTES["checkpoint_ns"])
+CHECKPOINT_ID = key_string(MYSQL_KEY_BYTES["checkpoint_id"])
+TASK_ID = key_string(MYSQL_KEY_BYTES["task_id"])
+CHANNEL = key_string(MYSQL_KEY_BYTES["channel"])
+VERSION = key_string(MYSQL_KEY_BYTES["version"])
+RUN_ID = key_string(MYSQL_KEY_BYTES["run_id"])
 SERDE_TYPE = String(64)
 
 # Stable constraint and index names on every dialect, so Alembic diffs are

@@ -230,6 +230,21 @@ def _row_params(rows: Rows) -> dict[str, Any]:
     return dict(zip(names, values, strict=True))
 
 
+def insert_copied(conn: Connection, page: Sequence[tuple[Table, list[dict[str, Any]]]]) -> None:
+    """Rows copied from another database (`sqlsaver.transfer`), each
+    table's as one driver call; a row whose key is stored already is kept,
+    so a copy run again stores nothing twice. On MySQL, a row larger than
+    the server takes is refused before any is sent."""
+    dialect = conn.dialect
+    for table, rows in page:
+        if not rows:
+            continue
+        insert = _insert(dialect, table)
+        if dialects.limits_statements(dialect):
+            limits.refuse_oversized(conn, table.name, insert.sql, rows)
+        insert.run_many(conn, rows)
+
+
 def _insert_each(conn: Connection, rows: Rows) -> None:
     """Each insert's rows as one driver call."""
     for table, updated, batch in rows.batches:

@@ -1,0 +1,284 @@
+"""`copy_threads`: move threads from one database to another, from sqlsaver
+or from an official saver's tables (`sources`), into sqlsaver.
+
+How a copy stays safe to run again (after a crash or Ctrl-C):
+- every row is inserted so that a row already there with the same key is
+  kept (`dialects.insert_ignore`), and rows keep their ids, so nothing is
+  ever stored twice;
+- each page of rows is one transaction on the target, and a thread's
+  checkpoints come last, after its values and writes: a thread whose
+  checkpoints and writes the target holds in full was copied whole, and is
+  passed over; any other is copied again, page by page.
+Then each copied thread is checked: its counts on both sides, and each
+namespace's latest checkpoint (values and pending writes) read back from
+the target equal to the source's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from sqlalchemy import URL, Connection, Engine
+
+from sqlsaver import dialects, engines
+from sqlsaver.execution.runner import sync_runner
+from sqlsaver.models import MYSQL_KEY_BYTES, checkpoints, writes
+from sqlsaver.ops.write import insert_copied
+from sqlsaver.saver import SQLSaver
+from sqlsaver.transfer.sources import NAMES, Kind, Latest, Page, Source, _counts, detect
+
+Database = str | URL | Engine
+
+
+class CopyError(ValueError):
+    """A copy that cannot be made, or that did not verify: says which
+    thread, and what to do."""
+
+
+@dataclass
+class CopyReport:
+    """What `copy_threads` did (or, with ``dry_run``, would do)."""
+
+    source_kind: Kind
+    dry_run: bool = False
+    threads: int = 0  # threads copied (in a dry run: to copy)
+    skipped: int = 0  # found whole on the target already
+    checkpoints: int = 0  # checkpoints of the threads above
+    writes: int = 0  # pending writes of the threads above
+    rows: int = 0  # rows sent to the target, every table
+    verified: int = 0  # threads checked on the target
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        done = "would copy" if self.dry_run else "copied"
+        text = (
+            f"{done} {_count(self.threads, 'thread')} from {NAMES[self.source_kind]}: "
+            f"{_count(self.checkpoints, 'checkpoint')}, {_count(self.writes, 'pending write')}"
+        )
+        if self.skipped:
+            text += f"; {self.skipped} already on the target, left as they were"
+        if not self.dry_run:
+            text += (
+                f"; {_count(self.rows, 'row')} in {self.seconds:.1f} s; "
+                f"{_count(self.verified, 'thread')} verified"
+            )
+        return text
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}" if n == 1 else f"{n} {thing}s"
+
+
+def copy_threads(
+    source: Database,
+    target: Database,
+    *,
+    thread_ids: Sequence[str] | None = None,
+    serde: SerializerProtocol | None = None,
+    source_kind: Kind | None = None,
+    dry_run: bool = False,
+    page_size: int = 500,
+    progress: Callable[[CopyReport], None] | None = None,
+) -> CopyReport:
+    """Copy threads (every one, or ``thread_ids``) from ``source`` into the
+    sqlsaver database ``target``: every namespace, checkpoint (same ids,
+    parents, metadata), channel value and pending write, and sqlsaver's TTL
+    rows where the source is sqlsaver too.
+
+    ``source`` is a sqlsaver database of any dialect, or the tables of
+    PostgresSaver, SqliteSaver or the MySQL saver, told apart by its
+    tables (``source_kind`` picks one where a database holds two kinds).
+    ``target`` is set up (migrated to head) on the way. Both are URLs (a
+    sync or an async driver) or Engines. ``serde`` is the serializer the
+    source was written with (default: LangGraph's); values are copied as
+    its bytes wherever the source keeps them apart, so open the target's
+    savers with the same one.
+
+    Runs again safely after a crash or Ctrl-C: it goes on where it
+    stopped, and never stores a row twice (see the module's doc). Raises
+    `CopyError` for a thread it cannot copy or whose copy does not verify.
+
+    Example:
+        ```python
+        from sqlsaver import SQLSaver
+        from sqlsaver.transfer import copy_threads
+
+        with SQLSaver.from_url("sqlite:///old.db") as old:
+            old.setup()
+        report = copy_threads("sqlite:///old.db", "sqlite:///new.db")
+        print(report)  # copied 0 threads from sqlsaver: ...
+        ```
+    """
+    serde = serde or JsonPlusSerializer()
+    started = time.monotonic()
+    with ExitStack() as stack:
+        source_engine = stack.enter_context(_engine(source, create=False))
+        assert source_engine is not None
+        sconn = stack.enter_context(source_engine.connect())
+        kind = source_kind or detect(sconn)
+        reader = Source(kind, serde, page_size)
+        report = CopyReport(kind, dry_run)
+        for thread_id in thread_ids or ():  # before anything is written
+            if reader.counts(sconn, thread_id) == (0, 0):
+                raise CopyError(f"no thread {thread_id!r} in the source")
+        # A dry run makes no target: a SQLite file not there holds nothing.
+        target_engine = stack.enter_context(_engine(target, create=True, touch=not dry_run))
+        copier = None
+        if not dry_run:
+            assert target_engine is not None
+            copier = _Copier(reader, sconn, source_engine, target_engine, serde, report, progress)
+        for thread_id in _threads(reader, sconn, thread_ids):
+            wanted = reader.counts(sconn, thread_id)
+            if _target_counts(target_engine, thread_id) == wanted:
+                report.skipped += 1
+            else:
+                report.threads += 1
+                report.checkpoints += wanted[0]
+                report.writes += wanted[1]
+                if copier is not None:
+                    copier.copy(thread_id)
+            if copier is not None:
+                copier.verify(thread_id, wanted)
+            if progress is not None:
+                progress(report)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+class _Copier:
+    """Copies a thread's pages into the target and checks what it holds."""
+
+    def __init__(
+        self,
+        reader: Source,
+        sconn: Connection,
+        source: Engine,
+        target: Engine,
+        serde: SerializerProtocol,
+        report: CopyReport,
+        progress: Callable[[CopyReport], None] | None,
+    ) -> None:
+        self.reader, self.sconn, self.target = reader, sconn, target
+        self.report, self.progress = report, progress
+        self.saver = SQLSaver(target, serde=serde)
+        self.saver.setup()
+        self.runner = sync_runner(target)  # how writes run: atomic, retried
+        # A sqlsaver source is read back by a saver of its own.
+        self.source_saver = SQLSaver(source, serde=serde) if reader.kind == "sqlsaver" else None
+
+    def copy(self, thread_id: str) -> None:
+        for page in self.reader.pages(self.sconn, thread_id):
+            _refuse_long_keys(self.target, thread_id, page)
+            self.runner.write(insert_copied, page)  # one transaction a page
+            self.report.rows += sum(len(rows) for _, rows in page)
+            if self.progress is not None:
+                self.progress(self.report)
+
+    def verify(self, thread_id: str, wanted: tuple[int, int]) -> None:
+        """The thread's counts on the target, and each namespace's latest
+        checkpoint read back there, equal to the source's."""
+        have = _target_counts(self.target, thread_id)
+        if have != wanted:
+            raise CopyError(
+                f"thread {thread_id!r}: the target holds {have[0]} checkpoints and {have[1]} "
+                f"pending writes, the source {wanted[0]} and {wanted[1]}"
+            )
+        for ns in self.reader.namespaces(self.sconn, thread_id):
+            try:
+                there = _latest(self.saver, thread_id, ns)
+                here = (
+                    _latest(self.source_saver, thread_id, ns)
+                    if self.source_saver is not None
+                    else self.reader.latest(self.sconn, thread_id, ns)
+                )
+            except Exception as error:
+                raise CopyError(
+                    f"thread {thread_id!r}: cannot read its checkpoints back with the "
+                    f"serializer given ({type(error).__name__}: {error}): pass serde= the "
+                    "serializer the source was written with (an EncryptedSerializer with its "
+                    "key, ...)"
+                ) from error
+            if not here.same(there):
+                raise CopyError(
+                    f"thread {thread_id!r}, namespace {ns!r}: the latest checkpoint read back "
+                    "from the target differs from the source's (a thread of that id that the "
+                    "target held before?)"
+                )
+        self.report.verified += 1
+
+
+def _threads(reader: Source, conn: Connection, wanted: Sequence[str] | None) -> Iterator[str]:
+    if wanted is not None:
+        yield from dict.fromkeys(wanted)
+        return
+    after = None
+    while page := reader.thread_ids(conn, after):
+        yield from page
+        after = page[-1]
+
+
+@contextmanager
+def _engine(database: Database, create: bool, touch: bool = True) -> Iterator[Engine | None]:
+    """An Engine on ``database`` (a sync one for an async URL), disposed of
+    afterwards unless it was given. A SQLite file that does not exist is
+    refused unless ``create``; unless ``touch`` it is not made either, and
+    there is no engine (None)."""
+    if isinstance(database, Engine):
+        yield database
+        return
+    url = engines.parse_url(database)
+    if url.get_dialect().is_async:
+        url = engines.sync_twin(url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        path = Path(url.database).resolve()
+        if not create and not path.exists():
+            raise CopyError(f"no SQLite database at {path}")
+        if not touch and not path.exists():
+            yield None
+            return
+    engine = engines.sync_engine(url, None)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _target_counts(engine: Engine | None, thread_id: str) -> tuple[int, int]:
+    if engine is None:
+        return 0, 0
+    with engine.connect() as conn:
+        if not conn.dialect.has_table(conn, checkpoints.name):
+            return 0, 0
+        return _counts(conn, checkpoints, writes, thread_id)
+
+
+def _refuse_long_keys(engine: Engine, thread_id: str, page: Page) -> None:
+    """On MySQL, a key longer than its column takes (`MYSQL_KEY_BYTES`):
+    refused with its name before any row of the page is sent."""
+    if engine.dialect.name not in dialects.MYSQL:
+        return
+    for _, rows in page:
+        for row in rows:
+            for name, limit in MYSQL_KEY_BYTES.items():
+                value = row.get(name)
+                if isinstance(value, str) and len(value.encode()) > limit:
+                    raise CopyError(
+                        f"thread {thread_id!r}: its {name} {value[:60]!r}... is "
+                        f"{len(value.encode())} bytes, more than MySQL's sqlsaver tables take "
+                        f"({limit}): copy it to PostgreSQL or SQLite, or leave it out "
+                        "(thread_ids=...)"
+                    )
+
+
+def _latest(saver: SQLSaver, thread_id: str, ns: str) -> Latest:
+    found = saver.get_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ns}})
+    if found is None:
+        return Latest("", {}, [])
+    pending = [(t, ch, v) for t, ch, v in found.pending_writes or []]
+    return Latest(found.checkpoint["id"], dict(found.checkpoint["channel_values"]), pending)
