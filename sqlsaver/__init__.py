@@ -10,6 +10,7 @@ from sqlsaver.migrate import SchemaError, SchemaNotReadyError, SchemaTooNewError
 from sqlsaver.models import Base, BlobModel, CheckpointModel, ThreadModel, WriteModel
 from sqlsaver.policies import TTL
 from sqlsaver.saver import SQLSaver
+from sqlsaver.transfer import CopyError, CopyReport, UnknownSourceError, copy_threads
 
 try:
     __version__: str = _metadata.version("sqlsaver")
@@ -22,13 +23,17 @@ __all__ = [
     "Base",
     "BlobModel",
     "CheckpointModel",
+    "CopyError",
+    "CopyReport",
     "SQLSaver",
     "SaverOptions",
     "SchemaError",
     "SchemaNotReadyError",
     "SchemaTooNewError",
     "TTL",
+    "UnknownSourceError",
     "ThreadModel",
     "ValueTooLargeError",
     "WriteModel",
+    "copy_threads",
 ]

@@ -27,6 +27,7 @@ from sqlalchemy import make_url
 
 import sqlsaver
 from sqlsaver import base, migrate, models, policies
+from sqlsaver.transfer import copy as transfer_copy
 from sqlsaver.__main__ import parser
 from sqlsaver.aio import AsyncSQLSaver
 from sqlsaver.saver import SQLSaver
@@ -42,7 +43,7 @@ SERVERS["mariadb"] = SERVERS["mysql"]
 
 # What the API reference (docs/reference/) renders the docstrings of.
 DOCUMENTED: list[ModuleType | type] = [sqlsaver, SQLSaver, AsyncSQLSaver, migrate, base, models]
-DOCUMENTED += [policies]
+DOCUMENTED += [policies, transfer_copy]
 
 
 def fenced(text: str, language: str) -> list[tuple[int, str]]:

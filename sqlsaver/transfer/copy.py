@@ -107,7 +107,7 @@ def copy_threads(
     Example:
         ```python
         from sqlsaver import SQLSaver
-        from sqlsaver.transfer import copy_threads
+        from sqlsaver import copy_threads
 
         with SQLSaver.from_url("sqlite:///old.db") as old:
             old.setup()
