@@ -27,10 +27,10 @@ from sqlalchemy import make_url
 
 import sqlsaver
 from sqlsaver import base, migrate, models, policies
-from sqlsaver.transfer import copy as transfer_copy
 from sqlsaver.__main__ import parser
 from sqlsaver.aio import AsyncSQLSaver
 from sqlsaver.saver import SQLSaver
+from sqlsaver.transfer import copy as transfer_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), ROOT / "benchmarks/README.md"])
