@@ -24,7 +24,7 @@ from pathlib import Path
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-from sqlalchemy import URL, Connection, Engine
+from sqlalchemy import URL, Connection, Engine, create_engine
 
 from sqlsaver import dialects, engines
 from sqlsaver.execution.runner import sync_runner
@@ -226,9 +226,12 @@ def _threads(reader: Source, conn: Connection, wanted: Sequence[str] | None) -> 
 @contextmanager
 def _engine(database: Database, create: bool, touch: bool = True) -> Iterator[Engine | None]:
     """An Engine on ``database`` (a sync one for an async URL), disposed of
-    afterwards unless it was given. A SQLite file that does not exist is
-    refused unless ``create``; unless ``touch`` it is not made either, and
-    there is no engine (None)."""
+    afterwards unless it was given: a target (``create``) gets the engine a
+    saver of sqlsaver's would; a source a plain one that only reads, in no
+    transaction (none stays open on it through a long copy), and changes
+    nothing (not a SQLite file's journal mode). A SQLite file that does not
+    exist is refused unless ``create``; unless ``touch`` it is not made
+    either, and there is no engine (None)."""
     if isinstance(database, Engine):
         yield database
         return
@@ -242,7 +245,10 @@ def _engine(database: Database, create: bool, touch: bool = True) -> Iterator[En
         if not touch and not path.exists():
             yield None
             return
-    engine = engines.sync_engine(url, None)
+    if create:
+        engine = engines.sync_engine(url, None)
+    else:
+        engine = create_engine(url, isolation_level="AUTOCOMMIT")
     try:
         yield engine
     finally:
