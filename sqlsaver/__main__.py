@@ -170,6 +170,13 @@ def copy(args: argparse.Namespace) -> int:
     """Copy threads from a sqlsaver database or an official saver's into sqlsaver."""
     from sqlsaver.transfer import copy_threads
 
+    # Each database reached first, so that a failure names the right one.
+    _cli_errors.reach(engines.parse_url(args.source), "--from")
+    _cli_errors.reach(engines.parse_url(args.target), "--to")
+    try:
+        _cli_errors.require_sqlite_folder(engines.parse_url(args.target))
+    except _cli_errors.CLIError as error:
+        raise _cli_errors.CLIError(str(error).replace("--url", "--to")) from None
     bar = CopyProgress()
     try:
         report = copy_threads(

@@ -63,6 +63,28 @@ def require_sqlite_folder(url: URL) -> None:
         )
 
 
+def reach(url: URL, option: str) -> None:
+    """Connect to a server's ``url`` once (a sync driver for an async one),
+    and explain a failure with this URL: for commands with two databases,
+    where `main` could not tell which one failed. SQLite is not opened (it
+    would create the file). ``option``: the one that gave the URL."""
+    from sqlsaver import engines
+
+    if sqlite_file(url) is not None or url.get_backend_name() == "sqlite":
+        return
+    sync = engines.sync_twin(url) if url.get_dialect().is_async else url
+    engine = engines.sync_engine(sync, None)
+    try:
+        engine.connect().close()
+    except Exception as error:
+        message = explain(error, url)
+        if message is None:
+            raise
+        raise CLIError(message.replace("--url", option)) from error
+    finally:
+        engine.dispose()
+
+
 # -- the database's errors ------------------------------------------------------
 
 _PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}

@@ -90,7 +90,7 @@ class CopyProgress:
     most once a second."""
 
     def __init__(self) -> None:
-        self.progress = Progress("rows copied")
+        self.progress = Progress("checkpoints")
         self._last = 0.0
 
     def __call__(self, report: Any) -> None:
@@ -98,8 +98,8 @@ class CopyProgress:
         if not self.progress.bar and now - self._last < 1:
             return
         self._last = now
-        line = f"{report.threads} threads, {report.rows} rows copied so far"
-        self.progress.update(report.rows, None, line)
+        line = f"{report.done} of {report.total} checkpoints copied or found so far"
+        self.progress.update(report.done, report.total, line)
 
     def finish(self) -> None:
         self.progress.finish()

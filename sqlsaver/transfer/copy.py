@@ -54,6 +54,8 @@ class CopyReport:
     rows: int = 0  # rows sent to the target, every table
     verified: int = 0  # threads checked on the target
     seconds: float = 0.0
+    total: int = 0  # checkpoints in the source's threads to copy
+    done: int = 0  # of those, copied (or found on the target) so far
 
     def __str__(self) -> str:
         done = "would copy" if self.dry_run else "copied"
@@ -127,6 +129,7 @@ def copy_threads(
         for thread_id in thread_ids or ():  # before anything is written
             if reader.counts(sconn, thread_id) == (0, 0):
                 raise CopyError(f"no thread {thread_id!r} in the source")
+        report.total = reader.total(sconn, thread_ids)
         # A dry run makes no target: a SQLite file not there holds nothing.
         target_engine = stack.enter_context(_engine(target, create=True, touch=not dry_run))
         copier = None
@@ -137,6 +140,7 @@ def copy_threads(
             wanted = reader.counts(sconn, thread_id)
             if _target_counts(target_engine, thread_id) == wanted:
                 report.skipped += 1
+                report.done += wanted[0]
             else:
                 report.threads += 1
                 report.checkpoints += wanted[0]
@@ -177,6 +181,7 @@ class _Copier:
             _refuse_long_keys(self.target, thread_id, page)
             self.runner.write(insert_copied, page)  # one transaction a page
             self.report.rows += sum(len(rows) for _, rows in page)
+            self.report.done += sum(len(rows) for table, rows in page if table is checkpoints)
             if self.progress is not None:
                 self.progress(self.report)
 

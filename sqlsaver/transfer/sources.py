@@ -132,6 +132,14 @@ class Source:
             query = query.where(ids > after)
         return list(conn.scalars(query))
 
+    def total(self, conn: Connection, thread_ids: Sequence[str] | None) -> int:
+        """Checkpoints in all (or these) threads: what a progress bar counts."""
+        c = self._checkpoints
+        query = select(func.count()).select_from(c)
+        if thread_ids is not None:
+            query = query.where(c.c.thread_id.in_(list(thread_ids)))
+        return conn.scalar(query) or 0
+
     def counts(self, conn: Connection, thread_id: str) -> tuple[int, int]:
         """The thread's checkpoints and pending writes."""
         return _counts(conn, self._checkpoints, self._writes, thread_id)
