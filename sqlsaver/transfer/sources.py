@@ -32,6 +32,7 @@ from typing import Any, Literal
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import Checkpoint, CheckpointMetadata
 from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from sqlalchemy import Connection, Table, column, func, inspect, select, table, tuple_
 
 from sqlsaver import codec
@@ -237,9 +238,15 @@ class Latest:
         def order(p: tuple[str, str, Any]) -> tuple[str, str, str]:
             return p[0], p[1], repr(p[2])
 
+        # SqliteSaver keeps a DeltaChannel's snapshot in the checkpoint that
+        # took it only; sqlsaver keys it by the channel's version, so the
+        # checkpoints after it, at that version, read it back too.
+        extra = [v for ch, v in other.values.items() if ch not in self.values]
         return (
             self.checkpoint_id == other.checkpoint_id
-            and self.values == other.values
+            and self.values == {ch: other.values[ch] for ch in self.values if ch in other.values}
+            and self.values.keys() <= other.values.keys()
+            and all(isinstance(v, _DeltaSnapshot) for v in extra)
             and sorted(self.pending, key=order) == sorted(other.pending, key=order)
         )
 
