@@ -58,6 +58,10 @@ class UnknownSourceError(ValueError):
     """The source database holds no checkpoints sqlsaver knows how to read."""
 
 
+class DecodeError(ValueError):
+    """A source's value that the serializer given cannot read."""
+
+
 def _official(name: str, *columns: str) -> Any:
     return table(name, *(column(c) for c in columns))
 
@@ -177,7 +181,10 @@ class Source:
         """An official checkpoint row's checkpoint (with the values it
         holds itself) and metadata."""
         if self.kind == "sqlite":
-            checkpoint = self.serde.loads_typed((r.type, r.checkpoint))
+            try:
+                checkpoint = self.serde.loads_typed((r.type, r.checkpoint))
+            except Exception as error:
+                raise DecodeError(f"{type(error).__name__}: {error}") from error
         else:
             checkpoint = _json(r.checkpoint)
             values = dict(checkpoint.get("channel_values") or {})
