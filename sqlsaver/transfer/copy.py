@@ -31,7 +31,16 @@ from sqlsaver.execution.runner import sync_runner
 from sqlsaver.models import MYSQL_KEY_BYTES, checkpoints, writes
 from sqlsaver.ops.write import insert_copied
 from sqlsaver.saver import SQLSaver
-from sqlsaver.transfer.sources import NAMES, Kind, Latest, Page, Source, _counts, detect
+from sqlsaver.transfer.sources import (
+    NAMES,
+    DecodeError,
+    Kind,
+    Latest,
+    Page,
+    Source,
+    _counts,
+    detect,
+)
 
 Database = str | URL | Engine
 
@@ -177,13 +186,16 @@ class _Copier:
         self.source_saver = SQLSaver(source, serde=serde) if reader.kind == "sqlsaver" else None
 
     def copy(self, thread_id: str) -> None:
-        for page in self.reader.pages(self.sconn, thread_id):
-            _refuse_long_keys(self.target, thread_id, page)
-            self.runner.write(insert_copied, page)  # one transaction a page
-            self.report.rows += sum(len(rows) for _, rows in page)
-            self.report.done += sum(len(rows) for table, rows in page if table is checkpoints)
-            if self.progress is not None:
-                self.progress(self.report)
+        try:
+            for page in self.reader.pages(self.sconn, thread_id):
+                _refuse_long_keys(self.target, thread_id, page)
+                self.runner.write(insert_copied, page)  # one transaction a page
+                self.report.rows += sum(len(rows) for _, rows in page)
+                self.report.done += sum(len(rows) for table, rows in page if table is checkpoints)
+                if self.progress is not None:
+                    self.progress(self.report)
+        except DecodeError as error:  # SqliteSaver's checkpoints are decoded
+            raise CopyError(_unreadable(thread_id, str(error))) from error
 
     def verify(self, thread_id: str, wanted: tuple[int, int]) -> None:
         """The thread's counts on the target, and each namespace's latest
@@ -204,10 +216,7 @@ class _Copier:
                 )
             except Exception as error:
                 raise CopyError(
-                    f"thread {thread_id!r}: cannot read its checkpoints back with the "
-                    f"serializer given ({type(error).__name__}: {error}): pass serde= the "
-                    "serializer the source was written with (an EncryptedSerializer with its "
-                    "key, ...)"
+                    _unreadable(thread_id, f"{type(error).__name__}: {error}")
                 ) from error
             if not here.same(there):
                 raise CopyError(
@@ -216,6 +225,14 @@ class _Copier:
                     "target held before?)"
                 )
         self.report.verified += 1
+
+
+def _unreadable(thread_id: str, error: str) -> str:
+    return (
+        f"thread {thread_id!r}: cannot read its checkpoints back with the serializer given "
+        f"({error}): pass serde= the serializer the source was written with (an "
+        "EncryptedSerializer with its key, ...)"
+    )
 
 
 def _threads(reader: Source, conn: Connection, wanted: Sequence[str] | None) -> Iterator[str]:

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import Checkpoint, CheckpointMetadata
 from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from sqlalchemy import Connection, Table, column, func, inspect, select, table, tuple_
 
 from sqlsaver import codec
@@ -55,6 +56,10 @@ Page = list[tuple[Table, list[dict[str, Any]]]]
 
 class UnknownSourceError(ValueError):
     """The source database holds no checkpoints sqlsaver knows how to read."""
+
+
+class DecodeError(ValueError):
+    """A source's value that the serializer given cannot read."""
 
 
 def _official(name: str, *columns: str) -> Any:
@@ -160,12 +165,12 @@ class Source:
         for rows in _keyset(conn, self._writes, thread_id, self.page_size):
             yield [(W, [_write_row(r) for r in rows])]
         for rows in _keyset(conn, OFFICIAL_CHECKPOINTS, thread_id, self.page_size):
-            yield self._checkpoint_page(rows)
+            yield self._checkpoint_page(conn, rows)
 
-    def _checkpoint_page(self, rows: Sequence[Any]) -> Page:
+    def _checkpoint_page(self, conn: Connection, rows: Sequence[Any]) -> Page:
         checkpoints, values = [], {}
         for r in rows:
-            checkpoint, metadata = self.decoded(r)
+            checkpoint, metadata = self.decoded(conn, r)
             config: RunnableConfig = {
                 "configurable": {
                     "thread_id": r.thread_id,
@@ -180,14 +185,24 @@ class Source:
                 values[(blob["checkpoint_ns"], blob["channel"], blob["version"])] = blob
         return [(B, list(values.values())), (C, checkpoints)]
 
-    def decoded(self, r: Any) -> tuple[Checkpoint, CheckpointMetadata]:
+    def decoded(self, conn: Connection, r: Any) -> tuple[Checkpoint, CheckpointMetadata]:
         """An official checkpoint row's checkpoint (with the values it
         holds itself) and metadata."""
         if self.kind == "sqlite":
-            checkpoint = self.serde.loads_typed((r.type, r.checkpoint))
+            try:
+                checkpoint = self.serde.loads_typed((r.type, r.checkpoint))
+            except Exception as error:
+                raise DecodeError(f"{type(error).__name__}: {error}") from error
         else:
             checkpoint = _json(r.checkpoint)
-            checkpoint["channel_values"] = dict(checkpoint.get("channel_values") or {})
+            values = dict(checkpoint.get("channel_values") or {})
+            # PostgresSaver keeps a DeltaChannel's snapshot as a blob row and
+            # marks it inline with `true`: the blob row is the value.
+            versions = checkpoint["channel_versions"]
+            for channel in [ch for ch, v in values.items() if v is True and ch in versions]:
+                if _blob(conn, r.thread_id, r.checkpoint_ns, channel, versions[channel]):
+                    del values[channel]
+            checkpoint["channel_values"] = values
         return checkpoint, _json(r.metadata) if r.metadata is not None else {}
 
     def namespaces(self, conn: Connection, thread_id: str) -> list[str]:
@@ -205,22 +220,14 @@ class Source:
         c, w = OFFICIAL_CHECKPOINTS, self._writes
         at = (c.c.thread_id == thread_id) & (c.c.checkpoint_ns == ns)
         r = conn.execute(select(c).where(at).order_by(c.c.checkpoint_id.desc()).limit(1)).one()
-        checkpoint, _ = self.decoded(r)
+        checkpoint, _ = self.decoded(conn, r)
         values = dict(checkpoint["channel_values"])
         if self.kind != "sqlite":  # the blob rows of its versions
-            b = OFFICIAL_BLOBS
             for channel, version in checkpoint["channel_versions"].items():
                 if channel in values:
                     continue
-                found = conn.execute(
-                    select(b.c.type, b.c.blob).where(
-                        b.c.thread_id == thread_id,
-                        b.c.checkpoint_ns == ns,
-                        b.c.channel == channel,
-                        b.c.version == str(version),
-                    )
-                ).first()
-                if found is not None and found.type != "empty" and found.blob is not None:
+                found = _blob(conn, thread_id, ns, channel, version)
+                if found is not None:
                     values[channel] = self.serde.loads_typed((found.type, bytes(found.blob)))
         value = w.c.value if self.kind == "sqlite" else w.c.blob
         writes = conn.execute(
@@ -246,11 +253,31 @@ class Latest:
         def order(p: tuple[str, str, Any]) -> tuple[str, str, str]:
             return p[0], p[1], repr(p[2])
 
+        # SqliteSaver keeps a DeltaChannel's snapshot in the checkpoint that
+        # took it only; sqlsaver keys it by the channel's version, so the
+        # checkpoints after it, at that version, read it back too.
+        extra = [v for ch, v in other.values.items() if ch not in self.values]
         return (
             self.checkpoint_id == other.checkpoint_id
-            and self.values == other.values
+            and self.values == {ch: other.values[ch] for ch in self.values if ch in other.values}
+            and self.values.keys() <= other.values.keys()
+            and all(isinstance(v, _DeltaSnapshot) for v in extra)
             and sorted(self.pending, key=order) == sorted(other.pending, key=order)
         )
+
+
+def _blob(conn: Connection, thread_id: str, ns: str, channel: str, version: Any) -> Any:
+    """The blob row (type, blob) of a channel's version, if it holds a value."""
+    b = OFFICIAL_BLOBS
+    found = conn.execute(
+        select(b.c.type, b.c.blob).where(
+            b.c.thread_id == thread_id,
+            b.c.checkpoint_ns == ns,
+            b.c.channel == channel,
+            b.c.version == str(version),
+        )
+    ).first()
+    return found if found is not None and found.type != "empty" and found.blob is not None else None
 
 
 def _counts(conn: Connection, checkpoints: Any, writes: Any, thread_id: str) -> tuple[int, int]:
