@@ -192,6 +192,20 @@ def test_server_down(scheme: str, name: str) -> None:
     )
 
 
+def test_copy_names_the_database_that_failed(tmp_path: Path) -> None:
+    """`copy` has two URLs: a server that cannot be reached is named with
+    the option that gave it, and nothing is created."""
+    port = unused_port()
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    SQLSaver.from_url(source).setup()
+    down = f"postgresql+psycopg://app@127.0.0.1:{port}/app"
+    message = failed(cli("copy", "--from", source, "--to", down))
+    assert message.endswith("Check the host and port in --to."), message
+    message = failed(cli("copy", "--from", down, "--to", f"sqlite:///{tmp_path / 'new.db'}"))
+    assert message.endswith("Check the host and port in --from."), message
+    assert not (tmp_path / "new.db").exists()
+
+
 @pytest.mark.parametrize("aio", [False, True])
 @pytest.mark.parametrize("backend", ["postgres", "mysql"], indirect=True)  # servers only
 def test_unknown_database_and_login(backend: Backend, aio: bool) -> None:
