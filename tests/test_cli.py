@@ -371,6 +371,7 @@ def test_help_is_plain_text_with_examples() -> None:
         "current",
         "check",
         "sweep",
+        "copy",
         "history",
     }
     for name, command in commands.choices.items():
