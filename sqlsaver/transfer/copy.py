@@ -6,7 +6,7 @@ How a copy stays safe to run again (after a crash or Ctrl-C):
   kept (`dialects.insert_ignore`), and rows keep their ids, so nothing is
   ever stored twice;
 - each page of rows is one transaction on the target, and a thread's
-  checkpoints come last, after its values and writes: a thread whose
+  checkpoints come last, after its values, writes and TTL row: a thread whose
   checkpoints and writes the target holds in full was copied whole, and is
   passed over; any other is copied again, page by page.
 Then each copied thread is checked: its counts on both sides, and each

@@ -151,9 +151,10 @@ class Source:
 
     def pages(self, conn: Connection, thread_id: str) -> Iterator[Page]:
         """The thread's rows as sqlsaver stores them, a page at a time:
-        values and writes before the checkpoints that use them."""
+        values, writes and the TTL row before the checkpoints, which come
+        last (a thread whose checkpoints are all there is whole)."""
         if self.kind == "sqlsaver":
-            for source in (B, W, C, T):
+            for source in (B, W, T, C):
                 for rows in _keyset(conn, source, thread_id, self.page_size):
                     yield [(source, [dict(r._mapping) for r in rows])]
             return
