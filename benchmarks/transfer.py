@@ -1,8 +1,8 @@
 """How fast ``python -m sqlsaver copy`` moves checkpoints, and how much memory
 it takes as the source grows.
 
-    python benchmarks/copy.py                      # N = 25,000, 50,000, 100,000
-    python benchmarks/copy.py --sizes 5000 --reps 1 --sqlite-saver 0
+    python benchmarks/transfer.py                      # N = 25,000, 50,000, 100,000
+    python benchmarks/transfer.py --sizes 5000 --reps 1 --sqlite-saver 0
 
 For each N it builds a SQLite source of N checkpoints (threads of
 ``--length`` checkpoints each: three channels, a message window, a counter
@@ -11,7 +11,7 @@ through the saver's own `put` / `put_writes`, copied under other thread ids
 in SQL (as fast as a file copy, and the same rows a `put` stores). Then it
 runs the CLI, a process of its own, into a PostgreSQL database it drops and
 creates again each time (``SQLSAVER_BENCH_COPY_TARGET``, default the local
-``h4_bench``), and reads that process's peak RSS from ``wait4``. Medians of
+``sqlsaver_bench_copy``), and reads that process's peak RSS from ``wait4``. Medians of
 ``--reps`` runs; seconds are the copy's own, as it reports them ("process
 s": the whole process, with its imports, ~1 s more). With ``--sqlite-saver
 N``, one more source: SqliteSaver's file of N checkpoints (its values are
@@ -19,16 +19,7 @@ decoded and stored again). Prints a markdown table. Not part of the test
 suite.
 """
 
-# ruff: noqa: E402
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# This file is copy.py: its folder, first on sys.path when it runs as a
-# script, would hide the standard library's copy module from every import.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 import argparse
 import os
@@ -36,8 +27,10 @@ import re
 import sqlite3
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver, create_checkpoint, empty_checkpoint
@@ -47,7 +40,7 @@ from sqlalchemy.pool import NullPool
 from sqlsaver import SQLSaver
 
 TARGET = os.environ.get(
-    "SQLSAVER_BENCH_COPY_TARGET", "postgresql+psycopg://postgres@127.0.0.1:5432/h4_bench"
+    "SQLSAVER_BENCH_COPY_TARGET", "postgresql+psycopg://postgres@127.0.0.1:5432/sqlsaver_bench_copy"
 )
 
 
@@ -116,7 +109,8 @@ def build(kind: str, path: Path, checkpoints: int, length: int) -> None:
 def fresh_target() -> None:
     url = make_url(TARGET)
     name = url.database
-    assert name and name.startswith("h4"), f"a scratch database, please: {name}"
+    # It is dropped and made again: a database of the benchmark's own only.
+    assert name and "bench" in name, f"a scratch database with 'bench' in its name: {name}"
     admin = create_engine(
         url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
     )
