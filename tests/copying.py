@@ -15,15 +15,15 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
-import pytest
-from conftest import MYSQL, POSTGRES, REQUIRE_ALL, _reachable
+from conftest import MYSQL, POSTGRES
+from helpers import require_server, server_database
 from langchain_core.runnables import RunnableConfig
 from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple, writes_sort_key
 from langgraph.checkpoint.mysql.pymysql import PyMySQLSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send, interrupt
-from sqlalchemy import create_engine, func, make_url, select, text
+from sqlalchemy import create_engine, func, make_url, select
 from sqlalchemy.pool import NullPool
 
 from sqlsaver import SQLSaver
@@ -39,11 +39,7 @@ def server(name: str) -> str:
     """The sync URL of the configured server of ``name`` (its own
     database); skipped where it is unreachable, failed under CI."""
     url = f"{SYNC[name]}://{SERVERS[name]}"
-    if not _reachable(url):
-        message = f"{name} is not reachable at {SERVERS[name]}"
-        if REQUIRE_ALL:
-            pytest.fail(f"{message}; CI requires every backend to run", pytrace=False)
-        pytest.skip(message)
+    require_server(name, url)
     return url
 
 
@@ -55,26 +51,8 @@ def scratch(name: str, folder: Path) -> Iterator[str]:
     if name == "sqlite":
         yield f"sqlite:///{folder / f'copy_{uuid.uuid4().hex[:8]}.db'}"
         return
-    base = server(name)
-    database = f"sqlsaver_copy_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {database}"))
-    try:
-        yield make_url(base).set(database=database).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            if name == "postgres":
-                conn.execute(text(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-            else:  # connections a failed test left open would block the DROP
-                ids = conn.execute(
-                    text("SELECT id FROM information_schema.processlist WHERE db = :db"),
-                    {"db": database},
-                ).scalars()
-                for id_ in list(ids):
-                    conn.execute(text(f"KILL {int(id_)}"))
-                conn.execute(text(f"DROP DATABASE IF EXISTS {database}"))
-        admin.dispose()
+    with server_database(server(name), "sqlsaver_copy") as url:
+        yield url
 
 
 def database_of(url: str) -> str:

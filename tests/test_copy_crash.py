@@ -26,21 +26,22 @@ from __future__ import annotations
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MYSQL, POSTGRES, REQUIRE_ALL
+from conftest import MYSQL, POSTGRES
+from helpers import require_server, server_database
 from langgraph.checkpoint.base import BaseCheckpointSaver, create_checkpoint, empty_checkpoint
-from sqlalchemy import Engine, create_engine, func, make_url, select, text
+from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
@@ -143,61 +144,25 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Source]:
 # -- targets ---------------------------------------------------------------------
 
 
-def _reachable(url: str) -> bool:
-    parsed = make_url(url)
-    try:
-        with socket.create_connection((parsed.host, parsed.port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 class Scratch:
     """New, empty databases of one kind (``new``), all dropped by ``drop``."""
 
     def __init__(self, kind: str, folder: Path) -> None:
         self.kind, self.folder = kind, folder
-        self.made: list[str] = []
+        self.made = ExitStack()
         self.server = None
         if kind != "sqlite":
             scheme, where = SERVERS[kind]
             self.server = f"{scheme}://{where}"
-            if not _reachable(self.server):
-                message = f"{kind} is not reachable at {where}"
-                if REQUIRE_ALL:
-                    pytest.fail(f"{message}; every backend is required", pytrace=False)
-                pytest.skip(message)
+            require_server(kind, self.server)
 
     def new(self) -> str:
-        name = f"sqlsaver_copy_crash_{uuid.uuid4().hex[:10]}"
         if self.server is None:
-            return f"sqlite:///{self.folder / name}.db"
-        with self._admin() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-        self.made.append(name)
-        url = make_url(self.server).set(database=name)
-        return url.render_as_string(hide_password=False)
+            return f"sqlite:///{self.folder / f'copy_crash_{uuid.uuid4().hex[:10]}'}.db"
+        return self.made.enter_context(server_database(self.server, "sqlsaver_copy_crash"))
 
     def drop(self) -> None:
-        if not self.made:
-            return
-        with self._admin() as conn:
-            for name in self.made:
-                if self.kind == "postgres":
-                    conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    continue
-                ids = conn.execute(
-                    text("SELECT id FROM information_schema.processlist WHERE db = :db"),
-                    {"db": name},
-                ).scalars()
-                for id_ in list(ids):  # a killed copy's connection, not yet gone
-                    conn.execute(text(f"KILL {int(id_)}"))
-                conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
-
-    def _admin(self) -> Any:
-        assert self.server is not None
-        engine = create_engine(self.server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-        return engine.connect()
+        self.made.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres", "mysql"])

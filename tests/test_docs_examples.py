@@ -22,7 +22,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import MYSQL, POSTGRES, REQUIRE_ALL, _reachable
+from conftest import MYSQL, POSTGRES
+from helpers import require_server
 from sqlalchemy import make_url
 
 import sqlsaver
@@ -95,12 +96,7 @@ def require(servers: set[str]) -> None:
     """Fail (in CI) or skip when a server the page needs is unreachable."""
     for name in sorted(servers):
         where = POSTGRES if name == "postgres" else MYSQL
-        scheme = "postgresql" if name == "postgres" else "mysql+pymysql"
-        if not _reachable(f"{scheme}://{where}"):
-            message = f"{name} is not reachable at {where}"
-            if REQUIRE_ALL:
-                pytest.fail(f"{message}; CI requires every backend", pytrace=False)
-            pytest.skip(message)
+        require_server(name, f"{'postgresql' if name == 'postgres' else 'mysql+pymysql'}://{where}")
 
 
 def page_id(page: Path) -> str:

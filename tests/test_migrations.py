@@ -35,7 +35,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -49,6 +48,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from conftest import Backend
+from helpers import server_database
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph import END, START, StateGraph
@@ -94,29 +94,10 @@ def fresh(backend: Backend, tmp_path: Path) -> Iterator[Backend]:
         path = tmp_path / "fresh.db"
         yield Backend("sqlite", f"sqlite:///{path}", f"sqlite+aiosqlite:///{path}")
         return
-    name = f"sqlsaver_mig_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(backend.sync_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    try:
-        yield Backend(
-            backend.name,
-            _on_database(backend.sync_url, name),
-            _on_database(backend.async_url, name),
-        )
-    finally:
-        with admin.connect() as conn:
-            if backend.name == "postgres":
-                conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            else:  # connections a failed test left open would block the DROP
-                ids = conn.execute(
-                    text("SELECT id FROM information_schema.processlist WHERE db = :db"),
-                    {"db": name},
-                ).scalars()
-                for id_ in list(ids):
-                    conn.execute(text(f"KILL {int(id_)}"))
-                conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
-        admin.dispose()
+    with server_database(backend.sync_url, "sqlsaver_mig") as url:
+        name = make_url(url).database
+        assert name is not None
+        yield Backend(backend.name, url, _on_database(backend.async_url, name))
 
 
 @contextmanager
