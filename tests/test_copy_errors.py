@@ -127,6 +127,9 @@ def test_encrypted_source_needs_its_serde(name: str, tmp_path: Path) -> None:
         message = str(raised.value)
         assert message.startswith("thread 'secret': "), message
         assert "pass serde= the serializer the source was written with" in message, message
+        # Refused before any row is written: a run again with the right
+        # serializer must not find the thread "whole" (and skip it).
+        assert set(row_counts(target).values()) <= {0}, row_counts(target)
 
         report = copy_threads(source, target, serde=serde)
         assert report.verified == 1
@@ -135,6 +138,23 @@ def test_encrypted_source_needs_its_serde(name: str, tmp_path: Path) -> None:
             assert graphs(here)["interview"].get_state(cfg("secret"), subgraphs=True) == expected
             resumed = graphs(here)["interview"].invoke(Command(resume="Ada"), cfg("secret"))
         assert resumed["log"][-1] == "bye Ada"
+
+
+def test_another_thread_of_the_same_id_on_the_target(tmp_path: Path) -> None:
+    """Two sources that each have a thread "1": the second copy into the
+    same target is refused before it writes, not merged into the first."""
+    first, second = (f"sqlite:///{tmp_path / name}" for name in ("first.db", "second.db"))
+    for source in (first, second):
+        with opened("sqlsaver", source) as saver:
+            paused(saver, "1")
+    target = f"sqlite:///{tmp_path / 'target.db'}"
+    copy_threads(first, target)
+    before = row_counts(target)
+    with pytest.raises(CopyError) as raised:
+        copy_threads(second, target)
+    message = str(raised.value)
+    assert "already holds a thread '1' with checkpoints the source does not have" in message
+    assert row_counts(target) == before
 
 
 def test_cli_thread_the_source_does_not_have(tmp_path: Path) -> None:

@@ -24,10 +24,12 @@ from pathlib import Path
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-from sqlalchemy import URL, Connection, Engine, create_engine
+from sqlalchemy import URL, Connection, Engine, create_engine, func, select
+from sqlalchemy.exc import DBAPIError
 
-from sqlsaver import dialects, engines
+from sqlsaver import dialects, engines, migrate
 from sqlsaver.execution.runner import sync_runner
+from sqlsaver.migrate import SchemaError
 from sqlsaver.models import MYSQL_KEY_BYTES, checkpoints, writes
 from sqlsaver.ops.write import insert_copied
 from sqlsaver.saver import SQLSaver
@@ -126,13 +128,21 @@ def copy_threads(
         print(report)  # copied 0 threads from sqlsaver: ...
         ```
     """
+    if isinstance(thread_ids, str):
+        raise TypeError("thread_ids is a list of thread ids, not one id: [thread_id]")
+    if page_size < 1:
+        raise ValueError(f"page_size is a number of rows, 1 or more, not {page_size}")
     serde = serde or JsonPlusSerializer()
     started = time.monotonic()
     with ExitStack() as stack:
         source_engine = stack.enter_context(_engine(source, create=False))
         assert source_engine is not None
-        sconn = stack.enter_context(source_engine.connect())
+        # Only reads, each its own: no transaction stays open on the source.
+        reading = source_engine.execution_options(isolation_level="AUTOCOMMIT")
+        sconn = stack.enter_context(reading.connect())
         kind = source_kind or detect(sconn)
+        if kind == "sqlsaver":  # its rows are copied as they are: this sqlsaver's
+            migrate.require_current(sconn)
         reader = Source(kind, serde, page_size)
         report = CopyReport(kind, dry_run)
         for thread_id in thread_ids or ():  # before anything is written
@@ -140,14 +150,19 @@ def copy_threads(
                 raise CopyError(f"no thread {thread_id!r} in the source")
         report.total = reader.total(sconn, thread_ids)
         # A dry run makes no target: a SQLite file not there holds nothing.
-        target_engine = stack.enter_context(_engine(target, create=True, touch=not dry_run))
+        target_engine = stack.enter_context(
+            _engine(target, create=True, touch=not dry_run, writes=not dry_run)
+        )
         copier = None
         if not dry_run:
             assert target_engine is not None
             copier = _Copier(reader, sconn, source_engine, target_engine, serde, report, progress)
         for thread_id in _threads(reader, sconn, thread_ids):
             wanted = reader.counts(sconn, thread_id)
-            if _target_counts(target_engine, thread_id) == wanted:
+            have = _target_counts(target_engine, thread_id)
+            if copier is not None and have != (0, 0):
+                copier.refuse_another_thread(thread_id)
+            if have == wanted:
                 report.skipped += 1
                 report.done += wanted[0]
             else:
@@ -187,6 +202,7 @@ class _Copier:
 
     def copy(self, thread_id: str) -> None:
         try:
+            self.reader.probe(self.sconn, thread_id)  # the serializer, before any write
             for page in self.reader.pages(self.sconn, thread_id):
                 _refuse_long_keys(self.target, thread_id, page)
                 self.runner.write(insert_copied, page)  # one transaction a page
@@ -196,6 +212,26 @@ class _Copier:
                     self.progress(self.report)
         except DecodeError as error:  # SqliteSaver's checkpoints are decoded
             raise CopyError(_unreadable(thread_id, str(error))) from error
+
+    def refuse_another_thread(self, thread_id: str) -> None:
+        """A thread of the same id on the target with a latest checkpoint the
+        source does not hold is another thread: refused before anything of
+        this one is written or passed over as whole (a copy only ever
+        completes its own)."""
+        with self.target.connect() as conn:
+            latest = conn.execute(
+                select(checkpoints.c.checkpoint_ns, func.max(checkpoints.c.checkpoint_id))
+                .where(checkpoints.c.thread_id == thread_id)
+                .group_by(checkpoints.c.checkpoint_ns)
+            ).all()
+        for ns, checkpoint_id in latest:
+            if not self.reader.holds(self.sconn, thread_id, ns, checkpoint_id):
+                raise CopyError(
+                    f"the target already holds a thread {thread_id!r} with checkpoints the "
+                    f"source does not have (namespace {ns!r}, checkpoint {checkpoint_id}): "
+                    "another thread of the same id. Copy into another database, or delete "
+                    "that thread there first"
+                )
 
     def verify(self, thread_id: str, wanted: tuple[int, int]) -> None:
         """The thread's counts on the target, and each namespace's latest
@@ -214,6 +250,8 @@ class _Copier:
                     if self.source_saver is not None
                     else self.reader.latest(self.sconn, thread_id, ns)
                 )
+            except (DBAPIError, SchemaError):
+                raise  # the database's own error, or a schema to migrate: as it is
             except Exception as error:
                 raise CopyError(
                     _unreadable(thread_id, f"{type(error).__name__}: {error}")
@@ -231,7 +269,8 @@ def _unreadable(thread_id: str, error: str) -> str:
     return (
         f"thread {thread_id!r}: cannot read its checkpoints back with the serializer given "
         f"({error}): pass serde= the serializer the source was written with (an "
-        "EncryptedSerializer with its key, ...)"
+        "EncryptedSerializer with its key, ...) to copy_threads; the command line copies "
+        "with LangGraph's default serializer"
     )
 
 
@@ -246,14 +285,16 @@ def _threads(reader: Source, conn: Connection, wanted: Sequence[str] | None) -> 
 
 
 @contextmanager
-def _engine(database: Database, create: bool, touch: bool = True) -> Iterator[Engine | None]:
+def _engine(
+    database: Database, create: bool, touch: bool = True, writes: bool | None = None
+) -> Iterator[Engine | None]:
     """An Engine on ``database`` (a sync one for an async URL), disposed of
-    afterwards unless it was given: a target (``create``) gets the engine a
-    saver of sqlsaver's would; a source a plain one that only reads, in no
-    transaction (none stays open on it through a long copy), and changes
-    nothing (not a SQLite file's journal mode). A SQLite file that does not
-    exist is refused unless ``create``; unless ``touch`` it is not made
-    either, and there is no engine (None)."""
+    afterwards unless it was given: one that ``writes`` (by default, one
+    that may ``create``) gets the engine a saver of sqlsaver's would; one
+    that only reads a plain one, which changes nothing (not a SQLite file's
+    journal mode). A SQLite file that does not exist is refused unless
+    ``create``; unless ``touch`` it is not made either, and there is no
+    engine (None)."""
     if isinstance(database, Engine):
         yield database
         return
@@ -267,7 +308,7 @@ def _engine(database: Database, create: bool, touch: bool = True) -> Iterator[En
         if not touch and not path.exists():
             yield None
             return
-    if create:
+    if create if writes is None else writes:
         engine = engines.sync_engine(url, None)
     else:
         engine = create_engine(url, isolation_level="AUTOCOMMIT")

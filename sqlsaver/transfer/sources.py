@@ -206,6 +206,39 @@ class Source:
             checkpoint["channel_values"] = values
         return checkpoint, _json(r.metadata) if r.metadata is not None else {}
 
+    def holds(self, conn: Connection, thread_id: str, ns: str, checkpoint_id: str) -> bool:
+        """Whether the source has this checkpoint."""
+        c = self._checkpoints
+        at = (c.c.thread_id == thread_id) & (c.c.checkpoint_ns == ns)
+        found = conn.execute(
+            select(c.c.checkpoint_id).where(at, c.c.checkpoint_id == checkpoint_id)
+        )
+        return found.first() is not None
+
+    def probe(self, conn: Connection, thread_id: str) -> None:
+        """Decode one stored value of the thread (a pending write, a blob,
+        or SqliteSaver's first checkpoint) with the serializer given, before
+        anything is written: `DecodeError` if it cannot."""
+        w = self._writes
+        value = w.c.value if self.kind == "sqlite" else w.c.blob
+        samples = [select(w.c.type, value).where(w.c.thread_id == thread_id).limit(1)]
+        if self.kind == "sqlite":
+            c = OFFICIAL_CHECKPOINTS
+            samples.append(
+                select(c.c.type, c.c.checkpoint).where(c.c.thread_id == thread_id).limit(1)
+            )
+        else:
+            b = B if self.kind == "sqlsaver" else OFFICIAL_BLOBS
+            stored = (b.c.thread_id == thread_id) & (b.c.type != "empty")
+            samples.append(select(b.c.type, b.c.blob).where(stored).limit(1))
+        for sample in samples:
+            row = conn.execute(sample).first()
+            if row is not None and row[1] is not None:
+                try:
+                    self.serde.loads_typed((row[0], bytes(row[1])))
+                except Exception as error:
+                    raise DecodeError(f"{type(error).__name__}: {error}") from error
+
     def namespaces(self, conn: Connection, thread_id: str) -> list[str]:
         """The thread's checkpoint namespaces."""
         c = self._checkpoints
