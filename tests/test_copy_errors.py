@@ -187,3 +187,46 @@ def test_sqlite_source_that_does_not_exist(how: str, tmp_path: Path) -> None:
         message = str(raised.value)
     assert f"no SQLite database at {missing}" in message, message
     assert not missing.exists() and not target.exists()
+
+
+def test_sqlitesaver_file_from_before_task_paths(tmp_path: Path) -> None:
+    """A SqliteSaver file whose writes table has no task_path (SqliteSaver
+    before 2.0.x added it) is copied, with empty task paths."""
+    source = f"sqlite:///{tmp_path / 'old.db'}"
+    with opened("sqlite", source) as saver:
+        paused(saver, "old")
+    execute(
+        source,
+        "CREATE TABLE old_writes AS SELECT thread_id, checkpoint_ns, checkpoint_id, task_id,"
+        " idx, channel, type, value FROM writes",
+        "DROP TABLE writes",
+        "ALTER TABLE old_writes RENAME TO writes",
+    )
+    target = f"sqlite:///{tmp_path / 'target.db'}"
+    report = copy_threads(source, target)
+    assert (report.threads, report.verified) == (1, 1)
+    engine = create_engine(target, poolclass=NullPool)
+    with engine.connect() as conn:
+        paths = set(conn.scalars(text("SELECT DISTINCT task_path FROM sqlsaver_writes")))
+    engine.dispose()
+    assert paths == {""} and report.writes > 0
+
+
+def test_shallow_postgres_saver_tables_are_refused(tmp_path: Path) -> None:
+    """The deprecated ShallowPostgresSaver's tables have the names of
+    PostgresSaver's, but no versions in checkpoint_blobs: refused by name,
+    not a database error halfway through."""
+    with scratch("postgres", tmp_path) as source:
+        execute(
+            source,
+            "CREATE TABLE checkpoints (thread_id TEXT, checkpoint_ns TEXT, checkpoint_id TEXT,"
+            " parent_checkpoint_id TEXT, type TEXT, checkpoint JSONB, metadata JSONB)",
+            "CREATE TABLE checkpoint_blobs (thread_id TEXT, checkpoint_ns TEXT, channel TEXT,"
+            " type TEXT, blob BYTEA)",
+            "CREATE TABLE checkpoint_writes (thread_id TEXT, checkpoint_ns TEXT,"
+            " checkpoint_id TEXT, task_id TEXT, task_path TEXT, idx INTEGER, channel TEXT,"
+            " type TEXT, blob BYTEA)",
+        )
+        with pytest.raises(UnknownSourceError, match="deprecated ShallowPostgresSaver"):
+            copy_threads(source, f"sqlite:///{tmp_path / 'target.db'}")
+    assert not (tmp_path / "target.db").exists()

@@ -40,8 +40,9 @@ from sqlsaver.transfer.sources import (
     Latest,
     Page,
     Source,
-    _counts,
+    count_rows,
     detect,
+    official_writes,
 )
 
 Database = str | URL | Engine
@@ -143,7 +144,8 @@ def copy_threads(
         kind = source_kind or detect(sconn)
         if kind == "sqlsaver":  # its rows are copied as they are: this sqlsaver's
             migrate.require_current(sconn)
-        reader = Source(kind, serde, page_size)
+        writes_table = None if kind == "sqlsaver" else official_writes(sconn, kind)
+        reader = Source(kind, serde, page_size, writes_table)
         report = CopyReport(kind, dry_run)
         for thread_id in thread_ids or ():  # before anything is written
             if reader.counts(sconn, thread_id) == (0, 0):
@@ -324,7 +326,7 @@ def _target_counts(engine: Engine | None, thread_id: str) -> tuple[int, int]:
     with engine.connect() as conn:
         if not conn.dialect.has_table(conn, checkpoints.name):
             return 0, 0
-        return _counts(conn, checkpoints, writes, thread_id)
+        return count_rows(conn, checkpoints, writes, thread_id)
 
 
 def _refuse_long_keys(engine: Engine, thread_id: str, page: Page) -> None:

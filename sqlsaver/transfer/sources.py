@@ -112,14 +112,36 @@ def detect(conn: Connection) -> Kind:
     )
 
 
+def official_writes(conn: Connection, kind: Kind) -> Any:
+    """An official saver's writes table as this database has it: savers
+    older than ``task_path`` (PostgresSaver 2.0, SqliteSaver 2.0) lack the
+    column, and their writes are copied with an empty one. The deprecated
+    ShallowPostgresSaver's tables (blobs with no version) are refused."""
+    table = SQLITE_WRITES if kind == "sqlite" else OFFICIAL_WRITES
+    found = inspect(conn)
+    if kind != "sqlite":
+        blob_columns = {c["name"] for c in found.get_columns(OFFICIAL_BLOBS.name)}
+        if "version" not in blob_columns:
+            raise UnknownSourceError(
+                "checkpoint_blobs has no version column: these are the tables of the "
+                "deprecated ShallowPostgresSaver (or ShallowMySQLSaver), which keep only "
+                "the latest checkpoint and which copy does not read"
+            )
+    if "task_path" in {c["name"] for c in found.get_columns(table.name)}:
+        return table
+    return _official(table.name, *(c.name for c in table.columns if c.name != "task_path"))
+
+
 @dataclass
 class Source:
     """Reads one kind of checkpoints (`detect`) with ``serde``, the
-    serializer they were written with."""
+    serializer they were written with; an official saver's from
+    ``writes`` (`official_writes`)."""
 
     kind: Kind
     serde: SerializerProtocol
     page_size: int = 500
+    writes: Any = None
 
     @property
     def _checkpoints(self) -> Any:
@@ -127,7 +149,9 @@ class Source:
 
     @property
     def _writes(self) -> Any:
-        return {"sqlsaver": W, "sqlite": SQLITE_WRITES}.get(self.kind, OFFICIAL_WRITES)
+        if self.kind == "sqlsaver":
+            return W
+        return self.writes if self.writes is not None else OFFICIAL_WRITES
 
     def thread_ids(self, conn: Connection, after: str | None) -> list[str]:
         """The next page of thread ids, in order, after ``after``."""
@@ -147,7 +171,7 @@ class Source:
 
     def counts(self, conn: Connection, thread_id: str) -> tuple[int, int]:
         """The thread's checkpoints and pending writes."""
-        return _counts(conn, self._checkpoints, self._writes, thread_id)
+        return count_rows(conn, self._checkpoints, self._writes, thread_id)
 
     def pages(self, conn: Connection, thread_id: str) -> Iterator[Page]:
         """The thread's rows as sqlsaver stores them, a page at a time:
@@ -314,7 +338,7 @@ def _blob(conn: Connection, thread_id: str, ns: str, channel: str, version: Any)
     return found if found is not None and found.type != "empty" and found.blob is not None else None
 
 
-def _counts(conn: Connection, checkpoints: Any, writes: Any, thread_id: str) -> tuple[int, int]:
+def count_rows(conn: Connection, checkpoints: Any, writes: Any, thread_id: str) -> tuple[int, int]:
     count = select(func.count()).select_from(checkpoints)
     done = conn.scalar(count.where(checkpoints.c.thread_id == thread_id)) or 0
     count = select(func.count()).select_from(writes)
@@ -369,7 +393,7 @@ def _write_row(r: Any) -> dict[str, Any]:
         "checkpoint_id": r.checkpoint_id,
         "task_id": r.task_id,
         "idx": r.idx,
-        "task_path": r.task_path or "",
+        "task_path": getattr(r, "task_path", None) or "",  # none before task paths
         "channel": r.channel,
         "type": r.type,
         "blob": bytes(value) if value is not None else b"",
