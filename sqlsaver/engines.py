@@ -21,16 +21,14 @@ from sqlsaver.dialects import MYSQL
 CLIENT_FOUND_ROWS = 1 << 1
 CLIENT_MULTI_STATEMENTS = 1 << 16
 
-# A URL for the other kind of saver, and the driver to use instead.
-_SYNC_FOR = {
-    "sqlite": "sqlite://",
-    "postgresql": "postgresql+psycopg://",
-    "mysql": "mysql+pymysql://",
-}
-_ASYNC_FOR = {
-    "sqlite": "sqlite+aiosqlite://",
-    "postgresql": "postgresql+asyncpg:// (or postgresql+psycopg://)",
-    "mysql": "mysql+asyncmy://",
+# sqlsaver's drivers for each database, to name in messages: the sync URL,
+# the async URL, and the extra that installs them. (SQLAlchemy's defaults
+# for a URL that names none, mysql://: mysqlclient; postgresql://: psycopg2
+# before SQLAlchemy 2.1, are not sqlsaver's, nor installed by its extras.)
+_DRIVERS = {
+    "postgresql": ("postgresql+psycopg://", "postgresql+asyncpg://", "postgres"),
+    "mysql": ("mysql+pymysql://", "mysql+asyncmy://", "mysql"),
+    "sqlite": ("sqlite://", "sqlite+aiosqlite://", "sqlite"),
 }
 
 
@@ -143,7 +141,7 @@ def threaded_sync_url(url: URL) -> URL | None:
     (aiosqlite), the sync URL that `AsyncSQLSaver` runs in a worker thread
     instead; None for truly async drivers."""
     if url.get_backend_name() == "sqlite" and url.get_driver_name() == "aiosqlite":
-        return url.set(drivername="sqlite")
+        return sync_twin(url)
     return None
 
 
@@ -189,14 +187,6 @@ def configure_engine(engine: Engine) -> None:
         cursor.close()
 
 
-# The drivers to name in a URL: SQLAlchemy's defaults for a URL that names
-# none (mysql://: mysqlclient; postgresql://: psycopg2 before SQLAlchemy
-# 2.1) are not sqlsaver's, nor installed by its extras.
-_DRIVERS = {
-    "postgresql": ("postgresql+psycopg://", "postgresql+asyncpg://", "postgres"),
-    "mysql": ("mysql+pymysql://", "mysql+asyncmy://", "mysql"),
-    "sqlite": ("sqlite://", "sqlite+aiosqlite://", "sqlite"),
-}
 _ALL_DRIVERS = (
     "sqlsaver takes SQLAlchemy URLs for SQLite (sqlite:///file.db, sqlite+aiosqlite:///file.db), "
     "PostgreSQL (postgresql+psycopg://, postgresql+asyncpg://) and MySQL/MariaDB "
@@ -276,7 +266,7 @@ def sync_engine(url: str | URL, engine_kwargs: dict[str, Any] | None) -> Engine:
     """An engine for `SQLSaver.from_url`, configured for checkpointing."""
     parsed = parse_url(url)
     if parsed.get_dialect().is_async:
-        instead = _SYNC_FOR.get(_backend(parsed), "its sync driver")
+        instead = _DRIVERS.get(_backend(parsed), ("its sync driver",))[0]
         raise ValueError(
             f"{parsed.drivername!r} is an async driver: use AsyncSQLSaver.from_url for it, "
             f"or give SQLSaver a sync URL such as {instead}"
@@ -299,7 +289,9 @@ def async_engine(url: str | URL, engine_kwargs: dict[str, Any] | None) -> AsyncE
     except Exception as error:  # sqlalchemy raises InvalidRequestError for sync drivers
         if "async" not in str(error):
             raise
-        instead = _ASYNC_FOR.get(_backend(parsed), "its async driver")
+        instead = _DRIVERS.get(_backend(parsed), ("", "its async driver"))[1]
+        if _backend(parsed) == "postgresql":  # psycopg is both
+            instead += " (or postgresql+psycopg://)"
         raise ValueError(
             f"{parsed.drivername!r} is not an async driver: use SQLSaver.from_url for it, "
             f"or give AsyncSQLSaver an async URL such as {instead}"
