@@ -173,10 +173,7 @@ def copy(args: argparse.Namespace) -> int:
     # Each database reached first, so that a failure names the right one.
     _cli_errors.reach(engines.parse_url(args.source), "--from")
     _cli_errors.reach(engines.parse_url(args.target), "--to")
-    try:
-        _cli_errors.require_sqlite_folder(engines.parse_url(args.target))
-    except _cli_errors.CLIError as error:
-        raise _cli_errors.CLIError(str(error).replace("--url", "--to")) from None
+    _cli_errors.require_sqlite_folder(engines.parse_url(args.target), "--to")
     bar = CopyProgress()
     try:
         report = copy_threads(
@@ -346,13 +343,16 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _url(args: argparse.Namespace) -> URL | None:
-    """The URL a failure is about: ``--url``; for ``copy``, ``--from``."""
+def _failed_on(args: argparse.Namespace) -> tuple[URL | None, str]:
+    """The URL a failure is about, and the option that gave it: ``--url``;
+    for ``copy``, ``--from`` (`copy` reaches each database first, so that
+    a failure to connect names ``--from`` or ``--to``)."""
+    option = "--url" if getattr(args, "url", None) else "--from"
     url = getattr(args, "url", None) or getattr(args, "source", None)
     try:
-        return engines.parse_url(url) if url else None
+        return (engines.parse_url(url) if url else None), option
     except ValueError:
-        return None
+        return None, option
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -372,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as error:
-        message = None if args.verbose else _cli_errors.explain(error, _url(args))
+        message = None if args.verbose else _cli_errors.explain(error, *_failed_on(args))
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)

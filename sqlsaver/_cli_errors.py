@@ -52,14 +52,15 @@ def no_sqlite_file(path: Path) -> str:
     )
 
 
-def require_sqlite_folder(url: URL) -> None:
+def require_sqlite_folder(url: URL, option: str = "--url") -> None:
     """For commands that may create the file: its folder must exist (SQLite
-    says only "unable to open database file", naming no path)."""
+    says only "unable to open database file", naming no path). ``option``:
+    the one that gave the URL, as in `explain`."""
     path = sqlite_file(url)
     if path is not None and not path.parent.is_dir():
         raise CLIError(
             f"no folder {path.parent} for the SQLite file {path}: "
-            f"create it first (mkdir -p {path.parent}), or fix the path in --url"
+            f"create it first (mkdir -p {path.parent}), or fix the path in {option}"
         )
 
 
@@ -77,10 +78,10 @@ def reach(url: URL, option: str) -> None:
     try:
         engine.connect().close()
     except Exception as error:
-        message = explain(error, url)
+        message = explain(error, url, option)
         if message is None:
             raise
-        raise CLIError(message.replace("--url", option)) from error
+        raise CLIError(message) from error
     finally:
         engine.dispose()
 
@@ -154,9 +155,10 @@ def _server_says(error: BaseException) -> str:
     return " ".join(text.split()).strip()
 
 
-def explain(error: BaseException, url: URL | None) -> str | None:
-    """The CLI's message for ``error``, or None for one it does not know
-    (a bug: its traceback is shown)."""
+def explain(error: BaseException, url: URL | None, option: str = "--url") -> str | None:
+    """The CLI's message for ``error`` on the database of ``url``, which
+    ``option`` gave; None for an error it does not know (a bug: its
+    traceback is shown)."""
     if isinstance(error, (CLIError, ValueError, migrate.SchemaError, TimeoutError)):
         return str(error) or type(error).__name__
     from alembic.script.revision import ResolutionError
@@ -183,18 +185,18 @@ def explain(error: BaseException, url: URL | None) -> str | None:
     if kind == REFUSED:
         return (
             f"cannot connect to {where}: connection refused. Is the server running? "
-            "Check the host and port in --url."
+            f"Check the host and port in {option}."
         )
     if kind == NO_HOST:
-        return f"cannot connect to {where}: no such host. Check the host in --url."
+        return f"cannot connect to {where}: no such host. Check the host in {option}."
     if kind == LOGIN:
         return (
             f"{where} refused to log in user {url.username!r}: {_server_says(error)}. "
-            "Check the user and password in --url."
+            f"Check the user and password in {option}."
         )
     if kind == NO_DATABASE:
         return (
             f"no database {url.database!r} on {where}: create it first "
-            f"(CREATE DATABASE {url.database}), or fix the database name in --url."
+            f"(CREATE DATABASE {url.database}), or fix the database name in {option}."
         )
     return f"{where}: {_server_says(error)} (run with --verbose for the traceback)"
