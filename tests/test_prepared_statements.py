@@ -20,16 +20,66 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from sqlsaver import AsyncSQLSaver, SQLSaver, dialects
+from sqlsaver import AsyncSQLSaver, SQLSaver, dialects, engines
 from sqlsaver.execution.runner import POOLER_HINT
 
 pytestmark = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 
 CONFIG = {"configurable": {"thread_id": "prepared", "checkpoint_ns": ""}}
+RUNS = 12  # psycopg prepares a statement on its fifth run on a connection
+
+
+def server_statements(conn: Connection) -> int:
+    """The named prepared statements of this connection's server session."""
+    sql = "SELECT count(*) FROM pg_prepared_statements"
+    return int(conn.exec_driver_sql(sql).scalar_one())
+
+
+@pytest.fixture(params=[False, True], ids=["direct", "pooler"])
+def pooler(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Whether `from_url`'s engines are made to find a pooler in front of
+    the server (the real one is tests/test_pooler.py's)."""
+    found: bool = request.param
+    monkeypatch.setattr(engines, "_behind_pooler", lambda conn, driver: found)
+    return found
+
+
+def test_sync_from_url_prepares_only_without_pooler(backend: Any, pooler: bool) -> None:
+    with SQLSaver.from_url(backend.sync_url) as saver:
+        for _ in range(RUNS):
+            saver.get_tuple(CONFIG)
+        # On the connection the saver keeps, which ran those.
+        left = saver._runner.read(server_statements)
+    assert (left == 0) if pooler else (left > 0)
+
+
+async def test_async_from_url_prepares_only_without_pooler(backend: Any, pooler: bool) -> None:
+    async with AsyncSQLSaver.from_url(backend.async_url) as saver:
+        for _ in range(RUNS):
+            await saver.aget_tuple(CONFIG)
+        left = await saver._runner.read(server_statements)
+    assert (left == 0) if pooler else (left > 0)
+
+
+def test_callers_connect_args_decide(backend: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller's own ``prepare_threshold`` is kept, and nothing is asked."""
+    asked: list[bool] = []
+
+    def behind(conn: Any, driver: str) -> bool:
+        asked.append(True)
+        return True
+
+    monkeypatch.setattr(engines, "_behind_pooler", behind)
+    kwargs = {"connect_args": {"prepare_threshold": 1}}
+    with SQLSaver.from_url(backend.sync_url, engine_kwargs=kwargs) as saver:
+        for _ in range(3):
+            saver.get_tuple(CONFIG)
+        assert saver._runner.read(server_statements) > 0
+    assert not asked
 
 
 def test_psycopg_statement_gone_is_not_missing_tables(backend: Any) -> None:
