@@ -6,14 +6,17 @@
 #
 # Its config, pid file and log live in a directory of its own
 # (PGBOUNCER_DIR, default /tmp/sqlsaver-pgbouncer). It listens on
-# 127.0.0.1:$PGBOUNCER_PORT (6432) and serves every database of
-# $PGBOUNCER_SERVER (127.0.0.1:5432) to $PGBOUNCER_USER (postgres), with no
-# password of its own (the server's pg_hba.conf decides: trust, locally).
+# 127.0.0.1:$PGBOUNCER_PORT (6439; not 6432, where the service Debian's
+# package may start listens) and serves every database of $PGBOUNCER_SERVER
+# (127.0.0.1:5432) to $PGBOUNCER_USER (postgres), with no password of its
+# own (the server's pg_hba.conf decides: trust, locally).
 #
 # What makes it a test of sqlsaver rather than of luck:
 # - pool_mode = transaction: a client holds a server connection only for a
 #   transaction (or a single statement in autocommit), as in production;
-# - a small default_pool_size, so that clients share server connections;
+# - a default_pool_size (10) below the clients' connections, so that
+#   clients share server connections (and big enough for the suite's
+#   tests that hold transactions open while others run);
 # - server_round_robin = 1, so that consecutive transactions of one client
 #   land on different server connections. With the default (LIFO) a lone
 #   client keeps getting the connection it just gave back, and a prepared
@@ -21,9 +24,9 @@
 set -euo pipefail
 
 DIR=${PGBOUNCER_DIR:-/tmp/sqlsaver-pgbouncer}
-PORT=${PGBOUNCER_PORT:-6432}
+PORT=${PGBOUNCER_PORT:-6439}
 SERVER=${PGBOUNCER_SERVER:-127.0.0.1:5432}
-POOL_SIZE=${PGBOUNCER_POOL_SIZE:-4}
+POOL_SIZE=${PGBOUNCER_POOL_SIZE:-10}
 USER_NAME=${PGBOUNCER_USER:-postgres}
 PIDFILE=$DIR/pgbouncer.pid
 
