@@ -209,9 +209,10 @@ def configure_engine(engine: Engine) -> None:
 # described and asyncpg parses anew in the round trip that runs them). Not
 # by default: on the direct server they cost 1.5-2x on reads, as planning
 # sqlsaver's statements takes longer than their round trip (benchmarks/bench.py,
-# PostgreSQL 15, medians of two runs each, prepared -> not prepared: psycopg
-# get_tuple by id 0.57 -> 1.16 ms, list(filter) 0.72 -> 1.47 ms, put 0.59 ->
-# 0.77 ms; asyncpg get_tuple by id 0.69 -> 1.29 ms, put 0.80 -> 0.84 ms). So an
+# PostgreSQL 15, the mean of two runs' medians, prepared -> not prepared:
+# psycopg get_tuple by id 0.57 -> 1.16 ms, list(filter) 0.72 -> 1.47 ms, put
+# 0.59 -> 0.77 ms; asyncpg get_tuple by id 0.69 -> 1.29 ms, put 0.80 -> 0.84
+# ms; two runs of the same code differed by up to 0.13 ms there). So an
 # engine of sqlsaver's finds out, at its first connection, whether a pooler
 # stands between it and the server (`_behind_pooler`), and only then takes them.
 _UNNAMED_STATEMENTS: dict[str, dict[str, Any]] = {
