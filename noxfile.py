@@ -26,13 +26,14 @@ import subprocess
 import nox
 from packaging.requirements import Requirement
 
-nox.options.sessions = ["tests", "langgraph", "lowest", "newest", "docs"]
+nox.options.sessions = ["tests", "pooler", "langgraph", "lowest", "newest", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 # A matrix session whose Python is missing fails, rather than being skipped
 # while `nox` passes.
 nox.options.error_on_missing_interpreters = True
 
 
+DEFAULT_POSTGRES = "postgres@127.0.0.1:5432/test"  # conftest's
 LOWEST_PYTHON = "3.10"  # requires-python's floor
 NEWEST_PYTHONS = ("3.12", "3.13")  # 3.11 runs `tests`
 # What the matrix runs: the savers on every kind of bind, LangGraph's
@@ -80,6 +81,63 @@ def tests(session: nox.Session) -> None:
     """The whole suite, on SQLite, PostgreSQL and MySQL/MariaDB."""
     session.install(".[test]")
     session.run("pytest", *session.posargs)
+
+
+# The PostgreSQL tests that run through PgBouncer (`pooler`): the savers on
+# every kind of bind, LangGraph's conformance suite, real graphs, and the
+# concurrent clients of tests/test_pooler.py.
+POOLER_TESTS = [
+    "tests/test_pooler.py",
+    "tests/test_conformance.py",
+    "tests/test_graphs.py",
+    "tests/test_binds.py",
+    "tests/test_behaviour.py",
+]
+# Left out, as a pooler in transaction mode cannot give them what they need
+# (pytest -k expressions):
+POOLER_EXCLUDED = [
+    # They end a client's connection by its server process id
+    # (pg_terminate_backend): behind a pooler a client has no server process
+    # of its own, and the id its driver knows is the pooler's (random).
+    "not dead_kept_connections_are_replaced",
+    "not dead_pooled_connections_are_replaced",
+    # It points a client at another schema by a startup parameter
+    # (search_path): a pooler's server sessions are shared, so PgBouncer
+    # ignores it (ignore_startup_parameters) or refuses the client.
+    "not database_not_set_up",
+]
+
+
+@nox.session
+def pooler(session: nox.Session) -> None:
+    """`POOLER_TESTS` on PostgreSQL through PgBouncer in transaction mode.
+
+    scripts/pgbouncer.sh starts PgBouncer (Debian's ``pgbouncer``) on
+    127.0.0.1:6439 in front of the server of SQLSAVER_TEST_POSTGRES, and
+    stops it afterwards, also when a test fails. The tests reach the server
+    through it with the same user and database.
+    """
+    from sqlalchemy import make_url
+
+    session.install(".[test]")
+    server = make_url(f"postgresql://{os.environ.get('SQLSAVER_TEST_POSTGRES', DEFAULT_POSTGRES)}")
+    port = os.environ.get("PGBOUNCER_PORT", "6439")
+    env = {
+        "PGBOUNCER_SERVER": f"{server.host}:{server.port or 5432}",
+        "PGBOUNCER_USER": server.username or "postgres",
+        "PGBOUNCER_PORT": port,
+    }
+    through = server.set(host="127.0.0.1", port=int(port))
+    tests_env = {
+        "SQLSAVER_TEST_POOLER": "1",
+        "SQLSAVER_TEST_POSTGRES": through.render_as_string(hide_password=False).split("://", 1)[1],
+    }
+    session.run("scripts/pgbouncer.sh", "up", env=env, external=True)
+    try:
+        selected = " and ".join(["postgres", *POOLER_EXCLUDED])
+        session.run("pytest", *(session.posargs or POOLER_TESTS), "-k", selected, env=tests_env)
+    finally:
+        session.run("scripts/pgbouncer.sh", "down", env=env, external=True)
 
 
 @nox.session(python=_python(LOWEST_PYTHON), venv_backend="uv")

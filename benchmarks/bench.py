@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import operator
 import os
 import statistics
@@ -331,7 +332,9 @@ SQLSAVER_URLS = {
 
 
 @contextlib.asynccontextmanager
-async def contenders(backend: str, is_async: bool, workdir: Path) -> Any:
+async def contenders(
+    backend: str, is_async: bool, workdir: Path, engine_kwargs: dict[str, Any] | None = None
+) -> Any:
     """(sqlsaver, official) for a database and mode, set up and empty."""
     from sqlsaver import AsyncSQLSaver, SQLSaver
 
@@ -353,12 +356,14 @@ async def contenders(backend: str, is_async: bool, workdir: Path) -> Any:
     ours_url = SQLSAVER_URLS[backend][is_async].format(ours_where)
     async with contextlib.AsyncExitStack() as stack:
         if is_async:
-            ours = await stack.enter_async_context(AsyncSQLSaver.from_url(ours_url))
+            ours = await stack.enter_async_context(
+                AsyncSQLSaver.from_url(ours_url, engine_kwargs=engine_kwargs)
+            )
             theirs = await stack.enter_async_context(_official(backend, True, theirs_where))
             await ours.setup()
             await theirs.setup()
         else:
-            ours = stack.enter_context(SQLSaver.from_url(ours_url))
+            ours = stack.enter_context(SQLSaver.from_url(ours_url, engine_kwargs=engine_kwargs))
             theirs = stack.enter_context(_official(backend, False, theirs_where))
             ours.setup()
             theirs.setup()
@@ -407,7 +412,8 @@ class Row:
 async def bench(backend: str, is_async: bool, args: argparse.Namespace, workdir: Path) -> list[Row]:
     mode = "async" if is_async else "sync"
     rows: list[Row] = []
-    async with contenders(backend, is_async, workdir) as pair:
+    kwargs = args.engine_kwargs.get(mode)
+    async with contenders(backend, is_async, workdir, kwargs) as pair:
         wrapped = [Async(c.saver) if is_async else Sync(c.saver) for c in pair]
         fixtures = [await prepare(w, args.threads, args.steps) for w in wrapped]
         for c, fx in zip(pair, fixtures, strict=True):
@@ -526,6 +532,12 @@ async def main() -> None:
     parser.add_argument("--delta-turns", type=int, default=60)
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run: few repetitions, little data"
+    )
+    parser.add_argument(
+        "--engine-kwargs",
+        type=json.loads,
+        default={},
+        help='sqlsaver\'s engine_kwargs by mode, as JSON: {"sync": {...}, "async": {...}}',
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

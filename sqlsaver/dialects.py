@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import json.scanner
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -449,11 +448,25 @@ def limits_statements(dialect: Dialect) -> bool:
 # --------------------------------------------------------------------------
 
 
-_MISSING_TABLE = re.compile(
-    r"(no such table|does not exist|doesn't exist).*sqlsaver_"
-    r"|sqlsaver_\w+['\"]? (does not exist|doesn't exist)",
-    re.IGNORECASE | re.DOTALL,
-)
+# The database's own word that a table is missing: PostgreSQL's SQLSTATE
+# 42P01 (undefined_table), MySQL's and MariaDB's error 1146
+# (ER_NO_SUCH_TABLE), SQLite's "no such table: ..." (its only code is the
+# generic SQLITE_ERROR). Not a pattern over the whole message, which holds
+# the statement and so names sqlsaver's tables whatever went wrong: behind a
+# transaction-mode pooler, psycopg's 'prepared statement "_pg3_5" does not
+# exist', followed by the SQL, was read as missing tables.
+_UNDEFINED_TABLE = "42P01"
+_MYSQL_NO_SUCH_TABLE = 1146
+
+# PostgreSQL's errors about a named prepared statement: 26000
+# (invalid_sql_statement_name: "does not exist"), 42P05
+# (duplicate_prepared_statement: "already exists"), and 08P01
+# (protocol_violation: "bind message supplies 3 parameters, but prepared
+# statement ... requires 17"). A client meets them when its statements reach
+# another server session than the one that prepared them, or one where
+# another client prepared the same name: a pooler in transaction mode.
+_STATEMENT_SQLSTATES = {"26000", "42P05"}
+_PROTOCOL_VIOLATION = "08P01"
 
 
 # Errors after which the whole transaction can simply run again: deadlocks
@@ -474,6 +487,37 @@ def is_retryable(error: DBAPIError) -> bool:
     return False
 
 
+def _driver_errors(error: BaseException) -> tuple[BaseException, ...]:
+    """The driver's error under SQLAlchemy's, and what that one wraps (the
+    asyncpg exception under SQLAlchemy's adapter of it)."""
+    orig = getattr(error, "orig", None) or error
+    cause = orig.__cause__
+    return (orig,) if cause is None else (orig, cause)
+
+
 def is_missing_table(error: BaseException) -> bool:
-    """Whether a database error says one of sqlsaver's tables is missing."""
-    return bool(_MISSING_TABLE.search(str(error)))
+    """Whether a database error says a table is missing (in sqlsaver's
+    statements: one of sqlsaver's), by the error's code (see
+    `_UNDEFINED_TABLE`)."""
+    for cause in _driver_errors(error):
+        if getattr(cause, "sqlstate", None) == _UNDEFINED_TABLE:
+            return True
+        args = getattr(cause, "args", ())
+        if args and args[0] == _MYSQL_NO_SUCH_TABLE:
+            return True
+        if type(cause).__module__ == "sqlite3" and str(cause).startswith("no such table"):
+            return True
+    return False
+
+
+def is_prepared_statement_error(error: BaseException) -> bool:
+    """Whether a PostgreSQL error is about a named prepared statement (see
+    `_STATEMENT_SQLSTATES`): the mark of a transaction-mode pooler under
+    a driver that prepares statements."""
+    for cause in _driver_errors(error):
+        state = getattr(cause, "sqlstate", None)
+        if state in _STATEMENT_SQLSTATES:
+            return True
+        if state == _PROTOCOL_VIOLATION and "prepared statement" in str(cause):
+            return True
+    return False

@@ -27,6 +27,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, make_url, text
@@ -177,3 +178,20 @@ def saver(aio: bool, sync_saver: SQLSaver, async_saver: AsyncSQLSaver) -> SQLSav
 def thread_id() -> str:
     """A thread id no other test uses (tests share their databases)."""
     return f"t-{uuid.uuid4()}"
+
+
+# Tests that need a transaction-mode pooler in front of PostgreSQL
+# (``nox -s pooler``, which sets this): not collected otherwise, so the
+# ``tests`` session neither runs nor skips them.
+POOLER = bool(os.environ.get("SQLSAVER_TEST_POOLER"))
+collect_ignore = [] if POOLER else ["test_pooler.py"]
+
+
+def caller_engine_args(url: str) -> dict[str, Any]:
+    """What an application's own engine sets through the pooler
+    (docs/databases.md, PgBouncer): its driver prepares no named
+    statements. Nothing straight to the server."""
+    if not POOLER or make_url(url).get_backend_name() != "postgresql":
+        return {}
+    unnamed = {"asyncpg": {"statement_cache_size": 0}, "psycopg": {"prepare_threshold": None}}
+    return {"connect_args": unnamed[make_url(url).get_dialect().driver]}

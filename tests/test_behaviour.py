@@ -37,6 +37,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from conftest import caller_engine_args
 from langgraph.checkpoint.base import (
     ERROR,
     INTERRUPT,
@@ -978,14 +979,14 @@ async def in_caller_transaction(kind: str, backend: Any, serde: Any) -> AsyncIte
     """A saver on a caller's Connection inside its transaction, committed when
     the block ends."""
     if kind == "sync":
-        engine = create_engine(backend.sync_url)
+        engine = create_engine(backend.sync_url, **caller_engine_args(backend.sync_url))
         try:
             with engine.connect() as conn, conn.begin():
                 yield Saver(SQLSaver(conn, serde=serde))
         finally:
             engine.dispose()
     else:
-        aengine = create_async_engine(backend.async_url)
+        aengine = create_async_engine(backend.async_url, **caller_engine_args(backend.async_url))
         try:
             async with aengine.connect() as aconn, aconn.begin():
                 yield Saver(AsyncSQLSaver(aconn, serde=serde))

@@ -37,6 +37,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import pytest
+from conftest import caller_engine_args
 from helpers import SESSION_ID
 from langgraph.checkpoint.base import empty_checkpoint
 from sqlalchemy import (
@@ -167,7 +168,7 @@ def refusing_checkpoints(engine: Engine) -> Iterator[None]:
 @pytest.fixture
 def app_engine(backend: Any) -> Iterator[Engine]:
     """The application's own engine (plain create_engine, not sqlsaver's)."""
-    engine = create_engine(backend.sync_url)
+    engine = create_engine(backend.sync_url, **caller_engine_args(backend.sync_url))
     app_rows.create(engine, checkfirst=True)
     yield engine
     engine.dispose()
@@ -175,7 +176,7 @@ def app_engine(backend: Any) -> Iterator[Engine]:
 
 @pytest.fixture
 async def async_app_engine(backend: Any) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(backend.async_url)
+    engine = create_async_engine(backend.async_url, **caller_engine_args(backend.async_url))
     yield engine
     await engine.dispose()
 

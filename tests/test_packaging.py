@@ -72,6 +72,7 @@ def test_sdist_holds_the_whole_project(tmp_path: Path) -> None:
         "benchmarks/README.md",
         "pyproject.toml",
         "benchmarks/bench.py",
+        "scripts/pgbouncer.sh",
         "tests/conftest.py",
         "tests/helpers.py",
         "tests/test_packaging.py",

@@ -114,6 +114,21 @@ def _not_ready(error: DBAPIError, url: URL | None) -> SchemaNotReadyError:
     )
 
 
+# Said first in a prepared-statement error's message (it keeps its type).
+# sqlsaver's own engines prepare no named statements where they find a
+# pooler (`engines._watch_for_pooler`), so it comes from an engine of the
+# caller's, or a pooler that passes the server's cancel key on.
+POOLER_HINT = (
+    "a prepared statement was missing or taken on the database session: this happens "
+    "behind a connection pooler in transaction mode (such as PgBouncer), where a "
+    "client's statements run on whichever server session is free. Let the driver "
+    "prepare no named statements: connect_args={'prepare_threshold': None} for psycopg, "
+    "{'statement_cache_size': 0} for asyncpg (SQLSaver.from_url and AsyncSQLSaver.from_url "
+    "set them when they find a pooler), or use PgBouncer 1.21+ with "
+    "max_prepared_statements. See sqlsaver's docs/databases.md, PgBouncer."
+)
+
+
 class _AwaitedLock:
     """An `asyncio.Lock` taken from inside the greenlet bridge."""
 
@@ -258,6 +273,8 @@ class Runner:
         except DBAPIError as error:
             if dialects.is_missing_table(error):
                 raise _not_ready(error, self.url) from error
+            if dialects.is_prepared_statement_error(error):
+                error.add_detail(POOLER_HINT)
             raise
 
     def _connection(self, mode: Mode) -> contextlib.AbstractContextManager[Connection]:
