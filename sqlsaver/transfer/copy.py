@@ -340,7 +340,7 @@ def _target_counts(engine: Engine | None, thread_id: str) -> tuple[int, int]:
     if engine is None:
         return 0, 0
     with engine.connect() as conn:
-        if not conn.dialect.has_table(conn, checkpoints.name):
+        if not conn.dialect.has_table(conn, checkpoints.name, schemas.of(conn)):
             return 0, 0
         return count_rows(conn, checkpoints, writes, thread_id)
 
