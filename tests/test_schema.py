@@ -224,6 +224,9 @@ def test_schemas_migrate_independently(place: Place) -> None:
     a, b = place.names[A], place.names[B]
     engine = create_engine(place.sync_url, poolclass=NullPool)
     try:
+        # The default schema at head first: a revision must look for what
+        # it creates in its own schema, not find the default's and skip it.
+        migrate.upgrade(engine)
         migrate.upgrade(engine, schema=a)
         assert migrate.status(engine, schema=b) == "missing"  # absent
         migrate.upgrade(engine, "0002", schema=b)
@@ -231,7 +234,7 @@ def test_schemas_migrate_independently(place: Place) -> None:
             migrate.HEAD,
             "0002",
         )
-        assert migrate.current(engine) is None  # the default: untouched
+        migrate.downgrade(engine, "0001")  # the default's own, alone
         with SQLSaver(engine, schema=a) as saver:  # at head: works
             at = {"configurable": {"thread_id": "t", "checkpoint_ns": "", "checkpoint_id": "1"}}
             saver.put_writes(at, [("c", 1)], "task")
@@ -249,6 +252,7 @@ def test_schemas_migrate_independently(place: Place) -> None:
         assert place.tables()[a] == {migrate.VERSION_TABLE}  # Alembic's, emptied
         migrate.upgrade(engine, schema=b)
         assert place.version(b) == [migrate.HEAD] and place.version(a) == []
+        assert migrate.current(engine) == "0001"
     finally:
         engine.dispose()
 
