@@ -33,7 +33,7 @@ from sqlalchemy import bindparam, create_engine, make_url, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
-from test_migrations import cli
+from test_migrations import alembic_cli, cli
 
 from sqlsaver import (
     AsyncSQLSaver,
@@ -291,6 +291,18 @@ def test_bad_names_are_refused(name: str) -> None:
     assert done.returncode == 2 and "schema must be a plain identifier" in done.stderr
 
 
+@pytest.mark.parametrize(
+    "url", ["postgresql+psycopg://x@nohost.invalid/db", "mysql+pymysql://x@nohost.invalid/db"]
+)
+def test_offline_ddl_names_the_schema(url: str) -> None:
+    done = cli("upgrade", "--url", url, "--sql", "--schema", A)
+    assert done.returncode == 0, done.stderr
+    assert f"CREATE TABLE {A}.sqlsaver_checkpoints" in done.stdout
+    assert f"CREATE TABLE {A}.{migrate.VERSION_TABLE}" in done.stdout
+    assert f"ALTER TABLE {A}.sqlsaver_checkpoints ADD" in done.stdout  # 0004's add_column
+    assert "CREATE TABLE sqlsaver_" not in done.stdout
+
+
 def test_sqlite_refuses_a_schema(tmp_path: Any) -> None:
     """SQLite has no schemas: a file per app instead (not ATTACH, which
     every pooled connection would have to do)."""
@@ -369,6 +381,14 @@ def test_cli_schema(place: Place) -> None:
     assert "swept 1 expired threads" in swept.stdout, swept.stderr
     with SQLSaver.from_url(url, schema=a) as in_a:
         assert in_a.get_tuple(CONFIG) is None
+    downgraded = cli("downgrade", "--url", url, "--schema", a, "--revision", "0003")
+    assert downgraded.returncode == 0, downgraded.stderr
+    assert place.version(a) == ["0003"] and b not in place.tables()
+    # Alembic's own command line, as alembic.ini runs it: -x schema=...
+    done = alembic_cli("-x", f"schema={b}", "upgrade", "0002", url=url)
+    assert done.returncode == 0, done.stderr
+    assert place.version(b) == ["0002"] and place.version(a) == ["0003"]
+    assert place.default_schema not in place.tables()
 
 
 def test_copy_into_a_schema(place: Place, tmp_path: Any) -> None:

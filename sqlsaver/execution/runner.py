@@ -107,16 +107,14 @@ def _backoff(attempt: int) -> float:
 
 
 def _not_ready(error: DBAPIError, url: URL | None, schema: str | None) -> SchemaNotReadyError:
-    command = (
-        migrate.upgrade_command(url, schema)
-        if url is not None
-        else "`python -m sqlsaver upgrade --url '<database url>'"
-        + (f" --schema {schema}`" if schema else "`")
-    )
+    if url is not None:
+        command = migrate.upgrade_command(url, schema)
+    else:
+        in_schema = f" --schema {schema}" if schema else ""
+        command = f"`python -m sqlsaver upgrade --url '<database url>'{in_schema}`"
     return SchemaNotReadyError(
-        f"sqlsaver's tables{schemas.described(schema)} do not exist in this database. "
-        "Create them once with "
-        "`saver.setup()` (`await saver.setup()` for AsyncSQLSaver), or in "
+        f"sqlsaver's tables{schemas.described(schema)} do not exist in this database. Create "
+        "them once with `saver.setup()` (`await saver.setup()` for AsyncSQLSaver), or in "
         f"deployment with: {command}. (database said: {error.orig})"
     )
 
