@@ -5,6 +5,10 @@ Runs on the connection handed over in ``config.attributes["connection"]``
 ``-x url=...``, the ``SQLSAVER_URL`` environment variable or
 ``sqlalchemy.url``, sync or async driver alike. Offline (``--sql``), it
 prints the DDL for that URL's dialect without connecting.
+
+sqlsaver's tables and its version table are in the connection's schema
+(`sqlsaver.schemas`: a saver's ``schema=`` option), or the one given by
+``config.attributes["schema"]`` or ``-x schema=...``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, create_engine, make_url, pool
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from sqlsaver import dialects
+from sqlsaver import dialects, schemas
 from sqlsaver.migrate import VERSION_TABLE, create_version_table, target_metadata
 
 config = context.config
@@ -47,6 +51,14 @@ def _url() -> str:
     return url
 
 
+def _schema() -> str | None:
+    """The schema given to this run, if any (a connection may carry one)."""
+    given = config.attributes.get("schema") or context.get_x_argument(as_dictionary=True).get(
+        "schema"
+    )
+    return schemas.check_name(given)
+
+
 def _commit_revision(ctx: MigrationContext, **_: Any) -> None:
     """Commit a revision's version row as soon as it is written. On MySQL
     and MariaDB the revision's DDL has committed already, whatever
@@ -59,6 +71,11 @@ def _commit_revision(ctx: MigrationContext, **_: Any) -> None:
 
 
 def _run(connection: Connection) -> None:
+    with schemas.on_connection(connection, _schema()):
+        _run_in_schema(connection)
+
+
+def _run_in_schema(connection: Connection) -> None:
     # Each revision also creates only what is missing (`sqlsaver.migrate.missing`),
     # so one interrupted between two DDL statements completes when run again.
     commit = [_commit_revision] if dialects.commits_ddl(connection.dialect) else []
@@ -69,6 +86,7 @@ def _run(connection: Connection) -> None:
         connection=connection,
         on_version_apply=commit,
         target_metadata=target_metadata(connection.dialect.name),
+        version_table_schema=schemas.of(connection),
         **OPTIONS,
     )
     with context.begin_transaction():
@@ -89,7 +107,13 @@ def main() -> None:
     if context.is_offline_mode():
         url = _url()
         metadata = target_metadata(make_url(url).get_backend_name())
-        context.configure(url=url, literal_binds=True, target_metadata=metadata, **OPTIONS)
+        context.configure(
+            url=url,
+            literal_binds=True,
+            target_metadata=metadata,
+            version_table_schema=_schema(),
+            **OPTIONS,
+        )
         with context.begin_transaction():
             context.run_migrations()
         return

@@ -6,7 +6,12 @@ from importlib import metadata as _metadata
 from sqlsaver.aio import AsyncSQLSaver
 from sqlsaver.base import SaverOptions
 from sqlsaver.execution.limits import ValueTooLargeError
-from sqlsaver.migrate import SchemaError, SchemaNotReadyError, SchemaTooNewError
+from sqlsaver.migrate import (
+    SchemaError,
+    SchemaMissingError,
+    SchemaNotReadyError,
+    SchemaTooNewError,
+)
 from sqlsaver.models import Base, BlobModel, CheckpointModel, ThreadModel, WriteModel
 from sqlsaver.policies import TTL
 from sqlsaver.saver import SQLSaver
@@ -28,6 +33,7 @@ __all__ = [
     "SQLSaver",
     "SaverOptions",
     "SchemaError",
+    "SchemaMissingError",
     "SchemaNotReadyError",
     "SchemaTooNewError",
     "TTL",

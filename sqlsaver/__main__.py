@@ -16,7 +16,7 @@ from typing import TypeVar
 from sqlalchemy import URL, Connection
 
 import sqlsaver
-from sqlsaver import _cli_errors, engines, migrate
+from sqlsaver import _cli_errors, engines, migrate, schemas
 from sqlsaver._cli_progress import CopyProgress, MigrationProgress, SweepProgress
 
 T = TypeVar("T")
@@ -34,6 +34,7 @@ EXAMPLES = """\
 examples:
   python -m sqlsaver demo
   python -m sqlsaver upgrade --url postgresql+psycopg://app@db.example/app
+  python -m sqlsaver upgrade --url postgresql+psycopg://app@db.example/app --schema agents
   python -m sqlsaver upgrade --url mysql+pymysql://app@db.example/app --sql > ddl.sql
   python -m sqlsaver check --url sqlite:///checkpoints.db || echo "needs upgrade"
   python -m sqlsaver downgrade --url sqlite:///checkpoints.db --revision 0003
@@ -41,15 +42,23 @@ examples:
   python -m sqlsaver copy --from sqlite:///checkpoints.db --to postgresql+psycopg://app@db/app"""
 
 
-def on_connection(url: str, fn: Callable[[Connection], T]) -> T:
-    """Run ``fn`` in one write transaction on ``url``, sync or async driver."""
-    if engines.parse_url(url).get_dialect().is_async:
+def on_connection(url: str, fn: Callable[[Connection], T], schema: str | None = None) -> T:
+    """Run ``fn`` in one write transaction on ``url``, sync or async driver,
+    with sqlsaver's tables in ``schema`` (`sqlsaver.schemas`)."""
+    parsed = engines.parse_url(url)
+    schemas.check_backend(schema, parsed.get_backend_name())
+
+    def in_schema(conn: Connection) -> T:
+        with schemas.on_connection(conn, schema):
+            return fn(conn)
+
+    if parsed.get_dialect().is_async:
 
         async def run() -> T:
             engine = engines.async_engine(url, None)
             try:
                 async with engine.begin() as conn:
-                    return await conn.run_sync(fn)
+                    return await conn.run_sync(in_schema)
             finally:
                 await engine.dispose()
 
@@ -57,7 +66,7 @@ def on_connection(url: str, fn: Callable[[Connection], T]) -> T:
     engine = engines.sync_engine(url, None)
     try:
         with engine.begin() as conn:
-            return fn(conn)
+            return in_schema(conn)
     finally:
         engine.dispose()
 
@@ -86,7 +95,7 @@ def _steps(start: str | None, target: str) -> int | None:
 
 def _migrate(args: argparse.Namespace, command: Callable[[Connection], None]) -> str | None:
     """Run an upgrade or downgrade ``command``, reporting each revision."""
-    start = on_connection(args.url, migrate.current)
+    start = on_connection(args.url, migrate.current, args.schema)
     handler = MigrationProgress(_steps(start, args.revision))
     # Alembic logs each revision it runs ("Running upgrade 0001 -> 0002"):
     # those records, and only those, go to the handler.
@@ -95,19 +104,20 @@ def _migrate(args: argparse.Namespace, command: Callable[[Connection], None]) ->
     alembic_log.propagate = False
     alembic_log.addHandler(handler)
     try:
-        on_connection(args.url, command)
+        on_connection(args.url, command, args.schema)
     finally:
         alembic_log.removeHandler(handler)
         alembic_log.propagate = True
         handler.progress.finish()
-    return on_connection(args.url, migrate.current)
+    return on_connection(args.url, migrate.current, args.schema)
 
 
 def upgrade(args: argparse.Namespace) -> int:
     if args.sql:  # offline: Alembic renders the DDL for the URL's dialect
         from alembic import command
 
-        command.upgrade(migrate.alembic_config(url=args.url), args.revision, sql=True)
+        config = migrate.alembic_config(url=args.url, schema=args.schema)
+        command.upgrade(config, args.revision, sql=True)
         return 0
     _cli_errors.require_sqlite_folder(engines.parse_url(args.url))
     revision = _migrate(args, lambda conn: migrate.upgrade(conn, args.revision))
@@ -124,7 +134,7 @@ def downgrade(args: argparse.Namespace) -> int:
 
 def current(args: argparse.Namespace) -> int:
     _cli_errors.require_sqlite_file(engines.parse_url(args.url))
-    revision = on_connection(args.url, migrate.current)
+    revision = on_connection(args.url, migrate.current, args.schema)
     print(f"{revision or 'none'} ({migrate.describe(revision)})")
     return 0
 
@@ -134,7 +144,7 @@ def check(args: argparse.Namespace) -> int:
     if path is not None and not path.exists():  # not set up; and left uncreated
         print(f"none (not set up: no SQLite database at {path})")
         return 1
-    revision = on_connection(args.url, migrate.current)
+    revision = on_connection(args.url, migrate.current, args.schema)
     print(f"{revision or 'none'} ({migrate.describe(revision)})")
     return 0 if revision == migrate.HEAD else 1
 
@@ -153,12 +163,12 @@ def sweep(args: argparse.Namespace) -> int:
         if url.get_dialect().is_async:
 
             async def run() -> int:
-                async with AsyncSQLSaver.from_url(args.url, ttl=ttl) as saver:
+                async with AsyncSQLSaver.from_url(args.url, ttl=ttl, schema=args.schema) as saver:
                     return await saver.asweep_ttl(limit, report)
 
             handled = asyncio.run(run())
         else:
-            with SQLSaver.from_url(args.url, ttl=ttl) as saver:
+            with SQLSaver.from_url(args.url, ttl=ttl, schema=args.schema) as saver:
                 handled = saver.sweep_ttl(limit, report)
     finally:
         report.finish()
@@ -183,6 +193,8 @@ def copy(args: argparse.Namespace) -> int:
             source_kind=args.source_kind,
             dry_run=args.dry_run,
             progress=bar,
+            source_schema=args.source_schema,
+            target_schema=args.target_schema,
         )
     finally:
         bar.finish()
@@ -208,6 +220,13 @@ def _positive(text: str) -> int:
             "every expired thread)"
         )
     return value
+
+
+def _schema_name(text: str) -> str:
+    try:
+        return str(schemas.check_name(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -240,6 +259,12 @@ def parser() -> argparse.ArgumentParser:
         )
         if url:
             made.add_argument("--url", required=True, help="SQLAlchemy database URL")
+            made.add_argument(
+                "--schema",
+                type=_schema_name,
+                help="the PostgreSQL schema or MySQL database sqlsaver's tables are in "
+                "(a saver's schema=; default: the URL's own)",
+            )
         return made
 
     run_demo = command(
@@ -321,6 +346,18 @@ def parser() -> argparse.ArgumentParser:
     )
     run_copy.add_argument("--from", dest="source", required=True, help="the source's URL")
     run_copy.add_argument("--to", dest="target", required=True, help="the target's URL")
+    run_copy.add_argument(
+        "--from-schema",
+        dest="source_schema",
+        type=_schema_name,
+        help="the schema the source's tables are in (default: the URL's own)",
+    )
+    run_copy.add_argument(
+        "--to-schema",
+        dest="target_schema",
+        type=_schema_name,
+        help="the schema to copy into, which must exist (default: the URL's own)",
+    )
     run_copy.add_argument(
         "--thread", action="append", help="a thread to copy (repeat it; default: every thread)"
     )

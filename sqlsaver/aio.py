@@ -27,7 +27,7 @@ from sqlalchemy import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import Unpack
 
-from sqlsaver import engines, migrate, ops
+from sqlsaver import engines, migrate, ops, schemas
 from sqlsaver.base import SaverBase, SaverOptions, Sweep, check_prune
 from sqlsaver.codec import Address
 from sqlsaver.execution.runner import AsyncRunner, AsyncTarget, sync_runner
@@ -78,10 +78,10 @@ class AsyncSQLSaver(SaverBase):
             bind: The AsyncEngine, AsyncConnection or AsyncSession to store
                 checkpoints through.
             **options: ``serde``, ``shallow``, ``ttl``, ``clock``,
-                ``check_schema`` (see `SaverOptions`).
+                ``check_schema``, ``schema`` (see `SaverOptions`).
         """
         super().__init__(**options)
-        self._runner = AsyncRunner.of(bind, self._check_schema)
+        self._runner = AsyncRunner.of(bind, self._check_schema, self.schema)
         self._owned_engine: AsyncEngine | None = None
         self._threaded_engine: Engine | None = None
         self._sweeper: tuple[asyncio.Task[None], asyncio.Event] | None = None
@@ -108,7 +108,7 @@ class AsyncSQLSaver(SaverBase):
                 ``mysql+asyncmy://user@host/db``.
             engine_kwargs: Extra `create_async_engine` arguments.
             **options: ``serde``, ``shallow``, ``ttl``, ``clock``,
-                ``check_schema`` (see `SaverOptions`).
+                ``check_schema``, ``schema`` (see `SaverOptions`).
 
         Example:
             ```python
@@ -126,6 +126,8 @@ class AsyncSQLSaver(SaverBase):
             ```
         """
         cls._checked_policies(options, from_url=True)  # before there is an engine to leave
+        if (schema := options.get("schema")) is not None:  # SQLite: before the engine too
+            schemas.check_backend(schema, engines.parse_url(url).get_backend_name())
         engine = engines.async_engine(url, engine_kwargs)
         saver = cls(engine, **options)
         saver._owned_engine = engine
@@ -133,7 +135,7 @@ class AsyncSQLSaver(SaverBase):
             # aiosqlite is a thread around sqlite3: run each operation whole
             # on sqlite3 in a worker thread instead (`AsyncRunner`).
             saver._threaded_engine = engines.sync_engine(threaded, engine_kwargs)
-            runner = sync_runner(saver._threaded_engine, saver._check_schema)
+            runner = sync_runner(saver._threaded_engine, saver._check_schema, saver.schema)
             runner.url = engine.url  # errors suggest the URL given, not sqlite://
             saver._runner = AsyncRunner(runner, in_thread=True)
         saver._runner.keep_connections(engines.pre_ping(engine_kwargs))

@@ -12,7 +12,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from typing_extensions import Unpack
 
-from sqlsaver import ops
+from sqlsaver import ops, schemas
 from sqlsaver.policies import TTL, Policies
 
 PRUNE_STRATEGIES = ("keep_latest", "delete")
@@ -46,6 +46,7 @@ class SaverOptions(TypedDict, total=False):
     ttl: TTL | Mapping[str, Any] | None
     clock: Callable[[], float] | None
     check_schema: bool
+    schema: str | None
 
 
 # The options' names, in the order the docs give them.
@@ -60,6 +61,7 @@ class SaverBase(BaseCheckpointSaver[str]):
         super().__init__(serde=options.get("serde"))
         self.policies = policies
         self._check_schema = options.get("check_schema", True)
+        self.schema: str | None = options.get("schema")
 
     @classmethod
     def _checked_policies(cls, options: Mapping[str, Any], from_url: bool = False) -> Policies:
@@ -103,6 +105,7 @@ class SaverBase(BaseCheckpointSaver[str]):
                 "ttl must be a dict of TTL settings ({'default_ttl': minutes, ...}) or a TTL, "
                 f"got {ttl!r}"
             )
+        schemas.check_name(options.get("schema"))
         return Policies(shallow=options.get("shallow", False), ttl=TTL.of(ttl), clock=clock)
 
     @property
@@ -176,8 +179,7 @@ class Sweep:
 def _with_close_match(name: str, from_url: bool) -> str:
     """An unknown option's name, with the option it is likely a typo of
     (``shalow``: ``shallow``; in `from_url`, ``engine_kwarg``:
-    ``engine_kwargs``). Not ``schema``: it is no typo of ``check_schema``,
-    and that option does something else."""
+    ``engine_kwargs``)."""
     names = (*OPTION_NAMES, "engine_kwargs") if from_url else OPTION_NAMES
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.7)
     return f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name)

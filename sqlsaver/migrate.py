@@ -18,6 +18,10 @@ print(sqlsaver.migrate.current(engine))  # "0004", or None when not set up
 print(sqlsaver.migrate.status(engine))  # "current" | "behind" | "ahead" | "missing"
 ```
 
+Each function takes ``schema=`` too, for tables kept in a PostgreSQL schema
+or MySQL database of their own (the savers' ``schema`` option): there, the
+version table is the schema's own, so each schema migrates on its own.
+
 With an async engine: ``await async_conn.run_sync(sqlsaver.migrate.upgrade)``.
 
 A migration that does not finish leaves no half-migrated schema behind.
@@ -43,17 +47,19 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from sqlalchemy import (
     Column,
     Connection,
+    Dialect,
     Engine,
     MetaData,
     PrimaryKeyConstraint,
     String,
     Table,
+    inspect,
     select,
 )
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from sqlsaver import dialects
+from sqlsaver import dialects, schemas
 from sqlsaver.execution import transactions
 
 T = TypeVar("T")
@@ -82,6 +88,11 @@ class SchemaTooNewError(SchemaError):
     """sqlsaver's tables were migrated by a newer sqlsaver than this one."""
 
 
+class SchemaMissingError(SchemaNotReadyError):
+    """The PostgreSQL schema or MySQL/MariaDB database given as ``schema=``
+    does not exist; the message names the SQL that creates it."""
+
+
 def migrations_dir() -> Path:
     """Where the Alembic environment of this installation lives: inside the
     installed package, or beside it in a source checkout."""
@@ -91,11 +102,15 @@ def migrations_dir() -> Path:
         return Path(__file__).resolve().parent.parent / "migrations"
 
 
-def alembic_config(connection: Connection | None = None, url: str | None = None) -> Any:
+def alembic_config(
+    connection: Connection | None = None, url: str | None = None, schema: str | None = None
+) -> Any:
     """An Alembic `Config` for sqlsaver's revisions.
 
     With ``connection`` the migrations run on it, inside its transaction;
-    otherwise on ``url`` (offline with ``--sql``).
+    otherwise on ``url`` (offline with ``--sql``). ``schema``: where the
+    tables are (see `sqlsaver.schemas`; a connection's own setting is
+    used where this is None).
     """
     from alembic.config import Config
 
@@ -104,6 +119,7 @@ def alembic_config(connection: Connection | None = None, url: str | None = None)
     if url is not None:
         config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     config.attributes["connection"] = connection
+    config.attributes["schema"] = schemas.check_name(schema)
     return config
 
 
@@ -134,22 +150,26 @@ def _status(revision: str | None) -> Status:
     return "behind" if revision in REVISIONS else "ahead"
 
 
-def _on(bind: Engine | Connection, fn: Callable[[Connection], T]) -> T:
+def _on(bind: Engine | Connection, fn: Callable[[Connection], T], schema: str | None) -> T:
+    schemas.check_name(schema)
+    schemas.check_backend(schema, bind.dialect.name)
     if isinstance(bind, Engine):
-        with bind.begin() as conn:
+        with schemas.engine_in(bind, schema).begin() as conn:
             return fn(conn)
-    return fn(bind)
+    with schemas.on_connection(bind, schema):
+        return fn(bind)
 
 
-def current(bind: Engine | Connection) -> str | None:
-    """The revision sqlsaver's tables are at, or None when not set up."""
-    return _on(bind, _current)
+def current(bind: Engine | Connection, schema: str | None = None) -> str | None:
+    """The revision sqlsaver's tables (in ``schema``) are at, or None when
+    not set up."""
+    return _on(bind, _current, schema)
 
 
-def status(bind: Engine | Connection) -> Status:
+def status(bind: Engine | Connection, schema: str | None = None) -> Status:
     """``"current"`` (at this sqlsaver's head), ``"behind"`` (upgrade),
     ``"ahead"`` (migrated by a newer sqlsaver) or ``"missing"``."""
-    return _status(current(bind))
+    return _status(current(bind, schema))
 
 
 def describe(revision: str | None) -> str:
@@ -175,14 +195,39 @@ def shown_url(url: URL) -> str:
     return rendered.replace(_PASSWORD_SLOT, "<password>")
 
 
-def upgrade_command(url: URL) -> str:
-    """The CLI command, in backticks, that brings ``url``'s tables to head,
-    to paste into a shell (the CLI takes sync and async URLs alike); a
-    template where the URL has a password, to put in for ``<password>``."""
-    command = f"`python -m sqlsaver upgrade --url {shlex.quote(shown_url(url))}`"
+def upgrade_command(url: URL, schema: str | None = None) -> str:
+    """The CLI command, in backticks, that brings ``url``'s tables (in
+    ``schema``) to head, to paste into a shell (the CLI takes sync and async
+    URLs alike); a template where the URL has a password, to put in for
+    ``<password>``."""
+    in_schema = f" --schema {schema}" if schema is not None else ""
+    command = f"`python -m sqlsaver upgrade --url {shlex.quote(shown_url(url))}{in_schema}`"
     if url.password is not None:
         command += " (with the password in place of <password>)"
     return command
+
+
+def create_schema_sql(dialect: Dialect, schema: str) -> str:
+    """The SQL that creates ``schema``, quoted as SQLAlchemy quotes it."""
+    quoted = dialect.identifier_preparer.quote_schema(schema)
+    if dialect.name == "postgresql":
+        return f"CREATE SCHEMA {quoted}"
+    return f"CREATE DATABASE {quoted} CHARACTER SET utf8mb4"
+
+
+def require_schema(conn: Connection) -> None:
+    """Raise `SchemaMissingError` if the connection's schema (`schemas.of`)
+    does not exist. sqlsaver does not create it: that takes privileges an
+    app's user rarely has, and a mistyped name would quietly start an
+    empty set of checkpoints."""
+    schema = schemas.of(conn)
+    if schema is None or inspect(conn).has_schema(schema):
+        return
+    create = create_schema_sql(conn.dialect, schema)
+    raise SchemaMissingError(
+        f"schema {schema!r} does not exist in {shown_url(conn.engine.url)}; sqlsaver does not "
+        f"create it. Create it once, as a user allowed to: {create}"
+    )
 
 
 def require_current(conn: Connection, url: URL | None = None) -> None:
@@ -196,8 +241,9 @@ def require_current(conn: Connection, url: URL | None = None) -> None:
     if state == "current":
         return
     url = url or conn.engine.url
-    where = shown_url(url)
-    command = upgrade_command(url)
+    schema = schemas.of(conn)
+    where = f"{shown_url(url)}{schemas.described(schema)}"
+    command = upgrade_command(url, schema)
     if state == "missing":
         raise SchemaNotReadyError(
             f"sqlsaver's tables do not exist in {where}. Create them with `saver.setup()` "
@@ -223,6 +269,7 @@ def _run_alembic(
 ) -> None:
     from alembic import command
 
+    require_schema(conn)
     with transactions.own_transaction(conn), dialects.migration_lock(conn):
         if _status(_current(conn, locking=True)) == "ahead":
             require_current(conn)  # raises SchemaTooNewError, not Alembic's riddle
@@ -241,9 +288,13 @@ def setup(conn: Connection) -> None:
 
     On MySQL/MariaDB a migration commits ``conn``'s transaction (its DDL
     would anyway), each revision's version row with it: see the module doc.
+
+    Tables kept in a schema of their own (the connection's, `schemas.of`)
+    need that schema to exist: `SchemaMissingError` says how to create it.
     """
     if _current(conn) == HEAD:
         return
+    require_schema(conn)
     with dialects.migration_lock(conn):
         revision = _current(conn, locking=True)
         if revision == HEAD:
@@ -255,14 +306,18 @@ def setup(conn: Connection) -> None:
         command.upgrade(alembic_config(conn), "head")
 
 
-def upgrade(bind: Engine | Connection, revision: str = "head") -> None:
-    """Upgrade sqlsaver's tables to ``revision`` (under the migration lock).
-    On MySQL/MariaDB this commits a Connection's transaction (see `setup`)."""
-    _on(bind, lambda conn: _run_alembic(conn, "upgrade", revision))
+def upgrade(bind: Engine | Connection, revision: str = "head", schema: str | None = None) -> None:
+    """Upgrade sqlsaver's tables (in ``schema``) to ``revision`` (under the
+    migration lock). On MySQL/MariaDB this commits a Connection's
+    transaction (see `setup`)."""
+    _on(bind, lambda conn: _run_alembic(conn, "upgrade", revision), schema)
 
 
 def downgrade(
-    bind: Engine | Connection, revision: str, serde: SerializerProtocol | None = None
+    bind: Engine | Connection,
+    revision: str,
+    serde: SerializerProtocol | None = None,
+    schema: str | None = None,
 ) -> None:
     """Downgrade sqlsaver's tables to ``revision`` (``"base"`` drops them).
 
@@ -270,7 +325,7 @@ def downgrade(
     versions move back inside them), with ``serde``: pass the saver's own
     (``saver.serde``) if it is not LangGraph's default, e.g. encrypted.
     """
-    _on(bind, lambda conn: _run_alembic(conn, "downgrade", revision, serde))
+    _on(bind, lambda conn: _run_alembic(conn, "downgrade", revision, serde), schema)
 
 
 # -- for the revision scripts: do only what is left to do ------------------------
@@ -285,16 +340,28 @@ def downgrade(
 
 def _exists(table: str, column: str | None, index: str | None) -> bool:
     from alembic import op
-    from sqlalchemy import inspect
 
     found = inspect(op.get_bind())  # a fresh one: no cached reflection
-    if not found.has_table(table):
+    where = schema()  # reflection takes no schema_translate_map: named here
+    if not found.has_table(table, schema=where):
         return False
     if column is not None:
-        return column in {c["name"] for c in found.get_columns(table)}
+        return column in {c["name"] for c in found.get_columns(table, schema=where)}
     if index is not None:
-        return index in {i["name"] for i in found.get_indexes(table)}
+        return index in {i["name"] for i in found.get_indexes(table, schema=where)}
     return True
+
+
+def schema() -> str | None:
+    """In a revision script: the schema sqlsaver's tables are in, for
+    every `op` call's ``schema=`` (None: the connection's default). Alembic
+    places its version table there too (``version_table_schema``); some of
+    its operations (``add_column``, batch ones) ignore a connection's
+    schema_translate_map, so the scripts name the schema themselves."""
+    from alembic import op
+
+    where: str | None = op.get_context().version_table_schema
+    return where
 
 
 def _offline() -> bool:
@@ -351,6 +418,7 @@ def create_version_table(conn: Connection) -> None:
         MetaData(),
         Column("version_num", String(32), nullable=False),
         PrimaryKeyConstraint("version_num"),
+        schema=schemas.of(conn),
     )
     table.create(conn, checkfirst=True)
 

@@ -21,10 +21,10 @@ from langgraph.checkpoint.base import (
 from sqlalchemy import URL, Engine
 from typing_extensions import Unpack
 
-from sqlsaver import migrate, ops
+from sqlsaver import migrate, ops, schemas
 from sqlsaver.base import SaverBase, SaverOptions, Sweep, check_prune
 from sqlsaver.codec import Address
-from sqlsaver.engines import pre_ping, sync_engine
+from sqlsaver.engines import parse_url, pre_ping, sync_engine
 from sqlsaver.execution.runner import SyncTarget, sync_runner
 
 logger = logging.getLogger(__name__)
@@ -63,10 +63,10 @@ class SQLSaver(SaverBase):
             bind: The Engine, Connection or Session to store checkpoints
                 through.
             **options: ``serde``, ``shallow``, ``ttl``, ``clock``,
-                ``check_schema`` (see `SaverOptions`).
+                ``check_schema``, ``schema`` (see `SaverOptions`).
         """
         super().__init__(**options)
-        self._runner = sync_runner(bind, self._check_schema)
+        self._runner = sync_runner(bind, self._check_schema, self.schema)
         self._owned_engine: Engine | None = None
         self._sweeper: tuple[threading.Thread, threading.Event] | None = None
 
@@ -87,7 +87,7 @@ class SQLSaver(SaverBase):
                 ``mysql+pymysql://user@host/db``.
             engine_kwargs: Extra `create_engine` arguments (pool size...).
             **options: ``serde``, ``shallow``, ``ttl``, ``clock``,
-                ``check_schema`` (see `SaverOptions`).
+                ``check_schema``, ``schema`` (see `SaverOptions`).
 
         Example:
             ```python
@@ -99,6 +99,8 @@ class SQLSaver(SaverBase):
             ```
         """
         cls._checked_policies(options, from_url=True)  # before there is an engine to leave
+        if (schema := options.get("schema")) is not None:  # SQLite: before the engine too
+            schemas.check_backend(schema, parse_url(url).get_backend_name())
         engine = sync_engine(url, engine_kwargs)
         saver = cls(engine, **options)
         saver._owned_engine = engine

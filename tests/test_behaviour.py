@@ -598,7 +598,7 @@ BAD_OPTIONS = {  # options, the error, what it says ({saver}: the class)
         {"shalow": True},
         TypeError,
         r"^{saver} got unknown option 'shalow' \(did you mean 'shallow'\?\); "
-        r"its options are serde, shallow, ttl, clock, check_schema"
+        r"its options are serde, shallow, ttl, clock, check_schema, schema"
         r"( \(create_engine's settings, such as pool_size, go in engine_kwargs=\{...\}\))?$",
     ),
     "engine-setting": (
@@ -607,9 +607,15 @@ BAD_OPTIONS = {  # options, the error, what it says ({saver}: the class)
         r"^{saver} got unknown option 'pool_size'; its options are serde, shallow, ",
     ),
     "not-an-option": (
-        {"schema": "x"},
+        {"search_path": "x"},
         TypeError,
-        r"^{saver} got unknown option 'schema'; its options are serde, shallow, ",
+        r"^{saver} got unknown option 'search_path'; its options are serde, shallow, ",
+    ),
+    "schema-not-str": ({"schema": 5}, TypeError, "^schema must be a schema name"),
+    "schema-not-identifier": (
+        {"schema": 'agents"; DROP TABLE x; --'},
+        ValueError,
+        "^schema must be a plain identifier",
     ),
     "several": (
         {"shallow": True, "ttl_minutes": 5, "chek_schema": False},

@@ -27,7 +27,7 @@ from helpers import require_server
 from sqlalchemy import make_url
 
 import sqlsaver
-from sqlsaver import base, migrate, models, policies
+from sqlsaver import base, migrate, models, policies, schemas
 from sqlsaver.__main__ import parser
 from sqlsaver.aio import AsyncSQLSaver
 from sqlsaver.saver import SQLSaver
@@ -44,7 +44,7 @@ SERVERS["mariadb"] = SERVERS["mysql"]
 
 # What the API reference (docs/reference/) renders the docstrings of.
 DOCUMENTED: list[ModuleType | type] = [sqlsaver, SQLSaver, AsyncSQLSaver, migrate, base, models]
-DOCUMENTED += [policies, transfer_copy]
+DOCUMENTED += [policies, schemas, transfer_copy]
 
 
 def fenced(text: str, language: str) -> list[tuple[int, str]]:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from sqlsaver.dialects import BINARY, JSON_OBJECT, LONG_TEXT, key_string
-from sqlsaver.migrate import missing, present, primary_key_name
+from sqlsaver.migrate import missing, present, primary_key_name, schema
 
 revision = "0001"
 down_revision = None
@@ -31,7 +31,9 @@ def upgrade() -> None:
     if missing("sqlsaver_checkpoints"):
         _create_checkpoints()
     if missing("sqlsaver_checkpoints", index="ix_sqlsaver_checkpoints_run_id"):
-        op.create_index("ix_sqlsaver_checkpoints_run_id", "sqlsaver_checkpoints", ["run_id"])
+        op.create_index(
+            "ix_sqlsaver_checkpoints_run_id", "sqlsaver_checkpoints", ["run_id"], schema=schema()
+        )
     if missing("sqlsaver_blobs"):
         _create_blobs()
     if missing("sqlsaver_writes"):
@@ -55,6 +57,7 @@ def _create_checkpoints() -> None:
             "checkpoint_id",
             name=primary_key_name("pk_sqlsaver_checkpoints"),
         ),
+        schema=schema(),
     )
 
 
@@ -71,6 +74,7 @@ def _create_blobs() -> None:
             "version",
             name=primary_key_name("pk_sqlsaver_blobs"),
         ),
+        schema=schema(),
     )
 
 
@@ -91,15 +95,18 @@ def _create_writes() -> None:
             "idx",
             name=primary_key_name("pk_sqlsaver_writes"),
         ),
+        schema=schema(),
     )
 
 
 def downgrade() -> None:
     if present("sqlsaver_writes"):
-        op.drop_table("sqlsaver_writes")
+        op.drop_table("sqlsaver_writes", schema=schema())
     if present("sqlsaver_blobs"):
-        op.drop_table("sqlsaver_blobs")
+        op.drop_table("sqlsaver_blobs", schema=schema())
     if present("sqlsaver_checkpoints", index="ix_sqlsaver_checkpoints_run_id"):
-        op.drop_index("ix_sqlsaver_checkpoints_run_id", table_name="sqlsaver_checkpoints")
+        op.drop_index(
+            "ix_sqlsaver_checkpoints_run_id", table_name="sqlsaver_checkpoints", schema=schema()
+        )
     if present("sqlsaver_checkpoints"):
-        op.drop_table("sqlsaver_checkpoints")
+        op.drop_table("sqlsaver_checkpoints", schema=schema())

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from alembic import op
 
-from sqlsaver.migrate import missing, present
+from sqlsaver.migrate import missing, present, schema
 
 revision = "0002"
 down_revision = "0001"
@@ -27,9 +27,9 @@ INDEX = "ix_sqlsaver_checkpoints_checkpoint_id"
 # Each step only if not done yet: see `sqlsaver.migrate.missing`.
 def upgrade() -> None:
     if missing("sqlsaver_checkpoints", index=INDEX):
-        op.create_index(INDEX, "sqlsaver_checkpoints", ["checkpoint_id"])
+        op.create_index(INDEX, "sqlsaver_checkpoints", ["checkpoint_id"], schema=schema())
 
 
 def downgrade() -> None:
     if present("sqlsaver_checkpoints", index=INDEX):
-        op.drop_index(INDEX, table_name="sqlsaver_checkpoints")
+        op.drop_index(INDEX, table_name="sqlsaver_checkpoints", schema=schema())

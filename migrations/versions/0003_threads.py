@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from sqlsaver.dialects import key_string
-from sqlsaver.migrate import missing, present, primary_key_name
+from sqlsaver.migrate import missing, present, primary_key_name, schema
 
 revision = "0003"
 down_revision = "0002"
@@ -31,7 +31,7 @@ def upgrade() -> None:
     if missing("sqlsaver_threads"):
         _create_threads()
     if missing("sqlsaver_threads", index=INDEX):
-        op.create_index(INDEX, "sqlsaver_threads", ["expires_at"])
+        op.create_index(INDEX, "sqlsaver_threads", ["expires_at"], schema=schema())
 
 
 def _create_threads() -> None:
@@ -42,11 +42,12 @@ def _create_threads() -> None:
         sa.Column("ttl_minutes", sa.Double(), nullable=True),
         sa.Column("updated_at", sa.Double(), nullable=False),
         sa.PrimaryKeyConstraint("thread_id", name=primary_key_name("pk_sqlsaver_threads")),
+        schema=schema(),
     )
 
 
 def downgrade() -> None:
     if present("sqlsaver_threads", index=INDEX):
-        op.drop_index(INDEX, table_name="sqlsaver_threads")
+        op.drop_index(INDEX, table_name="sqlsaver_threads", schema=schema())
     if present("sqlsaver_threads"):
-        op.drop_table("sqlsaver_threads")
+        op.drop_table("sqlsaver_threads", schema=schema())

@@ -28,7 +28,7 @@ from alembic import context, op
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from sqlsaver.dialects import BINARY, JSON_OBJECT, key_string
-from sqlsaver.migrate import missing, present
+from sqlsaver.migrate import missing, present, schema
 
 revision = "0004"
 down_revision = "0003"
@@ -65,7 +65,9 @@ blobs = sa.Table(
 def upgrade() -> None:
     if missing("sqlsaver_checkpoints", column="channel_versions"):
         op.add_column(
-            "sqlsaver_checkpoints", sa.Column("channel_versions", JSON_OBJECT, nullable=True)
+            "sqlsaver_checkpoints",
+            sa.Column("channel_versions", JSON_OBJECT, nullable=True),
+            schema=schema(),
         )
 
 
@@ -144,5 +146,5 @@ def downgrade() -> None:
     if not present("sqlsaver_checkpoints", column="channel_versions"):
         return  # dropped by a downgrade interrupted before its version row
     _versions_back_into_checkpoints()
-    with op.batch_alter_table("sqlsaver_checkpoints") as batch:
+    with op.batch_alter_table("sqlsaver_checkpoints", schema=schema()) as batch:
         batch.drop_column("channel_versions")

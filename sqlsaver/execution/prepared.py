@@ -68,9 +68,21 @@ class Prepared:
         "_watched",
     )
 
-    def __init__(self, stmt: ClauseElement, dialect: Dialect, native: bool = True) -> None:
+    def __init__(
+        self,
+        stmt: ClauseElement,
+        dialect: Dialect,
+        native: bool = True,
+        schema: str | None = None,
+    ) -> None:
         raw = native_placeholders(dialect) if native else None
-        compiled = cast(SQLCompiler, stmt.compile(dialect=raw or dialect))
+        # For sqlsaver's tables in `schema` (`sqlsaver.schemas`): rendered
+        # into the SQL, as `Connection.execute` renders a connection's
+        # schema_translate_map; callers cache a statement per schema.
+        in_schema: dict[str, Any] = {}
+        if schema is not None:
+            in_schema = {"schema_translate_map": {None: schema}, "render_schema_translate": True}
+        compiled = cast(SQLCompiler, stmt.compile(dialect=raw or dialect, **in_schema))
         self.sql = compiled.string
         # How a cursor is had for it, and the statement as the dialect's
         # own cursor takes it, where that differs (a watched connection
@@ -78,7 +90,7 @@ class Prepared:
         self._cursor: Callable[[PoolProxiedConnection], Any] = _plain_cursor
         if raw:
             self._cursor = awaited_raw_cursor if dialect.is_async else raw_cursor
-        self._watched = Prepared(stmt, dialect, native=False) if raw else self
+        self._watched = Prepared(stmt, dialect, native=False, schema=schema) if raw else self
         self.statements = 1
         names = {bp: compiled.bind_names[bp] for bp in compiled.binds.values()}
         self._positional = compiled.positional

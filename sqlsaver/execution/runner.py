@@ -24,6 +24,11 @@ An operation is a function ``op(connection, *args)`` of `sqlsaver.ops`.
 The first operation checks, once, that sqlsaver's tables are at the
 revision this sqlsaver needs (`migrate.require_current`).
 
+A saver with a ``schema`` runs every operation on a connection that places
+sqlsaver's tables there (`schemas`): an engine of its own sharing the
+given one's pool, or the caller's connection with the option set for the
+length of the operation.
+
 **Async** is the same code: `AsyncRunner` runs `Runner.run` in a greenlet
 (SQLAlchemy's bridge, as `AsyncConnection.run_sync` does), on the sync
 Engine, Connection or Session under the async one, where the async driver
@@ -49,7 +54,7 @@ from sqlalchemy.exc import DBAPIError, UnboundExecutionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
-from sqlsaver import dialects, migrate
+from sqlsaver import dialects, migrate, schemas
 from sqlsaver.execution import transactions
 from sqlsaver.execution.kept import KeptConnections, keeps_connections
 from sqlsaver.execution.plan import Sized, plan
@@ -101,15 +106,15 @@ def _backoff(attempt: int) -> float:
     return random.uniform(0, 0.01 * 2**attempt)
 
 
-def _not_ready(error: DBAPIError, url: URL | None) -> SchemaNotReadyError:
-    command = (
-        migrate.upgrade_command(url)
-        if url is not None
-        else "`python -m sqlsaver upgrade --url '<database url>'`"
-    )
+def _not_ready(error: DBAPIError, url: URL | None, schema: str | None) -> SchemaNotReadyError:
+    if url is not None:
+        command = migrate.upgrade_command(url, schema)
+    else:
+        in_schema = f" --schema {schema}" if schema else ""
+        command = f"`python -m sqlsaver upgrade --url '<database url>'{in_schema}`"
     return SchemaNotReadyError(
-        "sqlsaver's tables do not exist in this database. Create them once with "
-        "`saver.setup()` (`await saver.setup()` for AsyncSQLSaver), or in "
+        f"sqlsaver's tables{schemas.described(schema)} do not exist in this database. Create "
+        "them once with `saver.setup()` (`await saver.setup()` for AsyncSQLSaver), or in "
         f"deployment with: {command}. (database said: {error.orig})"
     )
 
@@ -177,13 +182,20 @@ class Runner:
         dialect: Any,
         check_schema: bool = True,
         waits: Waits | None = None,
+        schema: str | None = None,
     ) -> None:
+        schemas.check_backend(schema, dialect.name)
         self.dialect = dialect
+        # Where sqlsaver's tables are: set on each connection an operation
+        # runs on, where everything reads it from (`schemas`).
+        self.schema = schema
         # Apps whose own migrations manage sqlsaver's tables opt out.
         self.schema_checked = not check_schema
         self._waits = waits = waits or Waits(on_loop=False)
         self._kept: KeptConnections | None = None
-        self.engine: Engine | None = target if isinstance(target, Engine) else None
+        self.engine: Engine | None = (
+            schemas.engine_in(target, schema) if isinstance(target, Engine) else None
+        )
         # The database's URL as the saver was given it, for the commands
         # that errors suggest (see `AsyncSQLSaver.from_url` on aiosqlite).
         self.url: URL | None = self.engine.url if self.engine is not None else None
@@ -253,7 +265,8 @@ class Runner:
                 with self._lock:
                     conn = self._caller()
                     try:
-                        return self._invoke(conn, mode, op, args, kwargs)
+                        with schemas.on_connection(conn, self.schema):
+                            return self._invoke(conn, mode, op, args, kwargs)
                     except DBAPIError as error:
                         _invalidate_if_lost(conn, error)
                         raise
@@ -272,7 +285,7 @@ class Runner:
                 attempt += 1
         except DBAPIError as error:
             if dialects.is_missing_table(error):
-                raise _not_ready(error, self.url) from error
+                raise _not_ready(error, self.url, self.schema) from error
             if dialects.is_prepared_statement_error(error):
                 error.add_detail(POOLER_HINT)
             raise
@@ -327,7 +340,9 @@ class AsyncRunner:
         self._hop: Callable[..., Any] = asyncio.to_thread if in_thread else greenlet_spawn
 
     @classmethod
-    def of(cls, target: AsyncTarget, check_schema: bool = True) -> AsyncRunner:
+    def of(
+        cls, target: AsyncTarget, check_schema: bool = True, schema: str | None = None
+    ) -> AsyncRunner:
         """The runner of an AsyncEngine, AsyncConnection or AsyncSession."""
         if not isinstance(target, (AsyncEngine, AsyncConnection, AsyncSession)):
             raise TypeError(
@@ -336,11 +351,10 @@ class AsyncRunner:
             )
         waits = Waits(on_loop=True)
         if isinstance(target, AsyncEngine):
-            return cls(Runner(target.sync_engine, target.dialect, check_schema, waits))
+            return cls(Runner(target.sync_engine, target.dialect, check_schema, waits, schema))
         if isinstance(target, AsyncConnection):
-            return cls(
-                Runner(functools.partial(_started, target), target.dialect, check_schema, waits)
-            )
+            started = functools.partial(_started, target)
+            return cls(Runner(started, target.dialect, check_schema, waits, schema))
         # `get_bind()`, not `.bind`: SQLAlchemy 2.0 sets that attribute only
         # on a session given a bind, 2.1 always.
         try:
@@ -349,7 +363,7 @@ class AsyncRunner:
             raise TypeError(
                 "AsyncSQLSaver needs an AsyncSession bound to an AsyncEngine (AsyncSession(engine))"
             ) from None
-        return cls(Runner(target.sync_session.connection, dialect, check_schema, waits))
+        return cls(Runner(target.sync_session.connection, dialect, check_schema, waits, schema))
 
     def keep_connections(self, pre_ping: bool = False) -> None:
         """See `Runner.keep_connections`."""
@@ -395,7 +409,7 @@ def _started(conn: AsyncConnection) -> Connection:
     return conn.sync_connection
 
 
-def sync_runner(target: SyncTarget, check_schema: bool = True) -> Runner:
+def sync_runner(target: SyncTarget, check_schema: bool = True, schema: str | None = None) -> Runner:
     """The runner of a sync Engine, Connection or Session."""
     if not isinstance(target, (Engine, Connection, Session)):
         raise TypeError(
@@ -403,4 +417,4 @@ def sync_runner(target: SyncTarget, check_schema: bool = True) -> Runner:
             f"(for async ones use AsyncSQLSaver), got {type(target).__name__}"
         )
     dialect = target.get_bind().dialect if isinstance(target, Session) else target.dialect
-    return Runner(target, dialect, check_schema)
+    return Runner(target, dialect, check_schema, schema=schema)

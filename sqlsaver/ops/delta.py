@@ -21,7 +21,7 @@ from sqlalchemy import (
     union_all,
 )
 
-from sqlsaver import codec
+from sqlsaver import codec, schemas
 from sqlsaver.codec import Address
 from sqlsaver.execution.prepared import Prepared, padded, slots
 from sqlsaver.models import blobs as B
@@ -112,7 +112,9 @@ def _chain_of_keys(size: int) -> Any:
 
 
 @cache
-def _walk_statement(dialect: Dialect, size: int, stored_of: int, keyed: bool) -> Prepared:
+def _walk_statement(
+    dialect: Dialect, schema: str | None, size: int, stored_of: int, keyed: bool
+) -> Prepared:
     """A page of a parent-chain walk: up to ``size`` checkpoints of a
     namespace (`_WALKED_COLUMNS`), newest first in the database's order of
     ids. Those from ``start_id`` down (one range of the primary key, read
@@ -137,7 +139,7 @@ def _walk_statement(dialect: Dialect, size: int, stored_of: int, keyed: bool) ->
         )
     page = page.order_by(newest_first)
     if not stored_of:
-        return Prepared(page, dialect)
+        return Prepared(page, dialect, schema=schema)
     # A subquery: SQLite takes no ORDER BY or LIMIT in a part of a UNION.
     walked = page.with_only_columns(*_WALK_ROWS.columns(named(_WALKED_COLUMNS))).subquery("page")
     stored = _WALK_ROWS.branch(named(_STORED_COLUMNS, "stored_")).where(
@@ -146,7 +148,8 @@ def _walk_statement(dialect: Dialect, size: int, stored_of: int, keyed: bool) ->
         B.c.channel.in_(slots("channel", stored_of, B.c.channel.type)),
     )
     both: CompoundSelect[Any] = union_all(select(walked), stored)
-    return Prepared(both.order_by(literal_column("checkpoint_id").desc()), dialect)
+    newest: Any = literal_column("checkpoint_id").desc()
+    return Prepared(both.order_by(newest), dialect, schema=schema)
 
 
 @dataclass
@@ -170,7 +173,7 @@ def _walk_page(
     """One `_walk_statement`, from ``start_id``."""
     params = {"thread_id": at.thread_id, "checkpoint_ns": at.checkpoint_ns, "start_id": start_id}
     count, channel_params = padded("channel", stored_of) if stored_of else (0, {})
-    stmt = _walk_statement(conn.dialect, size, count, keyed)
+    stmt = _walk_statement(conn.dialect, schemas.of(conn), size, count, keyed)
     rows = stmt.rows(conn, {**params, **channel_params})
     walked = {r.checkpoint_id: r for r in rows if r.checkpoint_id is not None}
     stored = {(r.stored_channel, r.stored_version) for r in rows if r.checkpoint_id is None}

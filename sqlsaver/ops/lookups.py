@@ -28,7 +28,7 @@ from sqlalchemy import (
     union_all,
 )
 
-from sqlsaver import codec
+from sqlsaver import codec, schemas
 from sqlsaver.codec import Address
 from sqlsaver.execution import transactions
 from sqlsaver.execution.prepared import Prepared, execute, padded, slots
@@ -117,7 +117,11 @@ write_of = operator.attrgetter(*(c.name for c in WRITE_COLUMNS))
 
 @cache
 def _in_namespace(
-    dialect: Dialect, table: Table, columns: tuple[str, ...], lists: tuple[tuple[str, int], ...]
+    dialect: Dialect,
+    schema: str | None,
+    table: Table,
+    columns: tuple[str, ...],
+    lists: tuple[tuple[str, int], ...],
 ) -> Prepared:
     """SELECT ``columns`` of ``table``'s rows in one namespace whose columns
     named in ``lists`` are among that many `slots` (fill them with `padded`)."""
@@ -128,6 +132,7 @@ def _in_namespace(
             *(table.c[name].in_(slots(name, count, table.c[name].type)) for name, count in lists),
         ),
         dialect,
+        schema=schema,
     )
 
 
@@ -151,6 +156,7 @@ def _load_blobs(
             # than a row-value IN); the exact pairs are picked here.
             found = _in_namespace(
                 conn.dialect,
+                schemas.of(conn),
                 B,
                 ("channel", "version", "type", "blob"),
                 (("channel", channels), ("version", versions)),
@@ -190,7 +196,9 @@ def _load_writes(
     for chunk in _chunks(ids):
         id_count, id_params = padded("checkpoint_id", chunk)
         params.update(id_params)
-        stmt = _in_namespace(conn.dialect, W, _WRITES_BY_ID, (("checkpoint_id", id_count), *lists))
+        stmt = _in_namespace(
+            conn.dialect, schemas.of(conn), W, _WRITES_BY_ID, (("checkpoint_id", id_count), *lists)
+        )
         for r in stmt.rows(conn, params):
             rows[r.checkpoint_id].append(write_of(r))
     return {key: codec.pending_writes(serde, group) for key, group in rows.items()}
@@ -219,6 +227,7 @@ _VALUE = WRITES_AND_VALUES.getter("channel", "version", "type", "blob")
 @cache
 def _writes_and_values_statement(
     dialect: Dialect,
+    schema: str | None,
     id_count: int,
     channel_count: int,
     version_count: int,
@@ -274,7 +283,7 @@ def _writes_and_values_statement(
             *in_namespace(C), of_checkpoints(C.c.checkpoint_id)
         )
         parts.append(stored)
-    return Prepared(union_all(*parts) if len(parts) > 1 else writes, dialect)
+    return Prepared(union_all(*parts) if len(parts) > 1 else writes, dialect, schema=schema)
 
 
 class WritesAndValues(NamedTuple):
@@ -335,6 +344,7 @@ def _writes_and_values_in(
     params.update(thread_id=at.thread_id, checkpoint_ns=at.checkpoint_ns)
     stmt = _writes_and_values_statement(
         conn.dialect,
+        schemas.of(conn),
         id_count,
         channel_count,
         version_count,
@@ -362,19 +372,20 @@ def _writes_and_values_in(
 
 
 @cache
-def _latest_id_statement(dialect: Dialect) -> Prepared:
+def _latest_id_statement(dialect: Dialect, schema: str | None) -> Prepared:
     return Prepared(
         select(func.max(C.c.checkpoint_id).label("checkpoint_id")).where(
             C.c.thread_id == bindparam("thread_id"),
             C.c.checkpoint_ns == bindparam("checkpoint_ns"),
         ),
         dialect,
+        schema=schema,
     )
 
 
 def _latest_id(conn: Connection, at: Address) -> str | None:
     params = {"thread_id": at.thread_id, "checkpoint_ns": at.checkpoint_ns}
-    rows = _latest_id_statement(conn.dialect).rows(conn, params)
+    rows = _latest_id_statement(conn.dialect, schemas.of(conn)).rows(conn, params)
     return rows[0].checkpoint_id if rows else None
 
 

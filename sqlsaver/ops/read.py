@@ -25,7 +25,7 @@ from sqlalchemy import (
     union_all,
 )
 
-from sqlsaver import codec, dialects, policies
+from sqlsaver import codec, dialects, policies, schemas
 from sqlsaver.codec import Address
 from sqlsaver.execution.prepared import Prepared
 from sqlsaver.models import blobs as B
@@ -261,7 +261,9 @@ def _found(dialect: Dialect, serde: SerializerProtocol, rows: Sequence[Row]) -> 
 
 
 @cache
-def _checkpoint_with_writes(dialect: Dialect, by_id: bool, visibility: Visibility) -> Prepared:
+def _checkpoint_with_writes(
+    dialect: Dialect, schema: str | None, by_id: bool, visibility: Visibility
+) -> Prepared:
     """One checkpoint (by id, or the latest), with what its tuple needs."""
     chosen = select(*CHECKPOINT_COLUMNS).where(
         C.c.thread_id == bindparam("thread_id"), C.c.checkpoint_ns == bindparam("checkpoint_ns")
@@ -272,7 +274,7 @@ def _checkpoint_with_writes(dialect: Dialect, by_id: bool, visibility: Visibilit
         chosen = chosen.order_by(C.c.checkpoint_id.desc()).limit(1)
     if (shown := policies.visible(visibility, dialect)) is not None:
         chosen = chosen.where(shown)
-    return Prepared(_tuples_statement(dialect, chosen), dialect)
+    return Prepared(_tuples_statement(dialect, chosen), dialect, schema=schema)
 
 
 def _read_tuples(
@@ -301,7 +303,9 @@ def get_tuple(conn: Connection, opts: Options, config: RunnableConfig) -> Checkp
     """The checkpoint `config` names, or the latest of its thread/namespace:
     one statement on PostgreSQL, two elsewhere (see `_tuples_statement`)."""
     at = Address.of(config)
-    stmt = _checkpoint_with_writes(conn.dialect, bool(at.checkpoint_id), opts.policies.visibility)
+    stmt = _checkpoint_with_writes(
+        conn.dialect, schemas.of(conn), bool(at.checkpoint_id), opts.policies.visibility
+    )
     params: dict[str, Any] = {"thread_id": at.thread_id, "checkpoint_ns": at.checkpoint_ns}
     params.update(opts.policies.params())
     if at.checkpoint_id:
@@ -355,6 +359,7 @@ class ListQuery:
 @cache
 def _list_statement(
     dialect: Dialect,
+    schema: str | None,
     pinned: tuple[bool, bool, bool],
     before: bool,
     after: bool,
@@ -388,7 +393,7 @@ def _list_statement(
         .order_by(*(c.desc() for c in order))
         .limit(bindparam("page_size", type_=Integer))
     )
-    return Prepared(_tuples_statement(dialect, chosen, order), dialect)
+    return Prepared(_tuples_statement(dialect, chosen, order), dialect, schema=schema)
 
 
 def _page_order(pinned: tuple[bool, bool, bool]) -> list[Any]:
@@ -431,6 +436,7 @@ def list_page(
     params["page_size"] = size
     stmt = _list_statement(
         conn.dialect,
+        schemas.of(conn),
         pinned,
         query.before_id is not None,
         query.after is not None,

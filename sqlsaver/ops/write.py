@@ -13,7 +13,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
 from sqlalchemy import Connection, Dialect, Insert, Table, bindparam
 
-from sqlsaver import codec, dialects, policies
+from sqlsaver import codec, dialects, policies, schemas
 from sqlsaver.codec import Address
 from sqlsaver.execution import limits, transactions
 from sqlsaver.execution.plan import Plan
@@ -51,9 +51,11 @@ def _insert_statement(dialect: Dialect, table: Table, updated: tuple[str, ...] |
 
 
 @cache
-def _insert(dialect: Dialect, table: Table, updated: tuple[str, ...] | None = None) -> Prepared:
+def _insert(
+    dialect: Dialect, schema: str | None, table: Table, updated: tuple[str, ...] | None = None
+) -> Prepared:
     """`_insert_statement` of whole rows, one row per parameter set."""
-    return Prepared(_insert_statement(dialect, table, updated), dialect)
+    return Prepared(_insert_statement(dialect, table, updated), dialect, schema=schema)
 
 
 Shape = tuple[tuple[Table, tuple[str, ...] | None, int], ...]
@@ -105,19 +107,19 @@ def _inserts(dialect: Dialect, shape: Shape) -> list[Insert]:
 
 
 @lru_cache(maxsize=256)  # a shape per row count: bounded
-def _chained_insert(dialect: Dialect, shape: Shape) -> Prepared:
+def _chained_insert(dialect: Dialect, schema: str | None, shape: Shape) -> Prepared:
     """The `_inserts` of `shape` as one statement (`dialects.chain` for
     more than one)."""
     inserts = _inserts(dialect, shape)
     statement = inserts[0] if len(inserts) == 1 else dialects.chain(dialect, inserts)
-    return Prepared(statement, dialect)
+    return Prepared(statement, dialect, schema=schema)
 
 
 @lru_cache(maxsize=256)
-def _insert_script(dialect: Dialect, shape: Shape) -> Prepared:
+def _insert_script(dialect: Dialect, schema: str | None, shape: Shape) -> Prepared:
     """The `_inserts` of `shape` between BEGIN and COMMIT, as one script
     (`transactions.runs_scripts`)."""
-    inserts = [Prepared(insert, dialect) for insert in _inserts(dialect, shape)]
+    inserts = [Prepared(insert, dialect, schema=schema) for insert in _inserts(dialect, shape)]
     control = transactions.control
     return Prepared.script([control(dialect, "BEGIN"), *inserts, control(dialect, "COMMIT")])
 
@@ -195,18 +197,18 @@ def store(conn: Connection, plan: Plan, rows: Rows, opts: Options) -> None:
     `sqlsaver.execution.plan`), with what the policies ask for (shallow
     mode's prune, TTL's expiry). On MySQL, a row larger than the server
     takes is refused before any is sent (`limits.refuse_oversized`)."""
-    dialect = conn.dialect
+    dialect, schema = conn.dialect, schemas.of(conn)
     if rows.size >= limits.PACKET_CHECKED_FROM and dialects.limits_statements(dialect):
         for table, updated, batch in rows.batches:
-            sql = _insert(dialect, table, updated).sql
+            sql = _insert(dialect, schema, table, updated).sql
             limits.refuse_oversized(conn, table.name, sql, batch)
     if plan.form == "each":
         _insert_each(conn, rows)
     elif plan.form == "chain":
-        _chained_insert(dialect, rows.shape).run(conn, _row_params(rows))
+        _chained_insert(dialect, schema, rows.shape).run(conn, _row_params(rows))
     elif transactions.runs_scripts(conn):
         try:
-            _insert_script(dialect, rows.shape).run(conn, _row_params(rows))
+            _insert_script(dialect, schema, rows.shape).run(conn, _row_params(rows))
         except BaseException:
             # A script stops at the statement that fails: its BEGIN ran,
             # its COMMIT did not.
@@ -239,7 +241,7 @@ def insert_copied(conn: Connection, page: Sequence[tuple[Table, list[dict[str, A
     for table, rows in page:
         if not rows:
             continue
-        insert = _insert(dialect, table)
+        insert = _insert(dialect, schemas.of(conn), table)
         if dialects.limits_statements(dialect):
             limits.refuse_oversized(conn, table.name, insert.sql, rows)
         insert.run_many(conn, rows)
@@ -248,4 +250,4 @@ def insert_copied(conn: Connection, page: Sequence[tuple[Table, list[dict[str, A
 def _insert_each(conn: Connection, rows: Rows) -> None:
     """Each insert's rows as one driver call."""
     for table, updated, batch in rows.batches:
-        _insert(conn.dialect, table, updated).run_many(conn, batch)
+        _insert(conn.dialect, schemas.of(conn), table, updated).run_many(conn, batch)

@@ -27,7 +27,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from sqlalchemy import URL, Connection, Engine, create_engine, func, select
 from sqlalchemy.exc import DBAPIError
 
-from sqlsaver import dialects, engines, migrate
+from sqlsaver import dialects, engines, migrate, schemas
 from sqlsaver.execution.runner import sync_runner
 from sqlsaver.migrate import SchemaError
 from sqlsaver.models import MYSQL_KEY_BYTES, checkpoints, writes
@@ -99,6 +99,8 @@ def copy_threads(
     dry_run: bool = False,
     page_size: int = 500,
     progress: Callable[[CopyReport], None] | None = None,
+    source_schema: str | None = None,
+    target_schema: str | None = None,
 ) -> CopyReport:
     """Copy threads (every one, or ``thread_ids``) from ``source`` into the
     sqlsaver database ``target``: every namespace, checkpoint (same ids,
@@ -112,7 +114,9 @@ def copy_threads(
     sync or an async driver) or Engines. ``serde`` is the serializer the
     source was written with (default: LangGraph's); values are copied as
     its bytes wherever the source keeps them apart, so open the target's
-    savers with the same one.
+    savers with the same one. ``source_schema`` and ``target_schema``: the
+    PostgreSQL schema or MySQL database each side's tables are in (the
+    savers' ``schema=``; the target's must exist).
 
     Runs again safely after a crash or Ctrl-C: it goes on where it
     stopped, and never stores a row twice (see the module's doc). Raises
@@ -134,10 +138,13 @@ def copy_threads(
     if page_size < 1:
         raise ValueError(f"page_size is a number of rows, 1 or more, not {page_size}")
     serde = serde or JsonPlusSerializer()
+    schemas.check_name(source_schema)
+    schemas.check_name(target_schema)
     started = time.monotonic()
     with ExitStack() as stack:
         source_engine = stack.enter_context(_engine(source, create=False))
         assert source_engine is not None
+        source_engine = _in_schema(source_engine, source_schema)
         # Only reads, each its own: no transaction stays open on the source.
         reading = source_engine.execution_options(isolation_level="AUTOCOMMIT")
         sconn = stack.enter_context(reading.connect())
@@ -155,6 +162,8 @@ def copy_threads(
         target_engine = stack.enter_context(
             _engine(target, create=True, touch=not dry_run, writes=not dry_run)
         )
+        if target_engine is not None:
+            target_engine = _in_schema(target_engine, target_schema)
         copier = None
         if not dry_run:
             assert target_engine is not None
@@ -320,11 +329,18 @@ def _engine(
         engine.dispose()
 
 
+def _in_schema(engine: Engine, schema: str | None) -> Engine:
+    """``engine`` with its tables in ``schema`` (`sqlsaver.schemas`): every
+    reader, saver and insert of a copy takes it from the connection."""
+    schemas.check_backend(schema, engine.dialect.name)
+    return schemas.engine_in(engine, schema)
+
+
 def _target_counts(engine: Engine | None, thread_id: str) -> tuple[int, int]:
     if engine is None:
         return 0, 0
     with engine.connect() as conn:
-        if not conn.dialect.has_table(conn, checkpoints.name):
+        if not conn.dialect.has_table(conn, checkpoints.name, schemas.of(conn)):
             return 0, 0
         return count_rows(conn, checkpoints, writes, thread_id)
 

@@ -35,7 +35,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from sqlalchemy import Connection, Table, column, func, inspect, select, table, tuple_
 
-from sqlsaver import codec
+from sqlsaver import codec, schemas
 from sqlsaver.models import blobs as B
 from sqlsaver.models import checkpoints as C
 from sqlsaver.models import threads as T
@@ -87,7 +87,7 @@ SQLITE_WRITES = _official("writes", *_WRITE_COLUMNS, "channel", "type", "value")
 
 def detect(conn: Connection) -> Kind:
     """The kind of checkpoints ``conn``'s database holds."""
-    names = set(inspect(conn).get_table_names())
+    names = set(inspect(conn).get_table_names(schema=schemas.of(conn)))
     found: list[Kind] = []
     if C.name in names:
         found.append("sqlsaver")
@@ -118,16 +118,16 @@ def official_writes(conn: Connection, kind: Kind) -> Any:
     column, and their writes are copied with an empty one. The deprecated
     ShallowPostgresSaver's tables (blobs with no version) are refused."""
     table = SQLITE_WRITES if kind == "sqlite" else OFFICIAL_WRITES
-    found = inspect(conn)
+    found, schema = inspect(conn), schemas.of(conn)
     if kind != "sqlite":
-        blob_columns = {c["name"] for c in found.get_columns(OFFICIAL_BLOBS.name)}
+        blob_columns = {c["name"] for c in found.get_columns(OFFICIAL_BLOBS.name, schema)}
         if "version" not in blob_columns:
             raise UnknownSourceError(
                 "checkpoint_blobs has no version column: these are the tables of the "
                 "deprecated ShallowPostgresSaver (or ShallowMySQLSaver), which keep only "
                 "the latest checkpoint and which copy does not read"
             )
-    if "task_path" in {c["name"] for c in found.get_columns(table.name)}:
+    if "task_path" in {c["name"] for c in found.get_columns(table.name, schema)}:
         return table
     return _official(table.name, *(c.name for c in table.columns if c.name != "task_path"))
 
