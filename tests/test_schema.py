@@ -107,10 +107,14 @@ class Place:
             )
 
 
+# The tests that need a place take the servers only: SQLite takes no schema
+# (test_sqlite_refuses_a_schema).
+servers = pytest.mark.parametrize("backend", ["postgres", "mysql"], indirect=True)
+
+
 @pytest.fixture
 def place(backend: Backend) -> Iterator[Place]:
-    if backend.name == "sqlite":
-        pytest.skip("SQLite takes no schema: see test_sqlite_refuses_a_schema")
+    assert backend.name != "sqlite", "mark the test @servers"
     with ExitStack() as stack:
         yield Place(backend, stack)
 
@@ -173,6 +177,7 @@ async def async_savers(stack: AsyncExitStack, place: Place, bind: str) -> dict[s
 # -- 1: two apps, one database -------------------------------------------------
 
 
+@servers
 @pytest.mark.parametrize("bind", BINDS)
 async def test_two_apps_keep_separate_checkpoints(place: Place, aio: bool, bind: str) -> None:
     if aio:
@@ -199,6 +204,7 @@ async def test_two_apps_keep_separate_checkpoints(place: Place, aio: bool, bind:
     assert place.version(place.names[A]) == place.version(place.names[B]) == [migrate.HEAD]
 
 
+@servers
 async def test_from_url_savers_in_one_process_share_no_statement(place: Place) -> None:
     """Two from_url savers of different schemas (two engines), and a third
     on the default schema, interleaved: the statements each compiled stay
@@ -220,6 +226,7 @@ async def test_from_url_savers_in_one_process_share_no_statement(place: Place) -
 # -- 2: each schema migrates on its own ---------------------------------------
 
 
+@servers
 def test_schemas_migrate_independently(place: Place) -> None:
     a, b = place.names[A], place.names[B]
     engine = create_engine(place.sync_url, poolclass=NullPool)
@@ -260,6 +267,7 @@ def test_schemas_migrate_independently(place: Place) -> None:
 # -- 3: the default -------------------------------------------------------------
 
 
+@servers
 async def test_default_lands_where_it_did(place: Place, aio: bool) -> None:
     if aio:
         async with AsyncSQLSaver.from_url(place.async_url) as saver:
@@ -323,6 +331,7 @@ def test_sqlite_refuses_a_schema(tmp_path: Any) -> None:
     assert done.returncode == 2 and "SQLite has no schemas" in done.stderr
 
 
+@servers
 async def test_a_missing_schema_is_not_created(place: Place, aio: bool) -> None:
     missing = f"nowhere_{uuid.uuid4().hex[:8]}"
     create = "CREATE SCHEMA" if place.backend == "postgres" else "CREATE DATABASE"
@@ -338,6 +347,7 @@ async def test_a_missing_schema_is_not_created(place: Place, aio: bool) -> None:
         assert missing not in set(names.scalars())
 
 
+@servers
 def test_a_callers_connection_gets_its_options_back(place: Place) -> None:
     engine = create_engine(place.sync_url, poolclass=NullPool)
     try:
@@ -355,6 +365,7 @@ def test_a_callers_connection_gets_its_options_back(place: Place) -> None:
 # -- 5: the CLI and copy -------------------------------------------------------
 
 
+@servers
 def test_cli_schema(place: Place) -> None:
     a, b = place.names[A], place.names[B]
     url = place.sync_url
@@ -391,6 +402,7 @@ def test_cli_schema(place: Place) -> None:
     assert place.default_schema not in place.tables()
 
 
+@servers
 def test_copy_into_a_schema(place: Place, tmp_path: Any) -> None:
     source = f"sqlite:///{tmp_path}/old.db"
     with SQLSaver.from_url(source) as old:
