@@ -90,12 +90,14 @@ def scenario(
     **options: Any,
 ) -> tuple[list[float], int, Counter[int], float]:
     """Writers ``writers`` per node, ``turns`` turns each, at once: turns/s
-    per node, retries, errors per node, seconds in all."""
+    per node (its turns over the time to its last one), retries, errors per
+    node, seconds in all."""
     urls = fresh(hosts)
     savers = [SQLSaver.from_url(u, **options) for u in urls]
     graphs = [workload.graph(s) for s in savers]
     done: Counter[int] = Counter()
     errors: Counter[int] = Counter()
+    finished = [0.0, 0.0, 0.0]  # when each node's last turn ended
     total = 3 * writers * turns
     third = threading.Event()
     counter = itertools.count()
@@ -113,6 +115,7 @@ def scenario(
                     return
                 continue
             done[node] += 1
+            finished[node] = time.perf_counter()
             if sum(done.values()) >= total * (kill_after or 2):
                 third.set()
 
@@ -131,7 +134,8 @@ def scenario(
     runner.log.removeHandler(retries)
     for saver in savers:
         saver.close()
-    return [done[n] / elapsed for n in range(3)], retries.count, errors, elapsed
+    rates = [done[n] / (finished[n] - started) if done[n] else 0.0 for n in range(3)]
+    return rates, retries.count, errors, elapsed
 
 
 def latency(hosts: list[str], turns: int) -> tuple[float, float]:
@@ -141,7 +145,7 @@ def latency(hosts: list[str], turns: int) -> tuple[float, float]:
     original = galera.wait_for_writes
     for sync in (True, False):
         if not sync:
-            galera.wait_for_writes = lambda cursor: None  # type: ignore[assignment]
+            galera.wait_for_writes = lambda cursor, info: None  # type: ignore[assignment]
         try:
             with SQLSaver.from_url(fresh(hosts)[0]) as saver:
                 graph = workload.graph(saver)
@@ -190,7 +194,7 @@ def main() -> None:
     for name, kwargs in runs:
         original = galera.wait_for_writes
         if name == "no sync wait":
-            galera.wait_for_writes = lambda cursor: None  # type: ignore[assignment]
+            galera.wait_for_writes = lambda cursor, info: None  # type: ignore[assignment]
         try:
             rates, retries, errors, elapsed = scenario(hosts, w, t, **kwargs)
         finally:

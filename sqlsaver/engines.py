@@ -165,10 +165,10 @@ def configure_engine(engine: Engine) -> None:
     if engine.dialect.name in MYSQL:
 
         @event.listens_for(engine, "connect")
-        def _strict(dbapi_connection: Any, _record: Any) -> None:
+        def _strict(dbapi_connection: Any, record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("SET SESSION sql_mode = CONCAT_WS(',', @@sql_mode, 'STRICT_ALL_TABLES')")
-            galera.wait_for_writes(cursor)
+            galera.wait_for_writes(cursor, record.info)
             cursor.close()
 
     if engine.dialect.name != "sqlite":

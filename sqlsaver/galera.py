@@ -63,7 +63,12 @@ _TAKE = text(
 _RELEASE = text(f"DELETE FROM {LOCK_TABLE} WHERE name = :name AND holder = :holder")
 
 
-def wait_for_writes(dbapi_cursor: Any) -> None:
+# Marks, in a pooled connection's ``info``, a session whose reads wait
+# (`wait_for_writes`): its writes' BEGIN skips the wait (`begin_write`).
+READS_WAIT = "sqlsaver_galera_reads_wait"
+
+
+def wait_for_writes(dbapi_cursor: Any, info: dict[Any, Any]) -> None:
     """On a Galera node, make the session's reads wait until the node has
     applied what the cluster committed before them (`SYNC_WAIT`), unless a
     ``wsrep_sync_wait`` is set already (the server's global, or a caller's
@@ -76,13 +81,24 @@ def wait_for_writes(dbapi_cursor: Any) -> None:
     yet, that is the checkpoint before it, and the turn forks the thread's
     history from there, silently (the alternating-nodes cluster test failed
     1 run in 3 without it). It costs a causal wait (a round of the group
-    communication) per read and per BEGIN, six a turn of the cluster
-    tests' graph: 30.6 ms a turn instead of 21.7 on a loopback cluster
-    here (`benchmarks/galera.py`); correctness first."""
+    communication) per read and per BEGIN: six a turn of the cluster
+    tests' graph, 30.6 ms a turn instead of 21.7 on a loopback cluster
+    here (`benchmarks/galera.py`). Four of the six were the BEGINs of
+    writes, which need none (certification orders writes, and the reads
+    inside a write transaction wait on their own): marked in ``info``, the
+    connection's writes begin without it (`begin_write`)."""
     dbapi_cursor.execute("SHOW VARIABLES WHERE Variable_name IN ('wsrep_on', 'wsrep_sync_wait')")
     values = {str(name).lower(): str(value) for name, value in dbapi_cursor.fetchall()}
     if values.get("wsrep_on", "").upper() == "ON" and values.get("wsrep_sync_wait") == "0":
         dbapi_cursor.execute(f"SET SESSION wsrep_sync_wait = {SYNC_WAIT}")
+        info[READS_WAIT] = True
+
+
+def begin_write(begin: str, info: dict[Any, Any]) -> str:
+    """The BEGIN of a write on a connection: on one whose reads wait
+    (`wait_for_writes`), MariaDB's ``SET STATEMENT`` lifts the wait for
+    that BEGIN alone."""
+    return f"SET STATEMENT wsrep_sync_wait = 0 FOR {begin}" if info.get(READS_WAIT) else begin
 
 
 def is_galera(conn: Connection) -> bool:

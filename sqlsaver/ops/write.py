@@ -13,7 +13,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
 from sqlalchemy import Connection, Dialect, Insert, Table, bindparam
 
-from sqlsaver import codec, dialects, policies
+from sqlsaver import codec, dialects, galera, policies
 from sqlsaver.codec import Address
 from sqlsaver.execution import limits, transactions
 from sqlsaver.execution.plan import Plan
@@ -114,12 +114,12 @@ def _chained_insert(dialect: Dialect, shape: Shape) -> Prepared:
 
 
 @lru_cache(maxsize=256)
-def _insert_script(dialect: Dialect, shape: Shape) -> Prepared:
-    """The `_inserts` of `shape` between BEGIN and COMMIT, as one script
-    (`transactions.runs_scripts`)."""
+def _insert_script(dialect: Dialect, shape: Shape, begin: str = "BEGIN") -> Prepared:
+    """The `_inserts` of `shape` between ``begin`` and COMMIT, as one
+    script (`transactions.runs_scripts`)."""
     inserts = [Prepared(insert, dialect) for insert in _inserts(dialect, shape)]
     control = transactions.control
-    return Prepared.script([control(dialect, "BEGIN"), *inserts, control(dialect, "COMMIT")])
+    return Prepared.script([control(dialect, begin), *inserts, control(dialect, "COMMIT")])
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,8 @@ def store(conn: Connection, plan: Plan, rows: Rows, opts: Options) -> None:
         _chained_insert(dialect, rows.shape).run(conn, _row_params(rows))
     elif transactions.runs_scripts(conn):
         try:
-            _insert_script(dialect, rows.shape).run(conn, _row_params(rows))
+            begin = galera.begin_write("BEGIN", conn.info)
+            _insert_script(dialect, rows.shape, begin).run(conn, _row_params(rows))
         except BaseException:
             # A script stops at the statement that fails: its BEGIN ran,
             # its COMMIT did not.
