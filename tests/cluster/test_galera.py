@@ -306,7 +306,7 @@ def test_ttl_sweepers_on_every_node(database: str, retries: Retries) -> None:
     threads and their deletes conflict; the losers rerun and pick others.
     Every expired thread is handled once (the counts add up) and is gone;
     the others are intact."""
-    expiring, kept = [f"e{i}" for i in range(24)], [f"k{i}" for i in range(6)]
+    expiring, kept = [f"e{i}" for i in range(36)], [f"k{i}" for i in range(6)]
     ttl = {"default_ttl": 1}
     for thread_ids, now in ((expiring, T0), (kept, T0 + 1000)):
         with SQLSaver.from_url(node_url(0, database), ttl=ttl, clock=lambda now=now: now) as s:
@@ -317,9 +317,10 @@ def test_ttl_sweepers_on_every_node(database: str, retries: Retries) -> None:
     barrier = threading.Barrier(len(sweepers), timeout=60)
 
     def sweep(saver: SQLSaver) -> int:
+        saver.get_tuple(workload.config("none"))  # connected, schema checked
         barrier.wait()
         handled = 0
-        while done := saver.sweep_ttl(limit=2):
+        while done := saver.sweep_ttl(limit=1):
             handled += done
         return handled
 
