@@ -81,12 +81,15 @@ def wait_for_writes(dbapi_cursor: Any, info: dict[Any, Any]) -> None:
     yet, that is the checkpoint before it, and the turn forks the thread's
     history from there, silently (the alternating-nodes cluster test failed
     1 run in 3 without it). It costs a causal wait (a round of the group
-    communication) per read and per BEGIN: six a turn of the cluster
-    tests' graph, 30.6 ms a turn instead of 21.7 on a loopback cluster
-    here (`benchmarks/galera.py`). Four of the six were the BEGINs of
-    writes, which need none (certification orders writes, and the reads
-    inside a write transaction wait on their own): marked in ``info``, the
-    connection's writes begin without it (`begin_write`)."""
+    communication) per read and per BEGIN. Of the six a turn of the
+    cluster tests' graph, four were the BEGINs of writes, which need none
+    (certification orders writes, and the reads inside a write transaction
+    wait on their own): 30.6 ms a turn instead of 21.7 on a loopback
+    cluster here. So the connection is marked in ``info``, and its writes
+    begin without the wait (`begin_write`): two waits a turn, whose cost
+    is within this shared machine's noise (21-29 ms a turn with them,
+    25-27 without, `benchmarks/galera.py`). Between hosts, each is a
+    network round trip."""
     dbapi_cursor.execute("SHOW VARIABLES WHERE Variable_name IN ('wsrep_on', 'wsrep_sync_wait')")
     values = {str(name).lower(): str(value) for name, value in dbapi_cursor.fetchall()}
     if values.get("wsrep_on", "").upper() == "ON" and values.get("wsrep_sync_wait") == "0":
