@@ -8,7 +8,8 @@
 #   scripts/galera.sh status    each node's wsrep state
 #   scripts/galera.sh urls      the nodes as SQLSAVER_TEST_GALERA wants them
 #
-# Needs Debian's galera-4, rsync and a MariaDB server (10.4+); everything
+# Needs Debian's galera-4, rsync and a MariaDB server (10.4+: Debian's
+# mariadb-server depends on all the SST script uses); everything
 # lives under ${SQLSAVER_GALERA_DIR:-/tmp/sqlsaver-galera}. Ports sit below
 # Linux's ephemeral range (32768-60999), where an outgoing connection could
 # take a node's gcomm, IST or SST port: SQL 13306-13308, gcomm 14567/14577/
@@ -46,7 +47,10 @@ wsrep() {  # wsrep N variable: the node's status value, or nothing
   client "$1" "SHOW GLOBAL STATUS LIKE '$2'" 2>/dev/null | cut -f2
 }
 
-pid_of() { cat "$DIR/node$1/mysqld.pid" 2>/dev/null || true; }
+# Each node runs in a process group of its own (setsid), whose id is kept in
+# group.pid: killing the group also ends an SST under way (its script and
+# rsync daemon are the node's children).
+pid_of() { cat "$DIR/node$1/group.pid" 2>/dev/null || true; }
 
 start_node() {  # start_node N [extra mariadbd options...]
   local n=$1 gcomm; shift
@@ -55,7 +59,7 @@ start_node() {  # start_node N [extra mariadbd options...]
   local user=()
   [ "$(id -u)" = 0 ] && user=(--user=mysql)
   # --no-defaults: nothing from /etc/mysql, which configures the main server.
-  "$(mariadbd_bin)" --no-defaults "${user[@]}" \
+  setsid "$(mariadbd_bin)" --no-defaults "${user[@]}" \
     --datadir="$d/data" --socket="$d/mysqld.sock" --pid-file="$d/mysqld.pid" \
     --log-error="$d/error.log" --tmpdir="$d/tmp" \
     --port="$(sql_port "$n")" --bind-address=127.0.0.1 --skip-name-resolve \
@@ -70,6 +74,7 @@ start_node() {  # start_node N [extra mariadbd options...]
     --wsrep-sst-method=rsync --wsrep-sst-receive-address="127.0.0.1:$((gcomm + 2))" \
     --wsrep-provider-options="gmcast.listen_addr=tcp://127.0.0.1:$gcomm;ist.recv_addr=127.0.0.1:$((gcomm + 1));gcache.size=32M" \
     "$@" >>"$d/error.log" 2>&1 &
+  echo $! >"$d/group.pid"
 }
 
 tail_logs() {
@@ -86,19 +91,23 @@ wait_for() {  # wait_for N: until node N is synced in a cluster of 3
       && [ "$(wsrep "$n" wsrep_local_state_comment)" = Synced ]; then
       return 0
     fi
-    if [ -z "$(pid_of "$n")" ] && ! pgrep -f "$DIR/node$n/data" >/dev/null; then
-      sleep 1  # between its start and its pid file
-    fi
     sleep 0.5
   done
   tail_logs
   die "node$n did not join a synced 3-node cluster within ${TIMEOUT}s (logs above)"
 }
 
+listening() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+
 up() {
   need
   down quiet
-  local started=$SECONDS
+  local started=$SECONDS port
+  for n in "${NODES[@]}"; do
+    for port in "$(sql_port "$n")" "$(gcomm_port "$n")"; do
+      ! listening "$port" || die "port $port is taken (a cluster of another SQLSAVER_GALERA_DIR?)"
+    done
+  done
   mkdir -p "$DIR"
   for n in "${NODES[@]}"; do mkdir -p "$DIR/node$n/data" "$DIR/node$n/tmp"; done
   # Only the first node gets system tables; the others receive its data by
@@ -133,19 +142,13 @@ down() {
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then pids+=("$pid"); fi
   done
   # A test cluster: no clean shutdown to wait for, its data is thrown away.
-  if [ ${#pids[@]} -gt 0 ]; then
-    kill -9 "${pids[@]}" 2>/dev/null || true
-    for pid in "${pids[@]}"; do
-      while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-    done
-  fi
-  # An rsync daemon an interrupted SST left behind would hold the SST port.
-  if [ -d "$DIR" ]; then
-    for f in "$DIR"/node*/data/rsync_sst.pid; do
-      [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true
-    done
-    rm -rf "$DIR"
-  fi
+  for pid in "${pids[@]}"; do
+    kill -9 -- "-$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  done
+  rm -rf "$DIR"
   [ "${1:-}" = quiet ] || echo "galera cluster down"
 }
 
@@ -153,7 +156,7 @@ kill_node() {
   local n=${1:?node number} pid
   pid=$(pid_of "$n")
   [ -n "$pid" ] || die "node$n is not running"
-  kill -9 "$pid"
+  kill -9 -- "-$pid"
   while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
   echo "node$n killed"
 }
