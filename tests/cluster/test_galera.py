@@ -31,7 +31,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from sqlsaver import AsyncSQLSaver, SQLSaver, migrate
+from sqlsaver import AsyncSQLSaver, SQLSaver, galera, migrate
 
 NODES = range(3)
 
@@ -292,6 +292,41 @@ def test_setup_races_on_every_node() -> None:
             assert version.scalars().all() == [migrate.HEAD]
             lock = conn.execute(text(f"SELECT COUNT(*) FROM {db}.sqlsaver_migration_lock"))
             assert lock.scalar_one() == 0  # released
+    engine.dispose()
+
+
+def test_setup_takes_over_a_dead_holders_lock() -> None:
+    """A live holder's row makes `setup()` on another node wait until it is
+    deleted. A process that died holding the lock leaves its row; once
+    older than `MIGRATION_LOCK_TIMEOUT` it is stale, and `setup()` takes
+    the lock over at once (here: a row already expired)."""
+    db = fresh_database("stale")
+    engine = create_engine(node_url(0, db), poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    take = text(f"INSERT INTO {galera.LOCK_TABLE} VALUES ('sqlsaver_migrations', 'x', :expires)")
+    with engine.connect() as conn:
+        conn.execute(text(galera._CREATE))
+        now = conn.execute(text("SELECT UNIX_TIMESTAMP()")).scalar_one()
+        conn.execute(take, {"expires": now + 600})  # held, live
+    started = time.monotonic()
+    with SQLSaver.from_url(node_url(1, db)) as saver, ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(saver.setup)
+        time.sleep(1.5)
+        assert not waiting.done()
+        with engine.connect() as conn:
+            conn.execute(text(f"DELETE FROM {galera.LOCK_TABLE}"))  # released
+        waiting.result(timeout=10)
+    assert time.monotonic() - started >= 1.5
+    with engine.connect() as conn:
+        conn.execute(text("DROP TABLE sqlsaver_checkpoints"))  # to migrate again
+        conn.execute(text(f"DELETE FROM {migrate.VERSION_TABLE}"))
+        conn.execute(take, {"expires": now - 1})  # a dead holder's, stale
+    started = time.monotonic()
+    with SQLSaver.from_url(node_url(2, db)) as saver:
+        saver.setup()
+    assert time.monotonic() - started < 10
+    with engine.connect() as conn:
+        assert migrate.current(conn) == migrate.HEAD
+        assert conn.execute(text(f"SELECT COUNT(*) FROM {galera.LOCK_TABLE}")).scalar_one() == 0
     engine.dispose()
 
 
