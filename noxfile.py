@@ -1,7 +1,8 @@
 """Developer sessions. ``nox`` runs what CI runs: ``tests`` (the whole
 suite), ``langgraph`` (LangGraph's own graph tests on sqlsaver), the
-version matrix, ``lowest`` and ``newest``, and ``docs`` (the documentation
-site, built strict).
+version matrix, ``lowest`` and ``newest``, ``docs`` (the documentation
+site, built strict), and ``galera`` (a 3-node MariaDB Galera cluster of its
+own, on loopback: needs Debian's galera-4 and rsync).
 
 The tests need the three databases: SQLite is embedded; PostgreSQL and
 MySQL/MariaDB are taken from SQLSAVER_TEST_POSTGRES / SQLSAVER_TEST_MYSQL
@@ -26,7 +27,7 @@ import subprocess
 import nox
 from packaging.requirements import Requirement
 
-nox.options.sessions = ["tests", "pooler", "langgraph", "lowest", "newest", "docs"]
+nox.options.sessions = ["tests", "pooler", "galera", "langgraph", "lowest", "newest", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 # A matrix session whose Python is missing fails, rather than being skipped
 # while `nox` passes.
@@ -152,6 +153,21 @@ def newest(session: nox.Session) -> None:
     """`MATRIX_TESTS` on the newest version of everything."""
     session.install("--upgrade", ".[test]")
     session.run("pytest", *(session.posargs or MATRIX_TESTS))
+
+
+@nox.session
+def galera(session: nox.Session) -> None:
+    """tests/cluster on a 3-node MariaDB Galera cluster, which
+    scripts/galera.sh starts (fresh, under ``SQLSAVER_GALERA_DIR``, default
+    /tmp/sqlsaver-galera) and takes down afterwards, also on failure."""
+    session.install(".[test]")
+    session.run("scripts/galera.sh", "up", external=True)
+    try:
+        urls = session.run("scripts/galera.sh", "urls", external=True, silent=True)
+        env = {"SQLSAVER_TEST_GALERA": str(urls).strip()}
+        session.run("pytest", "tests/cluster", *session.posargs, env=env)
+    finally:
+        session.run("scripts/galera.sh", "down", external=True)
 
 
 @nox.session

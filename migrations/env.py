@@ -24,6 +24,7 @@ from sqlalchemy import Connection, create_engine, make_url, pool
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from sqlsaver import dialects, schemas
+from sqlsaver.galera import LOCK_TABLE
 from sqlsaver.migrate import VERSION_TABLE, create_version_table, target_metadata
 
 config = context.config
@@ -34,7 +35,10 @@ if config.config_file_name is not None:
 OPTIONS = {
     "version_table": VERSION_TABLE,
     # Only sqlsaver's tables are ever compared, created or dropped.
-    "include_name": lambda name, type_, _parent: type_ != "table" or name.startswith("sqlsaver_"),
+    # (Not the migration lock's table on Galera: the lock's, not a revision's.)
+    "include_name": lambda name, type_, _parent: (
+        type_ != "table" or (name.startswith("sqlsaver_") and name != LOCK_TABLE)
+    ),
     "render_as_batch": True,  # SQLite alters tables by copying them
     "compare_type": True,
 }

@@ -46,6 +46,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.selectable import TableValuedAlias
 
+from sqlsaver import galera
+
 MYSQL = ("mysql", "mariadb")
 
 
@@ -416,12 +418,19 @@ def migration_lock(conn: Connection) -> Iterator[None]:
 
     PostgreSQL: a transaction-scoped advisory lock (DDL is transactional, so
     the next process waits until this one's tables are committed). MySQL:
-    ``GET_LOCK``, held by the session across DDL's implicit commits. SQLite:
-    the database's single writer (sqlsaver's engines ``BEGIN IMMEDIATE``).
+    ``GET_LOCK``, held by the session across DDL's implicit commits, and
+    released when a session dies. A Galera cluster does not replicate
+    ``GET_LOCK`` (two nodes both hold it), so there the lock is a row that
+    certification makes exclusive cluster-wide (`galera.cluster_lock`).
+    SQLite: the database's single writer (sqlsaver's engines ``BEGIN
+    IMMEDIATE``).
     """
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
         yield
+    elif conn.dialect.name in MYSQL and galera.is_galera(conn):
+        with galera.cluster_lock(conn, _MYSQL_MIGRATION_LOCK, MIGRATION_LOCK_TIMEOUT):
+            yield
     elif conn.dialect.name in MYSQL:
         lock = {"name": _MYSQL_MIGRATION_LOCK, "timeout": MIGRATION_LOCK_TIMEOUT}
         if conn.execute(text("SELECT GET_LOCK(:name, :timeout)"), lock).scalar() != 1:

@@ -15,6 +15,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from sqlsaver import galera
 from sqlsaver.dialects import MYSQL
 
 # MySQL's client capability flags (the protocol's, as PyMySQL's CLIENT has them).
@@ -158,14 +159,16 @@ def configure_engine(engine: Engine) -> None:
     a read lock, the official saver's failure.)
 
     MySQL: strict mode, so a key too long for its column is an error rather
-    than silently truncated into another thread's key.
+    than silently truncated into another thread's key. On a Galera node,
+    reads that wait for the cluster's writes (`galera.wait_for_writes`).
     """
     if engine.dialect.name in MYSQL:
 
         @event.listens_for(engine, "connect")
-        def _strict(dbapi_connection: Any, _record: Any) -> None:
+        def _strict(dbapi_connection: Any, record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("SET SESSION sql_mode = CONCAT_WS(',', @@sql_mode, 'STRICT_ALL_TABLES')")
+            galera.wait_for_writes(cursor, record.info)
             cursor.close()
 
     if engine.dialect.name == "postgresql":

@@ -11,7 +11,8 @@ An operation is a function ``op(connection, *args)`` of `sqlsaver.ops`.
   (`transactions.atomic`). On sqlsaver's own engines (`from_url`) the
   connection is one kept open between operations (`kept`). A transaction
   the database aborts as a deadlock victim, or whose connection is found
-  dead, runs again (`ATTEMPTS`): every operation is idempotent. On
+  dead, runs again (`ATTEMPTS`, `CONFLICT_ATTEMPTS`): every operation is
+  idempotent. On
   SQLite, writes queue on a lock of the saver before they take the
   database's: SQLite has one writer, and its busy timeout sleeps in steps
   of milliseconds where a lock hands over at once.
@@ -43,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import random
 import threading
 import time
@@ -79,6 +81,18 @@ Mode = Literal["read", "alone", "transaction", "migrate"]
 
 # Attempts of a transaction of the saver's own, in all (see the module's doc).
 ATTEMPTS = 4
+# Attempts in all when each failed as a deadlock victim (or, on a Galera
+# cluster, a certification conflict, which MariaDB reports as a deadlock):
+# the rows are there to be written, it only takes a turn without a rival.
+# On a 3-node Galera cluster with three writers on one thread's TTL row,
+# one operation failed up to 5 attempts in a row (tests/cluster); 10, with
+# the backoff capped, waits at most ~2 s in all.
+CONFLICT_ATTEMPTS = 10
+_MAX_BACKOFF = 0.32  # seconds
+
+# Each attempt that runs again is logged here at DEBUG: how often a saver
+# retries (deadlocks; on Galera, certification conflicts) is worth watching.
+log = logging.getLogger(__name__)
 
 
 def _retryable(error: DBAPIError) -> bool:
@@ -103,7 +117,7 @@ def _invalidate_if_lost(conn: Connection, error: DBAPIError) -> None:
 
 def _backoff(attempt: int) -> float:
     """Seconds to wait before another attempt: short, jittered, growing."""
-    return random.uniform(0, 0.01 * 2**attempt)
+    return random.uniform(0, min(0.01 * 2**attempt, _MAX_BACKOFF))
 
 
 def _not_ready(error: DBAPIError, url: URL | None, schema: str | None) -> SchemaNotReadyError:
@@ -279,8 +293,13 @@ class Runner:
                         with self._connection(mode) as conn:
                             return self._invoke(conn, mode, op, args, kwargs)
                 except DBAPIError as error:
-                    if attempt == ATTEMPTS or not _retryable(error):
+                    if not _retryable(error):
                         raise
+                    limit = CONFLICT_ATTEMPTS if dialects.is_retryable(error) else ATTEMPTS
+                    if attempt >= limit:
+                        raise
+                    name = getattr(op, "__name__", op)
+                    log.debug("%s: attempt %d of %d: %s", name, attempt, limit, error.orig)
                 self._waits.sleep(_backoff(attempt))
                 attempt += 1
         except DBAPIError as error:

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, Dialect, Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sqlsaver import dialects
+from sqlsaver import dialects, galera
 from sqlsaver.engines import CLIENT_MULTI_STATEMENTS
 from sqlsaver.execution.prepared import Prepared, observed
 from sqlsaver.execution.sqlalchemy_private import engine_isolation
@@ -232,7 +232,8 @@ def _needs_own_transaction(conn: Connection) -> bool:
 def _own_transaction(conn: Connection) -> Iterator[None]:
     """BEGIN (`dialects.begin_write`) ... COMMIT (`_driver_transaction`),
     marked in ``conn.info`` while it holds."""
-    with _driver_transaction(conn, [control(conn.dialect, dialects.begin_write(conn.dialect))]):
+    begin = galera.begin_write(dialects.begin_write(conn.dialect), conn.info)
+    with _driver_transaction(conn, [control(conn.dialect, begin)]):
         # The mark goes with the driver's connection, as the transaction
         # does, and comes off the same one: after a disconnect SQLAlchemy
         # has invalidated ``conn``, whose ``info`` would then be a new

@@ -13,7 +13,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
 from sqlalchemy import Connection, Dialect, Insert, Table, bindparam
 
-from sqlsaver import codec, dialects, policies, schemas
+from sqlsaver import codec, dialects, galera, policies, schemas
 from sqlsaver.codec import Address
 from sqlsaver.execution import limits, transactions
 from sqlsaver.execution.plan import Plan
@@ -116,12 +116,14 @@ def _chained_insert(dialect: Dialect, schema: str | None, shape: Shape) -> Prepa
 
 
 @lru_cache(maxsize=256)
-def _insert_script(dialect: Dialect, schema: str | None, shape: Shape) -> Prepared:
-    """The `_inserts` of `shape` between BEGIN and COMMIT, as one script
-    (`transactions.runs_scripts`)."""
+def _insert_script(
+    dialect: Dialect, schema: str | None, shape: Shape, begin: str = "BEGIN"
+) -> Prepared:
+    """The `_inserts` of `shape` between ``begin`` and COMMIT, as one
+    script (`transactions.runs_scripts`)."""
     inserts = [Prepared(insert, dialect, schema=schema) for insert in _inserts(dialect, shape)]
     control = transactions.control
-    return Prepared.script([control(dialect, "BEGIN"), *inserts, control(dialect, "COMMIT")])
+    return Prepared.script([control(dialect, begin), *inserts, control(dialect, "COMMIT")])
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,8 @@ def store(conn: Connection, plan: Plan, rows: Rows, opts: Options) -> None:
         _chained_insert(dialect, schema, rows.shape).run(conn, _row_params(rows))
     elif transactions.runs_scripts(conn):
         try:
-            _insert_script(dialect, schema, rows.shape).run(conn, _row_params(rows))
+            begin = galera.begin_write("BEGIN", conn.info)
+            _insert_script(dialect, schema, rows.shape, begin).run(conn, _row_params(rows))
         except BaseException:
             # A script stops at the statement that fails: its BEGIN ran,
             # its COMMIT did not.
