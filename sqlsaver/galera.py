@@ -26,11 +26,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
+
+from sqlsaver import schemas
 
 # Causality checks for reads (SELECT, SHOW, BEGIN): a node first applies
 # everything the cluster committed before the read began. Not for writes,
@@ -41,26 +44,46 @@ SYNC_WAIT = 1
 # it must exist before the lock that guards creating everything else.
 # `migrations/env.py` leaves it out of Alembic's comparisons.
 LOCK_TABLE = "sqlsaver_migration_lock"
-_CREATE = (
-    f"CREATE TABLE IF NOT EXISTS {LOCK_TABLE} ("
-    " name VARCHAR(64) NOT NULL PRIMARY KEY,"
-    " holder VARCHAR(64) NOT NULL,"
-    " expires_at DOUBLE NOT NULL"
-    ") ENGINE=InnoDB"
-)
 _DUPLICATE_KEY = 1062
 _DEADLOCK = 1213  # on Galera also a certification conflict
 # DDL replicated in total order makes a concurrent reader of the table wait
 # or fail with this ("skipped since its definition is being modified").
 _CONCURRENT_DDL = 1684
 POLL_SECONDS = 0.2
-# A stale holder's row goes first; then ours, unless another's is there.
-_TAKE_OVER = text(f"DELETE FROM {LOCK_TABLE} WHERE name = :name AND expires_at < UNIX_TIMESTAMP()")
-_TAKE = text(
-    f"INSERT INTO {LOCK_TABLE} (name, holder, expires_at)"
-    " VALUES (:name, :holder, UNIX_TIMESTAMP() + :timeout)"
-)
-_RELEASE = text(f"DELETE FROM {LOCK_TABLE} WHERE name = :name AND holder = :holder")
+
+
+@dataclass(frozen=True)
+class _LockStatements:
+    """The lock's statements on its table, in the saver's schema (a MySQL
+    database: `schemas`) if it has one, so that apps in different schemas
+    lock apart, as their tables are apart."""
+
+    create: TextClause
+    take_over: TextClause  # a stale holder's row goes first
+    take: TextClause  # then ours, unless another's is there
+    release: TextClause
+
+    @classmethod
+    def of(cls, schema: str | None) -> _LockStatements:
+        # `schemas.check_name` let the name in: a plain identifier.
+        table = f"{schema}.{LOCK_TABLE}" if schema else LOCK_TABLE
+        return cls(
+            create=text(
+                f"CREATE TABLE IF NOT EXISTS {table} ("
+                " name VARCHAR(64) NOT NULL PRIMARY KEY,"
+                " holder VARCHAR(64) NOT NULL,"
+                " expires_at DOUBLE NOT NULL"
+                ") ENGINE=InnoDB"
+            ),
+            take_over=text(
+                f"DELETE FROM {table} WHERE name = :name AND expires_at < UNIX_TIMESTAMP()"
+            ),
+            take=text(
+                f"INSERT INTO {table} (name, holder, expires_at)"
+                " VALUES (:name, :holder, UNIX_TIMESTAMP() + :timeout)"
+            ),
+            release=text(f"DELETE FROM {table} WHERE name = :name AND holder = :holder"),
+        )
 
 
 # Marks, in a pooled connection's ``info``, a session whose reads wait
@@ -140,12 +163,13 @@ def cluster_lock(conn: Connection, name: str, timeout: float) -> Iterator[None]:
     holder = uuid.uuid4().hex
     params = {"name": name, "holder": holder, "timeout": timeout}
     with conn.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as own:
-        _create_table(own)
+        statements = _LockStatements.of(schemas.of(conn))
+        _create_table(own, statements.create)
         deadline = time.monotonic() + timeout + 10 * POLL_SECONDS
         while True:
             try:
-                own.execute(_TAKE_OVER, params)
-                own.execute(_TAKE, params)
+                own.execute(statements.take_over, params)
+                own.execute(statements.take, params)
                 break
             except DBAPIError as error:
                 if _code(error) not in (_DUPLICATE_KEY, _DEADLOCK, _CONCURRENT_DDL):
@@ -159,16 +183,16 @@ def cluster_lock(conn: Connection, name: str, timeout: float) -> Iterator[None]:
         try:
             yield
         finally:
-            own.execute(_RELEASE, params)
+            own.execute(statements.release, params)
 
 
-def _create_table(own: Connection) -> None:
+def _create_table(own: Connection, create: TextClause) -> None:
     """CREATE TABLE IF NOT EXISTS, which nodes doing it at once may see
     fail as a conflict with the same DDL of another (replicated in total
     order): then it exists, or the next try makes it."""
     for attempt in range(5):
         try:
-            own.execute(text(_CREATE))
+            own.execute(create)
             return
         except DBAPIError as error:
             if _code(error) not in (_DEADLOCK, _CONCURRENT_DDL) or attempt == 4:

@@ -241,18 +241,19 @@ CHILD = textwrap.dedent(
     import asyncio, sys, time
     from sqlsaver import AsyncSQLSaver, SQLSaver
 
-    async def aset_up(url):
-        async with AsyncSQLSaver.from_url(url) as saver:
+    async def aset_up(url, schema):
+        async with AsyncSQLSaver.from_url(url, schema=schema) as saver:
             await saver.setup()
 
     start, step, urls = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
-    for n, url in enumerate(urls):
+    for n, arg in enumerate(urls):
+        url, _, schema = arg.partition(" schema=")
         time.sleep(max(0.0, start + n * step - time.time()))
         try:
             if "asyncmy" in url:
-                asyncio.run(aset_up(url))
+                asyncio.run(aset_up(url, schema or None))
             else:
-                with SQLSaver.from_url(url) as saver:
+                with SQLSaver.from_url(url, schema=schema or None) as saver:
                     saver.setup()
             print("ok", flush=True)
         except Exception as error:
@@ -266,15 +267,25 @@ def test_setup_races_on_every_node() -> None:
     at the same moment: sync, async, and mixed. Without a lock that holds
     across the cluster (``GET_LOCK`` does not), they run the migrations at
     once: "Table ... already exists", concurrent-DDL errors, and schemas
-    left half-migrated with no version row."""
-    rounds = [("pymysql",) * 3, ("asyncmy",) * 3, ("pymysql", "asyncmy", "pymysql")]
+    left half-migrated with no version row. The last round sets up a
+    ``schema=`` (another database) through URLs of the database ``test``:
+    its lock lives in that schema too."""
+    mixed = ("pymysql", "asyncmy", "pymysql")
+    rounds = [("pymysql",) * 3, ("asyncmy",) * 3, mixed, mixed]
     databases = [fresh_database("race") for _ in rounds]
     start, step = time.time() + 6, 3.0
     plan = list(zip(databases, rounds, strict=True))
+    in_schema = len(plan) - 1  # the last round's
+
+    def arg(node: int, n: int, db: str, drivers: tuple[str, ...]) -> str:
+        if n < in_schema:
+            return node_url(node, db, drivers[node])
+        return f"{node_url(node, 'test', drivers[node])} schema={db}"
+
     children = [
         subprocess.Popen(
             [sys.executable, "-c", CHILD, str(start), str(step)]
-            + [node_url(node, db, drivers[node]) for db, drivers in plan],
+            + [arg(node, n, db, drivers) for n, (db, drivers) in enumerate(plan)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -304,7 +315,7 @@ def test_setup_takes_over_a_dead_holders_lock() -> None:
     engine = create_engine(node_url(0, db), poolclass=NullPool, isolation_level="AUTOCOMMIT")
     take = text(f"INSERT INTO {galera.LOCK_TABLE} VALUES ('sqlsaver_migrations', 'x', :expires)")
     with engine.connect() as conn:
-        conn.execute(text(galera._CREATE))
+        conn.execute(galera._LockStatements.of(None).create)
         now = conn.execute(text("SELECT UNIX_TIMESTAMP()")).scalar_one()
         conn.execute(take, {"expires": now + 600})  # held, live
     started = time.monotonic()
