@@ -39,9 +39,6 @@ from sqlsaver.models import Base
 POSTGRES = os.environ.get("SQLSAVER_TEST_POSTGRES", "postgres@127.0.0.1:5432/test")
 MYSQL = os.environ.get("SQLSAVER_TEST_MYSQL", "root@127.0.0.1:3306/test")
 REQUIRE_ALL = bool(os.environ.get("CI") or os.environ.get("SQLSAVER_REQUIRE_ALL_BACKENDS"))
-# The Galera cluster's tests (tests/cluster) need a cluster, which their own
-# session starts (`nox -s galera`): collected only where one is named.
-collect_ignore = [] if os.environ.get("SQLSAVER_TEST_GALERA") else ["cluster"]
 # MySQL refuses statements larger than max_allowed_packet (16 MiB by
 # default); the large-value tests store 16 MiB values.
 MYSQL_MAX_PACKET = 256 * 1024 * 1024
@@ -183,11 +180,15 @@ def thread_id() -> str:
     return f"t-{uuid.uuid4()}"
 
 
-# Tests that need a transaction-mode pooler in front of PostgreSQL
-# (``nox -s pooler``, which sets this): not collected otherwise, so the
-# ``tests`` session neither runs nor skips them.
+# Tests that need a server of their own session's: not collected otherwise,
+# so the ``tests`` session neither runs nor skips them. A transaction-mode
+# pooler in front of PostgreSQL (``nox -s pooler`` sets this), and a Galera
+# cluster (``nox -s galera`` names its nodes).
 POOLER = bool(os.environ.get("SQLSAVER_TEST_POOLER"))
-collect_ignore = [] if POOLER else ["test_pooler.py"]
+collect_ignore = [
+    *([] if POOLER else ["test_pooler.py"]),
+    *([] if os.environ.get("SQLSAVER_TEST_GALERA") else ["cluster"]),
+]
 
 
 def caller_engine_args(url: str) -> dict[str, Any]:
