@@ -1,8 +1,8 @@
 """Graph turns from concurrent clients, through a pooler or straight to the server.
 
     scripts/pgbouncer.sh up
-    python benchmarks/pooler.py --url postgresql+psycopg://postgres@127.0.0.1:6432/hpool
-    python benchmarks/pooler.py --url postgresql+asyncpg://postgres@127.0.0.1:6432/hpool
+    python benchmarks/pooler.py --url postgresql+psycopg://postgres@127.0.0.1:6439/test
+    python benchmarks/pooler.py --url postgresql+asyncpg://postgres@127.0.0.1:6439/test
 
 Each of ``--workers`` threads (sync URL: `SQLSaver`) or tasks (async URL:
 `AsyncSQLSaver`) runs ``--turns`` turns of a two-node graph on a thread of its
@@ -17,29 +17,13 @@ import argparse
 import asyncio
 import collections
 import json
-import operator
 import threading
 import time
 import uuid
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
-from langgraph.graph import END, START, StateGraph
+from bench import chat_graph  # the benchmark's graph: think, then answer
 from sqlalchemy import make_url
-
-
-class ChatState(TypedDict):
-    messages: Annotated[list[str], operator.add]
-    turns: int
-
-
-def chat_graph(checkpointer: Any) -> Any:
-    builder = StateGraph(ChatState)
-    builder.add_node("think", lambda s: {"messages": [f"thought {len(s['messages'])}"]})
-    builder.add_node("answer", lambda s: {"messages": ["answer"], "turns": s.get("turns", 0) + 1})
-    builder.add_edge(START, "think")
-    builder.add_edge("think", "answer")
-    builder.add_edge("answer", END)
-    return builder.compile(checkpointer=checkpointer)
 
 
 def _kind(error: BaseException) -> str:
