@@ -73,6 +73,8 @@ def test_sdist_holds_the_whole_project(tmp_path: Path) -> None:
         "pyproject.toml",
         "benchmarks/bench.py",
         "scripts/pgbouncer.sh",
+        "scripts/galera.sh",
+        "tests/cluster/test_galera.py",
         "tests/conftest.py",
         "tests/helpers.py",
         "tests/test_packaging.py",
