@@ -23,6 +23,7 @@ import glob
 import os
 import shutil
 import subprocess
+import urllib.parse
 
 import nox
 from packaging.requirements import Requirement
@@ -118,20 +119,22 @@ def pooler(session: nox.Session) -> None:
     stops it afterwards, also when a test fails. The tests reach the server
     through it with the same user and database.
     """
-    from sqlalchemy import make_url
-
     session.install(".[test]")
-    server = make_url(f"postgresql://{os.environ.get('SQLSAVER_TEST_POSTGRES', DEFAULT_POSTGRES)}")
+    # user[:password]@host:port/database, as conftest takes it (nox's own
+    # process has no SQLAlchemy to parse it with).
+    server = urllib.parse.urlsplit(
+        f"postgresql://{os.environ.get('SQLSAVER_TEST_POSTGRES', DEFAULT_POSTGRES)}"
+    )
     port = os.environ.get("PGBOUNCER_PORT", "6439")
     env = {
-        "PGBOUNCER_SERVER": f"{server.host}:{server.port or 5432}",
+        "PGBOUNCER_SERVER": f"{server.hostname}:{server.port or 5432}",
         "PGBOUNCER_USER": server.username or "postgres",
         "PGBOUNCER_PORT": port,
     }
-    through = server.set(host="127.0.0.1", port=int(port))
+    login = server.netloc.rpartition("@")[0]
     tests_env = {
         "SQLSAVER_TEST_POOLER": "1",
-        "SQLSAVER_TEST_POSTGRES": through.render_as_string(hide_password=False).split("://", 1)[1],
+        "SQLSAVER_TEST_POSTGRES": f"{login}@127.0.0.1:{port}{server.path}",
     }
     session.run("scripts/pgbouncer.sh", "up", env=env, external=True)
     try:

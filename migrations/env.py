@@ -24,7 +24,7 @@ from sqlalchemy import Connection, create_engine, make_url, pool
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from sqlsaver import dialects, schemas
-from sqlsaver.galera import LOCK_TABLE
+from sqlsaver.galera import LOCK_TABLE, renew_lock
 from sqlsaver.migrate import VERSION_TABLE, create_version_table, target_metadata
 
 config = context.config
@@ -55,12 +55,15 @@ def _url() -> str:
     return url
 
 
-def _schema() -> str | None:
-    """The schema given to this run, if any (a connection may carry one)."""
+def _schema(backend: str) -> str | None:
+    """The schema given to this run, if any (a connection may carry one);
+    refused on SQLite, which has none."""
     given = config.attributes.get("schema") or context.get_x_argument(as_dictionary=True).get(
         "schema"
     )
-    return schemas.check_name(given)
+    schema = schemas.check_name(given)
+    schemas.check_backend(schema, backend)
+    return schema
 
 
 def _commit_revision(ctx: MigrationContext, **_: Any) -> None:
@@ -75,7 +78,7 @@ def _commit_revision(ctx: MigrationContext, **_: Any) -> None:
 
 
 def _run(connection: Connection) -> None:
-    with schemas.on_connection(connection, _schema()):
+    with schemas.on_connection(connection, _schema(connection.dialect.name)):
         _run_in_schema(connection)
 
 
@@ -83,6 +86,9 @@ def _run_in_schema(connection: Connection) -> None:
     # Each revision also creates only what is missing (`sqlsaver.migrate.missing`),
     # so one interrupted between two DDL statements completes when run again.
     commit = [_commit_revision] if dialects.commits_ddl(connection.dialect) else []
+    # On a Galera cluster, the migration lock is a row that must outlive the
+    # revisions (`galera.renew_lock`; nothing elsewhere).
+    commit.append(lambda ctx, **_: ctx.connection is not None and renew_lock(ctx.connection))
     # Before Alembic makes it with a primary key name MySQL would ignore,
     # with a warning.
     create_version_table(connection)
@@ -115,7 +121,7 @@ def main() -> None:
             url=url,
             literal_binds=True,
             target_metadata=metadata,
-            version_table_schema=_schema(),
+            version_table_schema=_schema(make_url(url).get_backend_name()),
             **OPTIONS,
         )
         with context.begin_transaction():

@@ -21,6 +21,7 @@ variable; a MariaDB server outside a cluster says OFF).
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 import uuid
@@ -29,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import TextClause, text
+from sqlalchemy import Dialect, TextClause, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -50,6 +51,9 @@ _DEADLOCK = 1213  # on Galera also a certification conflict
 # or fail with this ("skipped since its definition is being modified").
 _CONCURRENT_DDL = 1684
 POLL_SECONDS = 0.2
+# Where a held lock keeps its renewal, in the migration connection's ``info``.
+_RENEW = "sqlsaver_galera_lock_renew"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,14 @@ class _LockStatements:
     take_over: TextClause  # a stale holder's row goes first
     take: TextClause  # then ours, unless another's is there
     release: TextClause
+    renew: TextClause  # a holder's row, good for another ``timeout``
 
     @classmethod
-    def of(cls, schema: str | None) -> _LockStatements:
-        # `schemas.check_name` let the name in: a plain identifier.
-        table = f"{schema}.{LOCK_TABLE}" if schema else LOCK_TABLE
+    def of(cls, schema: str | None, dialect: Dialect) -> _LockStatements:
+        # `schemas.check_name` let the name in (a plain identifier), quoted
+        # where it is a reserved word (`order`).
+        quoted = dialect.identifier_preparer.quote_schema(schema) if schema else None
+        table = f"{quoted}.{LOCK_TABLE}" if quoted else LOCK_TABLE
         return cls(
             create=text(
                 f"CREATE TABLE IF NOT EXISTS {table} ("
@@ -83,6 +90,10 @@ class _LockStatements:
                 " VALUES (:name, :holder, UNIX_TIMESTAMP() + :timeout)"
             ),
             release=text(f"DELETE FROM {table} WHERE name = :name AND holder = :holder"),
+            renew=text(
+                f"UPDATE {table} SET expires_at = UNIX_TIMESTAMP() + :timeout"
+                " WHERE name = :name AND holder = :holder"
+            ),
         )
 
 
@@ -107,11 +118,12 @@ def wait_for_writes(dbapi_cursor: Any, info: dict[Any, Any]) -> None:
     communication) per read and per BEGIN. Of the six a turn of the
     cluster tests' graph, four were the BEGINs of writes, which need none
     (certification orders writes, and the reads inside a write transaction
-    wait on their own): 30.6 ms a turn instead of 21.7 on a loopback
-    cluster here. So the connection is marked in ``info``, and its writes
-    begin without the wait (`begin_write`): two waits a turn, whose cost
-    is within this shared machine's noise (21-29 ms a turn with them,
-    25-27 without, `benchmarks/galera.py`). Between hosts, each is a
+    wait on their own): with all six, a turn took 30.6 ms instead of 21.7
+    on a loopback cluster here. So the connection is marked in ``info``,
+    and its writes begin without the wait (`begin_write`): two waits a
+    turn, whose cost is within this shared machine's noise (one writer:
+    17.4 ms a turn with them, 14.2 without, where runs of either range
+    over 14-29 ms; `benchmarks/galera.py`). Between hosts, each is a
     network round trip."""
     dbapi_cursor.execute("SHOW VARIABLES WHERE Variable_name IN ('wsrep_on', 'wsrep_sync_wait')")
     values = {str(name).lower(): str(value) for name, value in dbapi_cursor.fetchall()}
@@ -157,13 +169,19 @@ def cluster_lock(conn: Connection, name: str, timeout: float) -> Iterator[None]:
 
     A holder that dies keeps its row (unlike ``GET_LOCK``, which ends with
     its session): a row older than ``timeout`` seconds is stale and taken
-    over. A waiter waits that long and a little more, so that it outlasts a
-    dead holder's row, then raises `TimeoutError`.
+    over. A live holder renews it at each revision (`renew_lock`), so only
+    one revision that runs longer than ``timeout`` could be overtaken. A
+    waiter waits that long and a little more, so that it outlasts a dead
+    holder's row, then raises `TimeoutError`.
+
+    The lock needs a second connection of ``conn``'s engine while ``conn``
+    is in use: an engine of the caller's with a pool of one connection
+    waits for its pool timeout.
     """
     holder = uuid.uuid4().hex
     params = {"name": name, "holder": holder, "timeout": timeout}
     with conn.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as own:
-        statements = _LockStatements.of(schemas.of(conn))
+        statements = _LockStatements.of(schemas.of(conn), conn.dialect)
         _create_table(own, statements.create)
         deadline = time.monotonic() + timeout + 10 * POLL_SECONDS
         while True:
@@ -180,10 +198,36 @@ def cluster_lock(conn: Connection, name: str, timeout: float) -> Iterator[None]:
                     f"for {timeout} s"
                 )
             own.execute(text("DO SLEEP(:s)"), {"s": POLL_SECONDS * random.uniform(0.5, 1.5)})
+        # ``conn`` may be on another node than ``own`` (a caller's engine
+        # behind a load balancer): one causal read there, and its node has
+        # applied what the cluster committed before, the last holder's work.
+        conn.execute(text(f"SET STATEMENT wsrep_sync_wait = {SYNC_WAIT} FOR SELECT 1"))
+        # A migration renews the row at each revision (`renew_lock`), so a
+        # long one is not taken for a dead holder's.
+        conn.info[_RENEW] = lambda: own.execute(statements.renew, params)
         try:
             yield
         finally:
-            own.execute(statements.release, params)
+            conn.info.pop(_RENEW, None)
+            try:
+                own.execute(statements.release, params)
+            except DBAPIError as error:  # the node went away: the block's error is the news
+                logger.warning(
+                    "could not release sqlsaver's migration lock (its row of %s stays until "
+                    "it is %s s old): %s",
+                    LOCK_TABLE,
+                    timeout,
+                    error,
+                )
+
+
+def renew_lock(conn: Connection) -> None:
+    """Renew the migration lock ``conn`` holds on a Galera cluster (a row
+    that would otherwise be taken over as a dead holder's once
+    ``timeout`` old); nothing elsewhere. Called after each revision."""
+    renew = conn.info.get(_RENEW)
+    if renew is not None:
+        renew()
 
 
 def _create_table(own: Connection, create: TextClause) -> None:

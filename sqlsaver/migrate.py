@@ -18,9 +18,11 @@ print(sqlsaver.migrate.current(engine))  # "0004", or None when not set up
 print(sqlsaver.migrate.status(engine))  # "current" | "behind" | "ahead" | "missing"
 ```
 
-Each function takes ``schema=`` too, for tables kept in a PostgreSQL schema
-or MySQL database of their own (the savers' ``schema`` option): there, the
-version table is the schema's own, so each schema migrates on its own.
+`current`, `status`, `upgrade` and `downgrade` take ``schema=`` too, for
+tables kept in a PostgreSQL schema or MySQL database of their own (the
+savers' ``schema`` option; `setup` and `require_current` read it from the
+connection a saver gives them): there, the version table is the schema's
+own, so each schema migrates on its own.
 
 With an async engine: ``await async_conn.run_sync(sqlsaver.migrate.upgrade)``.
 

@@ -329,6 +329,10 @@ def test_sqlite_refuses_a_schema(tmp_path: Any) -> None:
     assert not (tmp_path / "app.db").exists()
     done = cli("upgrade", "--url", url, "--schema", A)
     assert done.returncode == 2 and "SQLite has no schemas" in done.stderr
+    # Nor DDL printed for one (which would name a schema SQLite cannot have).
+    printed = cli("upgrade", "--url", url, "--schema", A, "--sql")
+    assert printed.returncode == 2 and "SQLite has no schemas" in printed.stderr
+    assert "CREATE TABLE" not in printed.stdout
 
 
 @servers

@@ -31,7 +31,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from sqlsaver import AsyncSQLSaver, SQLSaver, galera, migrate
+from sqlsaver import AsyncSQLSaver, SQLSaver, dialects, galera, migrate
 
 NODES = range(3)
 
@@ -315,7 +315,7 @@ def test_setup_takes_over_a_dead_holders_lock() -> None:
     engine = create_engine(node_url(0, db), poolclass=NullPool, isolation_level="AUTOCOMMIT")
     take = text(f"INSERT INTO {galera.LOCK_TABLE} VALUES ('sqlsaver_migrations', 'x', :expires)")
     with engine.connect() as conn:
-        conn.execute(galera._LockStatements.of(None).create)
+        conn.execute(galera._LockStatements.of(None, conn.dialect).create)
         now = conn.execute(text("SELECT UNIX_TIMESTAMP()")).scalar_one()
         conn.execute(take, {"expires": now + 600})  # held, live
     started = time.monotonic()
@@ -339,6 +339,57 @@ def test_setup_takes_over_a_dead_holders_lock() -> None:
         assert migrate.current(conn) == migrate.HEAD
         assert conn.execute(text(f"SELECT COUNT(*) FROM {galera.LOCK_TABLE}")).scalar_one() == 0
     engine.dispose()
+
+
+def test_lock_in_a_schema_named_by_a_reserved_word() -> None:
+    """`schemas.check_name` lets in identifiers that are reserved words
+    (``order``); the lock's own SQL quotes the schema as SQLAlchemy
+    quotes the tables', and a migration renews its row after each revision
+    (`galera.renew_lock`): the row it releases is one it renewed."""
+    schema = "order"
+    admin = create_engine(node_url(0, ""), poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    renewed: list[float] = []
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS `{schema}`"))
+        conn.execute(text(f"CREATE DATABASE `{schema}`"))
+
+    def watch(*_: Any) -> None:
+        with admin.connect() as conn:
+            row = conn.execute(
+                text(
+                    "SET STATEMENT wsrep_sync_wait = 1 FOR SELECT expires_at - UNIX_TIMESTAMP()"
+                    f" FROM `{schema}`.{galera.LOCK_TABLE}"
+                )
+            )
+            renewed.extend(row.scalars())
+
+    try:
+        with SQLSaver.from_url(node_url(1, "test"), schema=schema) as saver:
+            original = galera.renew_lock
+
+            def renew_and_watch(conn: Any) -> None:
+                original(conn)
+                watch()
+
+            galera.renew_lock = renew_and_watch  # type: ignore[assignment]
+            try:
+                saver.setup()
+            finally:
+                galera.renew_lock = original
+        with admin.connect() as conn:
+            version = conn.execute(
+                text(f"SELECT version_num FROM `{schema}`.{migrate.VERSION_TABLE}")
+            )
+            assert version.scalars().all() == [migrate.HEAD]
+            lock = conn.execute(text(f"SELECT COUNT(*) FROM `{schema}`.{galera.LOCK_TABLE}"))
+            assert lock.scalar_one() == 0
+        # One renewal per revision, each good for the lock's whole timeout.
+        assert len(renewed) == len(migrate.revisions()), renewed
+        assert all(left > dialects.MIGRATION_LOCK_TIMEOUT - 60 for left in renewed), renewed
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{schema}`"))
+        admin.dispose()
 
 
 # -- TTL sweepers on every node at once ----------------------------------------
