@@ -204,7 +204,7 @@ def cluster_lock(conn: Connection, name: str, timeout: float) -> Iterator[None]:
         conn.execute(text(f"SET STATEMENT wsrep_sync_wait = {SYNC_WAIT} FOR SELECT 1"))
         # A migration renews the row at each revision (`renew_lock`), so a
         # long one is not taken for a dead holder's.
-        conn.info[_RENEW] = lambda: own.execute(statements.renew, params)
+        conn.info[_RENEW] = lambda: _renew(own, statements.renew, params)
         try:
             yield
         finally:
@@ -219,6 +219,16 @@ def cluster_lock(conn: Connection, name: str, timeout: float) -> Iterator[None]:
                     timeout,
                     error,
                 )
+
+
+def _renew(own: Connection, renew: TextClause, params: dict[str, Any]) -> None:
+    """Renew a held lock's row; a failure (a conflict, the node going away)
+    is logged, not raised: the migration it runs beside is the work, and
+    the row stays good until its time is up."""
+    try:
+        own.execute(renew, params)
+    except DBAPIError as error:
+        logger.warning("could not renew sqlsaver's migration lock: %s", error)
 
 
 def renew_lock(conn: Connection) -> None:
