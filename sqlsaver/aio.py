@@ -27,7 +27,7 @@ from sqlalchemy import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import Unpack
 
-from sqlsaver import engines, migrate, ops, schemas
+from sqlsaver import engines, migrate, ops
 from sqlsaver.base import SaverBase, SaverOptions, Sweep, check_prune
 from sqlsaver.codec import Address
 from sqlsaver.execution.runner import AsyncRunner, AsyncTarget, sync_runner
@@ -125,9 +125,7 @@ class AsyncSQLSaver(SaverBase):
             asyncio.run(main())
             ```
         """
-        cls._checked_policies(options, from_url=True)  # before there is an engine to leave
-        if (schema := options.get("schema")) is not None:  # SQLite: before the engine too
-            schemas.check_backend(schema, engines.parse_url(url).get_backend_name())
+        cls._checked_policies(options, url)  # before there is an engine to leave
         engine = engines.async_engine(url, engine_kwargs)
         saver = cls(engine, **options)
         saver._owned_engine = engine

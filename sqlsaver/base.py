@@ -10,9 +10,10 @@ from typing import Any, TypedDict
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde.base import SerializerProtocol
+from sqlalchemy import URL
 from typing_extensions import Unpack
 
-from sqlsaver import ops, schemas
+from sqlsaver import engines, ops, schemas
 from sqlsaver.policies import TTL, Policies
 
 PRUNE_STRATEGIES = ("keep_latest", "delete")
@@ -64,12 +65,16 @@ class SaverBase(BaseCheckpointSaver[str]):
         self.schema: str | None = options.get("schema")
 
     @classmethod
-    def _checked_policies(cls, options: Mapping[str, Any], from_url: bool = False) -> Policies:
+    def _checked_policies(
+        cls, options: Mapping[str, Any], url: str | URL | None = None
+    ) -> Policies:
         """The policies of a saver's options, once the options are checked:
         `TypeError` for one neither saver takes (a typo would otherwise be
         ignored: ``shalow=True`` keeps all history) or of the wrong type,
-        `ValueError` for bad TTL settings. `from_url` calls it before it
-        makes an engine, which an error would leave behind."""
+        `ValueError` for bad TTL settings or a schema on SQLite. `from_url`
+        calls it with its ``url`` before it makes an engine, which an error
+        would leave behind."""
+        from_url = url is not None
         unknown = [name for name in options if name not in OPTION_NAMES]
         if unknown:
             named = ", ".join(_with_close_match(name, from_url) for name in unknown)
@@ -105,7 +110,9 @@ class SaverBase(BaseCheckpointSaver[str]):
                 "ttl must be a dict of TTL settings ({'default_ttl': minutes, ...}) or a TTL, "
                 f"got {ttl!r}"
             )
-        schemas.check_name(options.get("schema"))
+        schema = schemas.check_name(options.get("schema"))
+        if url is not None and schema is not None:
+            schemas.check_backend(schema, engines.parse_url(url).get_backend_name())
         return Policies(shallow=options.get("shallow", False), ttl=TTL.of(ttl), clock=clock)
 
     @property

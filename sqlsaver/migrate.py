@@ -197,14 +197,16 @@ def shown_url(url: URL) -> str:
     return rendered.replace(_PASSWORD_SLOT, "<password>")
 
 
-def upgrade_command(url: URL, schema: str | None = None) -> str:
+def upgrade_command(url: URL | None, schema: str | None = None) -> str:
     """The CLI command, in backticks, that brings ``url``'s tables (in
     ``schema``) to head, to paste into a shell (the CLI takes sync and async
     URLs alike); a template where the URL has a password, to put in for
-    ``<password>``."""
+    ``<password>``, or where there is no URL (a saver on a caller's
+    connection), for ``<database url>``."""
+    shown = "'<database url>'" if url is None else shlex.quote(shown_url(url))
     in_schema = f" --schema {schema}" if schema is not None else ""
-    command = f"`python -m sqlsaver upgrade --url {shlex.quote(shown_url(url))}{in_schema}`"
-    if url.password is not None:
+    command = f"`python -m sqlsaver upgrade --url {shown}{in_schema}`"
+    if url is not None and url.password is not None:
         command += " (with the password in place of <password>)"
     return command
 

@@ -21,10 +21,10 @@ from langgraph.checkpoint.base import (
 from sqlalchemy import URL, Engine
 from typing_extensions import Unpack
 
-from sqlsaver import migrate, ops, schemas
+from sqlsaver import migrate, ops
 from sqlsaver.base import SaverBase, SaverOptions, Sweep, check_prune
 from sqlsaver.codec import Address
-from sqlsaver.engines import parse_url, pre_ping, sync_engine
+from sqlsaver.engines import pre_ping, sync_engine
 from sqlsaver.execution.runner import SyncTarget, sync_runner
 
 logger = logging.getLogger(__name__)
@@ -98,9 +98,7 @@ class SQLSaver(SaverBase):
                 saver.setup()
             ```
         """
-        cls._checked_policies(options, from_url=True)  # before there is an engine to leave
-        if (schema := options.get("schema")) is not None:  # SQLite: before the engine too
-            schemas.check_backend(schema, parse_url(url).get_backend_name())
+        cls._checked_policies(options, url)  # before there is an engine to leave
         engine = sync_engine(url, engine_kwargs)
         saver = cls(engine, **options)
         saver._owned_engine = engine

@@ -121,11 +121,7 @@ def _backoff(attempt: int) -> float:
 
 
 def _not_ready(error: DBAPIError, url: URL | None, schema: str | None) -> SchemaNotReadyError:
-    if url is not None:
-        command = migrate.upgrade_command(url, schema)
-    else:
-        in_schema = f" --schema {schema}" if schema else ""
-        command = f"`python -m sqlsaver upgrade --url '<database url>'{in_schema}`"
+    command = migrate.upgrade_command(url, schema)
     return SchemaNotReadyError(
         f"sqlsaver's tables{schemas.described(schema)} do not exist in this database. Create "
         "them once with `saver.setup()` (`await saver.setup()` for AsyncSQLSaver), or in "
